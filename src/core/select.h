@@ -1,0 +1,35 @@
+// The selector: one function answers both "is this call supported?" and "which tier serves it,
+// and why?" (the role of llama.cpp's ggml_cuda_get_best_fattn_kernel). The entry points and
+// `flashsdpa explain` both go through it, so what explain prints is what runs.
+#pragma once
+
+#include <string>
+
+#include "core/problem.h"
+#include "flashsdpa/flashsdpa.h"
+
+namespace flashsdpa::core {
+
+enum class Tier : int32_t {
+  kNone = 0,
+  kCpuTiled,        // src/cpu: every feature, any head dim 1..512
+  kCudaMma,         // src/cuda: fp16/bf16 tensor-core prefill, sm80+
+  kCudaFp32,        // src/cuda: exact fp32 (no TF32)
+  kCudaDecode,      // src/cuda: split-KV decoding for short query lengths
+};
+
+const char* tier_name(Tier tier);
+
+struct TierChoice {
+  Tier tier = Tier::kNone;
+  Backend backend = Backend::kCpu;
+  std::string reason;  // why this tier, or why none
+};
+
+// p must be validated. `backend` is the resolved backend (never kAuto).
+TierChoice select_tier(const Problem& p, Op op, Backend backend);
+
+// kAuto -> kCuda when the CUDA backend is built and a device is present, else kCpu.
+Backend resolve_backend(Backend requested);
+
+}  // namespace flashsdpa::core
