@@ -112,7 +112,8 @@ struct SoftmaxRow {
   }
   // 1 / Z, or 0 for a row with nothing (so out = 0).
   FLASHSDPA_HD T inv_sum() const { return sum > T(0) ? T(1) / sum : T(0); }
-  FLASHSDPA_HD T lse() const { return sum > T(0) ? max + log_t(sum) : -INFINITY; }
+  // A NaN score leaves sum NaN; the lse stays NaN then, so NaN remains visible in its row.
+  FLASHSDPA_HD T lse() const { return sum > T(0) ? max + log_t(sum) : (sum == T(0) ? T(-INFINITY) : sum); }
 
   FLASHSDPA_HD static float exp_t(float x) { return expf(x); }
   FLASHSDPA_HD static double exp_t(double x) { return exp(x); }
