@@ -57,6 +57,16 @@ struct Mask {
   FLASHSDPA_HD int64_t tile_begin(int64_t i0, int64_t /*i1*/) const { return row_begin(i0); }
   FLASHSDPA_HD int64_t tile_end(int64_t /*i0*/, int64_t i1) const { return row_end(i1 - 1); }
 
+  // The transpose, for passes that walk key tiles (the backward): the query rows that may see key
+  // j in [k_begin, k_end) are [query_begin(j), query_end(j)). Both are non-decreasing in j, so a
+  // key tile [j0, j1) is seen by rows [query_begin(j0), query_end(j1 - 1)) at most.
+  FLASHSDPA_HD int64_t query_begin(int64_t j) const {
+    return window_right >= 0 ? clamp_i64(j - diag - window_right, 0, k_end - diag) : 0;
+  }
+  FLASHSDPA_HD int64_t query_end(int64_t j) const {
+    return window_left >= 0 ? clamp_i64(j - diag + window_left + 1, 0, k_end - diag) : k_end - diag;
+  }
+
   // True when every (i, j) of the tile [i0, i1) x [j0, j1) is allowed: interior tiles skip masking.
   FLASHSDPA_HD bool tile_unmasked(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
     return j0 >= row_begin(i1 - 1) && j1 <= row_end(i0);
@@ -71,6 +81,21 @@ struct ScoreMod {
 
   FLASHSDPA_HD float apply(float s, int64_t i, int64_t j, int64_t diag) const {
     if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+    if (has_alibi) {
+      const int64_t d = i + diag - j;
+      s -= alibi_slope * static_cast<float>(d < 0 ? -d : d);
+    }
+    return s;
+  }
+  // apply(), also giving d apply(s) / d s for the backward: ALiBi only shifts the score, softcap
+  // scales its gradient by 1 - tanh^2(s / softcap).
+  FLASHSDPA_HD float apply(float s, int64_t i, int64_t j, int64_t diag, float* grad) const {
+    *grad = 1.0f;
+    if (softcap > 0.0f) {
+      const float t = tanhf(s / softcap);
+      s = softcap * t;
+      *grad = 1.0f - t * t;
+    }
     if (has_alibi) {
       const int64_t d = i + diag - j;
       s -= alibi_slope * static_cast<float>(d < 0 ? -d : d);

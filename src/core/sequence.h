@@ -74,14 +74,19 @@ FLASHSDPA_HD Mask sequence_mask(const Problem& p, const SeqView& s) {
   return Mask::make(s.sq, s.k_begin, s.k_end, p.window_left, p.window_right);
 }
 
+// Element offset of query-side row i, head h in an operand laid out like q (q, out, and the
+// backward's dout and dq).
+FLASHSDPA_HD int64_t query_side_offset(const Problem& p, const SeqView& s, const Operand& op, int64_t b,
+                                       int64_t i, int64_t h) {
+  return (p.q_layout == QLayout::kVarlen ? 0 : b * op.batch_stride) + (s.q_row0 + i) * op.row_stride +
+         h * op.head_stride;
+}
 // Element offsets of query row i / output row i of head h.
 FLASHSDPA_HD int64_t q_offset(const Problem& p, const SeqView& s, int64_t b, int64_t i, int64_t h) {
-  return (p.q_layout == QLayout::kVarlen ? 0 : b * p.q.batch_stride) + (s.q_row0 + i) * p.q.row_stride +
-         h * p.q.head_stride;
+  return query_side_offset(p, s, p.q, b, i, h);
 }
 FLASHSDPA_HD int64_t out_offset(const Problem& p, const SeqView& s, int64_t b, int64_t i, int64_t h) {
-  return (p.q_layout == QLayout::kVarlen ? 0 : b * p.out.batch_stride) + (s.q_row0 + i) * p.out.row_stride +
-         h * p.out.head_stride;
+  return query_side_offset(p, s, p.out, b, i, h);
 }
 FLASHSDPA_HD int64_t lse_offset(const Problem& p, const SeqView& s, int64_t b, int64_t i, int64_t h) {
   return (p.q_layout == QLayout::kVarlen ? 0 : b * p.lse_batch_stride) + h * p.lse_head_stride +
@@ -115,6 +120,12 @@ FLASHSDPA_HD int64_t key_offset(const Problem& p, const SeqView& s, const Operan
 FLASHSDPA_HD int64_t rotary_q_position(const Problem& p, const SeqView& s, int64_t i) {
   const bool per_row = p.window_left >= 0 || p.window_right >= 0;
   return s.append_begin + (per_row ? i : 0);
+}
+
+// Row of the rotary tables for a position, or -1 when the tables do not cover it (the position
+// is then left unrotated rather than read out of bounds; checked mode rejects it up front).
+FLASHSDPA_HD int64_t rotary_row(const Problem& p, int64_t position) {
+  return (position >= 0 && position < p.rotary_rows) ? position : -1;
 }
 
 }  // namespace flashsdpa::core
