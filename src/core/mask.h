@@ -111,6 +111,19 @@ struct ScoreMod {
     }
     return s;
   }
+  FLASHSDPA_HD double apply(double s, int64_t i, int64_t j, int64_t diag, double* grad) const {
+    *grad = 1.0;
+    if (softcap > 0.0f) {
+      const double t = tanh(s / static_cast<double>(softcap));
+      s = static_cast<double>(softcap) * t;
+      *grad = 1.0 - t * t;
+    }
+    if (has_alibi) {
+      const int64_t d = i + diag - j;
+      s -= static_cast<double>(alibi_slope) * static_cast<double>(d < 0 ? -d : d);
+    }
+    return s;
+  }
 };
 
 // Online softmax state of one query row. Scores must already carry their modifiers. Masked keys

@@ -40,13 +40,6 @@ float Arith<float>::step(float x) const {
 
 int64_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Element offset of query-side row i, head h in any operand shaped like q (q, out, dout, dq):
-// core::q_offset with the operand's own strides.
-int64_t query_offset(const Problem& p, const SeqView& s, const Operand& op, int64_t b, int64_t i, int64_t h) {
-  return (p.q_layout == QLayout::kVarlen ? 0 : b * op.batch_stride) + (s.q_row0 + i) * op.row_stride +
-         h * op.head_stride;
-}
-
 int64_t dense_query_row(const Problem& p, const SeqView& s, int64_t b, int64_t i) {
   return p.q_layout == QLayout::kVarlen ? s.q_row0 + i : b * p.seqlen_q + i;
 }
@@ -77,13 +70,14 @@ std::vector<T> rotary_table_row(const Problem& p, const Arith<T>& a, const void*
   return load_row(a, table, position * p.rotary_row_stride, p.rotary_dim / 2);
 }
 
-// Rotates x at `position` when the problem has rotary and the tables cover the position
-// (validation guarantees they do).
+// Rotates x at `position` when the problem has rotary; core::rotary_row decides what a position
+// the tables do not cover does (validation rejects those).
 template <typename T>
 void rotate(const Problem& p, const Arith<T>& a, int64_t position, std::vector<T>& x) {
-  if (p.rotary_dim == 0 || position < 0 || position >= p.rotary_rows) return;
-  const std::vector<T> cos_row = rotary_table_row(p, a, p.rotary_cos, position);
-  const std::vector<T> sin_row = rotary_table_row(p, a, p.rotary_sin, position);
+  const int64_t table_row = core::rotary_row(p, position);
+  if (p.rotary_dim == 0 || table_row < 0) return;
+  const std::vector<T> cos_row = rotary_table_row(p, a, p.rotary_cos, table_row);
+  const std::vector<T> sin_row = rotary_table_row(p, a, p.rotary_sin, table_row);
   core::rotary_apply(x.data(), cos_row.data(), sin_row.data(), p.rotary_dim, p.rotary_interleaved);
 }
 
@@ -94,7 +88,7 @@ struct RowAttention {
     int64_t k_offset;   // element offset of this key's head in k
     int64_t v_offset;   // ... in v
     int64_t dense_row;  // key-side row of the gradients
-    T raw_score;        // scale * <q, k>, before softcap and ALiBi
+    T score_grad;       // d score / d (scale * <q, k>): the softcap factor
     T prob;             // P_ij, normalised with the sink in the denominator
   };
   std::vector<Key> keys;  // the allowed keys that read something
@@ -126,9 +120,9 @@ RowAttention<T> attend_row(const Problem& p, const Arith<T>& a, const SeqView& s
     key.dense_row = dense_key_row(p, s, b, j);
     T dot = 0;
     for (int64_t d = 0; d < p.head_dim_qk; ++d) dot += q[d] * a.load(p.k.ptr, key.k_offset + d);
-    key.raw_score = a.step(dot * static_cast<T>(p.scale));
+    const T raw_score = a.step(dot * static_cast<T>(p.scale));
     key.prob = 0;
-    scores.push_back(a.step(mod.apply(key.raw_score, i, j, mask.diag)));
+    scores.push_back(a.step(mod.apply(raw_score, i, j, mask.diag, &key.score_grad)));
     row.keys.push_back(key);
   }
 
@@ -232,7 +226,7 @@ std::vector<double> finish(const Arith<T>& a, const std::vector<T>& acc, T facto
 // Gradients of one row, with P_ij = exp(s_ij - lse_i) and D_i = dout_i . out_i:
 //   dv_j += P_ij dout_i
 //   dS_ij = P_ij (dout_i . v_j - D_i)          (the sink has no value: its dP is 0)
-//   softcap: s = c tanh(r / c)  =>  dr = dS (1 - tanh^2(r / c)); ALiBi is additive: no factor
+//   dr_ij = dS_ij * d s / d r   with r = scale <q_i, k_j> (core::ScoreMod: softcap's 1 - tanh^2)
 //   dq_i += scale dr_ij k_j,  dk_j += scale dr_ij q_i
 //   d sink_h = -sum_i P_sink_i D_i   (lse_i depends on the sink; out_i through P_ij only)
 template <typename T>
@@ -244,7 +238,6 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
   std::vector<T> dv(static_cast<size_t>(k_rows * p.heads_kv * p.head_dim_v), T(0));
   std::vector<T> dsinks(static_cast<size_t>(p.sinks != nullptr ? p.heads_q : 0), T(0));
   const T scale = static_cast<T>(p.scale);
-  const T softcap = static_cast<T>(p.softcap);
 
   for (int64_t b = 0; b < p.batch; ++b) {
     const SeqView s = core::sequence(p, b);
@@ -254,7 +247,7 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
       for (int64_t i = 0; i < s.sq; ++i) {
         const std::vector<T> q = query_vector(p, a, s, b, i, h, false);
         const RowAttention<T> row = attend_row(p, a, s, mask, b, i, h, q);
-        const std::vector<T> dout = load_row(a, bp.dout.ptr, query_offset(p, s, bp.dout, b, i, h), p.head_dim_v);
+        const std::vector<T> dout = load_row(a, bp.dout.ptr, core::query_side_offset(p, s, bp.dout, b, i, h), p.head_dim_v);
         T delta = 0;
         for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dout[d] * row.out[d];
         if (!dsinks.empty()) dsinks[h] -= row.sink_prob * delta;
@@ -268,11 +261,7 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
             dv_row[d] += key.prob * dout[d];
             dp += dout[d] * a.load(p.v.ptr, key.v_offset + d);
           }
-          T ds = a.step(key.prob * (a.step(dp) - delta));
-          if (softcap > T(0)) {
-            const T t = std::tanh(key.raw_score / softcap);
-            ds = a.step(ds * (T(1) - t * t));
-          }
+          const T ds = a.step(a.step(key.prob * (a.step(dp) - delta)) * key.score_grad);
           for (int64_t d = 0; d < p.head_dim_qk; ++d) {
             dq_row[d] += ds * a.load(p.k.ptr, key.k_offset + d);
             dk_row[d] += ds * q[d];
