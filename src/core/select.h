@@ -29,7 +29,10 @@ struct TierChoice {
 // p must be validated. `backend` is the resolved backend (never kAuto).
 TierChoice select_tier(const Problem& p, Op op, Backend backend);
 
-// kAuto -> kCuda when the CUDA backend is built and a device is present, else kCpu.
-Backend resolve_backend(Backend requested);
+// The backend that serves a call whose tensors start at `data` (q's pointer). kAuto picks CUDA
+// when the CUDA backend is built and `data` is device memory, else the CPU. An explicit backend
+// that does not match where the memory lives is refused (a CPU kernel must never dereference a
+// device pointer, nor a kernel a host one).
+Backend resolve_backend(Backend requested, const void* data);
 
 }  // namespace flashsdpa::core

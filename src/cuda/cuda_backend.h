@@ -20,6 +20,9 @@ void kvcache(const core::Problem& p, core::Tier tier, void* stream);
 void backward(const core::BwdProblem& p, core::Tier tier, void* stream);
 void paged_kv_write(const core::KvWriteProblem& p, void* stream);
 
+// True when ptr is device (or managed) memory that kernels can read.
+bool is_device_pointer(const void* ptr);
+
 // Device -> host copy of index values, for checked mode.
 void copy_index_to_host(const int32_t* src, int64_t count, int32_t* dst, void* stream);
 

@@ -17,6 +17,7 @@ void forward(const core::Problem&, core::Tier, void*) { not_built(); }
 void kvcache(const core::Problem&, core::Tier, void*) { not_built(); }
 void backward(const core::BwdProblem&, core::Tier, void*) { not_built(); }
 void paged_kv_write(const core::KvWriteProblem&, void*) { not_built(); }
+bool is_device_pointer(const void*) { return false; }
 void copy_index_to_host(const int32_t*, int64_t, int32_t*, void*) { not_built(); }
 
 }  // namespace flashsdpa::cuda

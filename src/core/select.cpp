@@ -1,0 +1,86 @@
+// The selector. Every entry point and `flashsdpa explain` call select_tier(), so the tier it
+// names is the tier that runs, and its reason is what the user reads.
+#include "core/select.h"
+
+#include "cuda/cuda_backend.h"
+#if defined(FLASHSDPA_WITH_CUDA)
+#include "cuda/tiers.h"
+#endif
+
+namespace flashsdpa::core {
+
+const char* tier_name(Tier tier) {
+  switch (tier) {
+    case Tier::kNone: return "none";
+    case Tier::kCpuTiled: return "cpu-tiled";
+    case Tier::kCudaMma: return "cuda-mma-sm80";
+    case Tier::kCudaFp32: return "cuda-fp32";
+    case Tier::kCudaDecode: return "cuda-decode";
+  }
+  return "unknown";
+}
+
+Backend resolve_backend(Backend requested, const void* data) {
+  const bool on_device = cuda::built() && cuda::is_device_pointer(data);
+  switch (requested) {
+    case Backend::kAuto:
+      return on_device ? Backend::kCuda : Backend::kCpu;
+    case Backend::kCpu:
+      if (on_device) throw Error("backend: the CPU backend was requested but q is CUDA device memory");
+      return Backend::kCpu;
+    case Backend::kCuda:
+      if (!cuda::built())
+        throw Error("backend: the CUDA backend was requested but this flashsdpa was built without CUDA");
+      if (data != nullptr && !on_device)
+        throw Error("backend: the CUDA backend was requested but q is host memory (expected CUDA device memory)");
+      return Backend::kCuda;
+  }
+  throw Error("backend: unknown value " + std::to_string(static_cast<int>(requested)));
+}
+
+namespace {
+
+TierChoice none(Backend backend, std::string why) { return TierChoice{Tier::kNone, backend, std::move(why)}; }
+
+TierChoice select_cuda(const Problem& p, Op op) {
+  if (!cuda::device_available()) return none(Backend::kCuda, "no CUDA device is available");
+#if defined(FLASHSDPA_WITH_CUDA)
+  std::string why;
+  switch (op) {
+    case Op::kForward:
+      if (p.dtype == DType::kFloat32) {
+        if (cuda::fp32_tier_supports(p, &why)) return TierChoice{Tier::kCudaFp32, Backend::kCuda, why};
+        return none(Backend::kCuda, "cuda-fp32 cannot serve this call: " + why);
+      }
+      if (cuda::device_capability() < 80)
+        return none(Backend::kCuda, "cuda-mma-sm80 needs compute capability 8.0 or newer; this device is " +
+                                        std::to_string(cuda::device_capability() / 10) + "." +
+                                        std::to_string(cuda::device_capability() % 10));
+      if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, why};
+      return none(Backend::kCuda, "cuda-mma-sm80 cannot serve this call: " + why);
+    case Op::kKvCache:
+      return none(Backend::kCuda, "no CUDA tier serves attention_kvcache yet (split-KV decoding is in progress)");
+    case Op::kBackward:
+      return none(Backend::kCuda, "no CUDA tier serves the backward yet");
+    case Op::kPagedKvWrite:
+      return none(Backend::kCuda, "no CUDA tier serves paged_kv_write yet");
+  }
+#else
+  (void)p;
+  (void)op;
+#endif
+  return none(Backend::kCuda, "this flashsdpa was built without the CUDA backend");
+}
+
+}  // namespace
+
+TierChoice select_tier(const Problem& p, Op op, Backend backend) {
+  if (backend == Backend::kCuda) return select_cuda(p, op);
+  // The CPU backend serves every feature the validator accepts.
+  std::string what = op == Op::kBackward ? "backward" : op == Op::kKvCache ? "KV-cache forward" : "forward";
+  return TierChoice{Tier::kCpuTiled, Backend::kCpu,
+                    "cpu-tiled serves every feature on the CPU (" + what + ", head dims 1..512, fp16/bf16/fp32 " +
+                        "with fp32 accumulation, tiled online softmax, O(tokens) memory)"};
+}
+
+}  // namespace flashsdpa::core
