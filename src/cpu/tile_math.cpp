@@ -1,0 +1,77 @@
+#include "cpu/tile_math.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace flashsdpa::cpu {
+
+// Defined by tile_math_<isa>.cpp; null where the build target cannot run that set.
+const TileOps* tile_ops_avx512();
+const TileOps* tile_ops_avx2();
+const TileOps* tile_ops_generic();
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kGeneric: return "generic";
+  }
+  return "unknown";
+}
+
+namespace {
+
+bool cpu_supports(Isa isa) {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kGeneric:
+      return true;
+  }
+  return false;
+#else
+  return isa == Isa::kGeneric;
+#endif
+}
+
+Isa requested_cap() {
+  const char* env = std::getenv("FLASHSDPA_CPU_ISA");
+  if (env == nullptr) return Isa::kAvx512;
+  if (std::strcmp(env, "generic") == 0) return Isa::kGeneric;
+  if (std::strcmp(env, "avx2") == 0) return Isa::kAvx2;
+  return Isa::kAvx512;
+}
+
+const TileOps& choose() {
+  const Isa cap = requested_cap();
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
+    if (static_cast<int>(isa) > static_cast<int>(cap)) continue;
+    if (const TileOps* ops = tile_ops_for(isa)) return *ops;
+  }
+  return *tile_ops_generic();
+}
+
+}  // namespace
+
+const TileOps* tile_ops_for(Isa isa) {
+  if (!cpu_supports(isa)) return nullptr;
+  switch (isa) {
+    case Isa::kAvx512: return tile_ops_avx512();
+    case Isa::kAvx2: return tile_ops_avx2();
+    case Isa::kGeneric: return tile_ops_generic();
+  }
+  return nullptr;
+}
+
+const TileOps& tile_ops() {
+  static const TileOps& chosen = choose();
+  return chosen;
+}
+
+}  // namespace flashsdpa::cpu
