@@ -1,0 +1,150 @@
+// attention_backward on the CPU backend against the reference (SPEC §6 with factor 3): dq, dk, dv
+// and dsinks over a randomized grid of dtypes, head dims, GQA ratios, masks and modifiers,
+// batched and varlen; deterministic=true must give bit-identical gradients run to run and across
+// thread counts.
+#include <gtest/gtest.h>
+
+#include <tuple>
+
+#include "test_util.h"
+
+namespace flashsdpa::test {
+namespace {
+
+constexpr int kGridCases = 60;
+
+size_t cycle(int n, int stride, size_t size) { return static_cast<size_t>(n * stride) % size; }
+
+AttnConfig backward_config(int n) {
+  Rng rng(0xbacc0000u + static_cast<uint64_t>(n));
+  AttnConfig c;
+  c.seed = 9000 + static_cast<uint64_t>(n);
+  const std::vector<DType> dtypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32};
+  c.dtype = dtypes[cycle(n, 1, dtypes.size())];
+  const std::vector<int64_t> dims = {40, 59, 111, 128, 256, 64, 1};
+  c.head_dim_qk = dims[cycle(n, 3, dims.size())];
+  c.head_dim_v = rng.coin(0.3) ? rng.pick(std::vector<int64_t>{8, 40, 64, 128}) : c.head_dim_qk;
+  const int ratio_kind = static_cast<int>(cycle(n, 5, 4));
+  if (ratio_kind == 3) {
+    c.heads_kv = 1;
+    c.heads_q = rng.uniform_int(3, 4);
+  } else {
+    const int64_t ratio = std::vector<int64_t>{1, 2, 8}[ratio_kind];
+    c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
+    c.heads_q = c.heads_kv * ratio;
+  }
+  const int64_t per_pair = c.heads_q * (2 * c.head_dim_qk + 2 * c.head_dim_v);
+  const int64_t budget = std::max<int64_t>(64, 8'000'000 / per_pair);
+  const std::vector<int64_t> sizes = {1, 5, 17, 33, 64, 97};
+  auto pair = [&](int relation) {
+    int64_t a = rng.pick(sizes), b = rng.pick(sizes);
+    while (a * b > budget) (a > b ? a : b) /= 2;
+    a = std::max<int64_t>(a, 1);
+    b = std::max<int64_t>(b, 1);
+    if (relation == 1) return std::make_pair(a, a);
+    if (a == b) b = a + 3;
+    return relation == 0 ? std::make_pair(std::min(a, b), std::max(a, b)) : std::make_pair(std::max(a, b), std::min(a, b));
+  };
+  const int relation = static_cast<int>(cycle(n, 2, 3));
+  if (cycle(n, 1, 3) == 2) {
+    c.layout = Layout::kVarlen;
+    c.batch = rng.uniform_int(2, 4);
+    for (int64_t b = 0; b < c.batch; ++b) {
+      auto [sq, sk] = pair(relation);
+      c.seqlens_q.push_back(rng.coin(0.2) ? 0 : sq);
+      c.seqlens_k.push_back(rng.coin(0.2) ? 0 : sk);
+    }
+  } else {
+    c.batch = rng.uniform_int(1, 2);
+    std::tie(c.seqlen_q, c.seqlen_k) = pair(relation);
+  }
+  const int mask_kind = static_cast<int>(cycle(n, 3, 4));
+  if (mask_kind == 1) c.causal = true;
+  if (mask_kind == 2) {
+    c.window_left = rng.uniform_int(0, 30);
+    c.window_right = rng.coin() ? -1 : rng.uniform_int(0, 30);
+  }
+  if (mask_kind == 3) {
+    c.causal = true;
+    c.window_left = rng.uniform_int(0, 30);
+  }
+  const int modifiers = static_cast<int>(cycle(n, 1, 8));
+  if (modifiers & 1) c.softcap = static_cast<float>(rng.pick(std::vector<double>{2.0, 10.0, 50.0}));
+  if (modifiers & 2) c.alibi = rng.coin() ? Alibi::kPerHead : Alibi::kPerBatch;
+  if (modifiers & 4) {
+    c.sinks = true;
+    c.sink_mean = rng.uniform(-1.0, 2.0);
+  }
+  c.padded_strides = rng.coin(0.25);
+  return c;
+}
+
+class BackwardGrid : public ::testing::TestWithParam<int> {};
+
+TEST_P(BackwardGrid, MatchesReference) {
+  const AttnConfig config = backward_config(GetParam());
+  AttnCase c(config);
+  EXPECT_EQ(check_backward(c, cpu_context(2), GetParam() % 2 == 0), "") << config.describe();
+}
+
+INSTANTIATE_TEST_SUITE_P(Sampled, BackwardGrid, ::testing::Range(0, kGridCases));
+
+AttnConfig training_shape(DType dtype) {
+  AttnConfig c;
+  c.dtype = dtype;
+  c.batch = 2;
+  c.heads_q = 4;
+  c.heads_kv = 2;
+  c.head_dim_qk = 64;
+  c.head_dim_v = 64;
+  c.seqlen_q = 130;
+  c.seqlen_k = 130;
+  c.causal = true;
+  c.sinks = true;
+  return c;
+}
+
+TEST(Backward, SinksGradient) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    AttnConfig c = training_shape(dtype);
+    c.sink_mean = 1.5;  // sinks that take a real share of the mass
+    c.window_left = 20;
+    AttnCase a(c);
+    EXPECT_EQ(check_backward(a, cpu_context(2)), "") << c.describe();
+  }
+}
+
+TEST(Backward, FullyMaskedRows) {
+  AttnConfig c = training_shape(DType::kFloat16);
+  c.seqlen_q = 90;
+  c.seqlen_k = 30;  // causal bottom-right: the first 60 rows see nothing
+  AttnCase a(c);
+  EXPECT_EQ(check_backward(a, cpu_context(2)), "") << c.describe();
+}
+
+// Bit-identical gradients with deterministic = true: two runs, and 1, 2, 3 threads.
+TEST(Backward, DeterministicIsBitIdentical) {
+  for (Layout layout : {Layout::kBatched, Layout::kVarlen}) {
+    AttnConfig c = training_shape(DType::kBFloat16);
+    c.heads_q = 8;
+    c.heads_kv = 1;
+    c.layout = layout;
+    if (layout == Layout::kVarlen) {
+      c.batch = 3;
+      c.seqlens_q = {70, 0, 200};
+      c.seqlens_k = {90, 5, 200};
+    }
+    std::vector<std::vector<uint8_t>> first;
+    for (int threads : {2, 2, 1, 3}) {
+      AttnCase a(c);
+      ASSERT_EQ(check_backward(a, cpu_context(threads), /*deterministic=*/true), "") << c.describe();
+      std::vector<std::vector<uint8_t>> bytes = {a.dq.guarded_bytes(), a.dk.guarded_bytes(), a.dv.guarded_bytes(),
+                                                 a.dsinks.guarded_bytes()};
+      if (first.empty()) first = bytes;
+      else EXPECT_TRUE(bytes == first) << c.describe() << " threads=" << threads << " gave different bits";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace flashsdpa::test
