@@ -15,6 +15,6 @@ if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; 
   as_user=(sudo -u "$SUDO_USER" --preserve-env=PATH)
 fi
 
-"${as_user[@]}" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DFLASHSDPA_TESTS=OFF -DFLASHSDPA_BENCH=OFF
+"${as_user[@]}" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
 "${as_user[@]}" cmake --build "$build_dir" -j"$(nproc)" --target flashsdpa_cli
 "${as_user[@]}" "$build_dir/flashsdpa" demo "$@"

@@ -17,7 +17,7 @@ if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; 
 fi
 
 start=$SECONDS
-"${as_user[@]}" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
+"${as_user[@]}" cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DFLASHSDPA_TESTS=ON -DFLASHSDPA_BENCH=ON
 "${as_user[@]}" cmake --build "$build_dir" -j"$jobs"
 echo "test: build took $((SECONDS - start)) s"
 
