@@ -1,5 +1,6 @@
 #include "cpu/tile_math.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -40,7 +41,7 @@ bool cpu_supports(Isa isa) {
 #endif
 }
 
-Isa requested_cap() {
+Isa environment_cap() {
   const char* env = std::getenv("FLASHSDPA_CPU_ISA");
   if (env == nullptr) return Isa::kAvx512;
   if (std::strcmp(env, "generic") == 0) return Isa::kGeneric;
@@ -48,13 +49,17 @@ Isa requested_cap() {
   return Isa::kAvx512;
 }
 
-const TileOps& choose() {
-  const Isa cap = requested_cap();
+const TileOps* best_up_to(Isa cap) {
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
     if (static_cast<int>(isa) > static_cast<int>(cap)) continue;
-    if (const TileOps* ops = tile_ops_for(isa)) return *ops;
+    if (const TileOps* ops = tile_ops_for(isa)) return ops;
   }
-  return *tile_ops_generic();
+  return tile_ops_generic();
+}
+
+std::atomic<const TileOps*>& current() {
+  static std::atomic<const TileOps*> ops{best_up_to(environment_cap())};
+  return ops;
 }
 
 }  // namespace
@@ -69,9 +74,8 @@ const TileOps* tile_ops_for(Isa isa) {
   return nullptr;
 }
 
-const TileOps& tile_ops() {
-  static const TileOps& chosen = choose();
-  return chosen;
-}
+const TileOps& tile_ops() { return *current().load(std::memory_order_acquire); }
+
+Isa set_isa_cap(Isa cap) { return current().exchange(best_up_to(cap), std::memory_order_acq_rel)->isa; }
 
 }  // namespace flashsdpa::cpu

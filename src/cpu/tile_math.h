@@ -65,10 +65,13 @@ struct TileOps {
   void (*scale_rows)(float* x, int64_t ld, int64_t rows, int64_t cols, const float* row_factor);
 };
 
-// The best set this CPU supports. FLASHSDPA_CPU_ISA=generic|avx2|avx512 in the environment caps
-// the choice (for testing the fallbacks); an unsupported request falls back to the next best.
+// The set in use: the best this CPU supports, capped by FLASHSDPA_CPU_ISA=generic|avx2|avx512 in
+// the environment or by set_isa_cap(); an unsupported request falls back to the next best.
 const TileOps& tile_ops();
 // A specific set, or null when this CPU or build cannot run it.
 const TileOps* tile_ops_for(Isa isa);
+// Caps the instruction set used from now on (tests and benchmarks compare the sets with it);
+// returns the set that was in use before. Not meant to race with running attention calls.
+Isa set_isa_cap(Isa cap);
 
 }  // namespace flashsdpa::cpu

@@ -1,0 +1,540 @@
+// The CPU forward: FlashAttention-2 style tiled online softmax.
+//
+// Work is cut into items of (sequence, kv head, a group of the query heads that read it, a range
+// of query rows[, a range of keys]). One item loads each K/V tile once (widened to fp32) for all
+// its query heads, so GQA never expands K/V. Its query rows are held transposed, and scores are
+// computed key-major (S^T = K · Q^T, see tile_math.h): the online-softmax state of every query row
+// is then a vector across columns.
+//
+// Per key tile: load K, S^T = K · Q^T, score modifiers, mask (boundary tiles only), online
+// softmax, rescale O, load V, O += P · V. Key tiles outside the item's band are skipped whole.
+//
+// Memory is O(tokens): per-thread scratch is sized by the tile shape, and split-KV partials by
+// (query rows x heads x splits).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/mask.h"
+#include "core/problem.h"
+#include "core/rotary.h"
+#include "core/sequence.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
+#include "cpu/tile_math.h"
+
+namespace flashsdpa::cpu {
+namespace {
+
+using core::Mask;
+using core::Problem;
+using core::SeqView;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Floats per SIMD-friendly row: one AVX-512 register, so every scratch row starts 64-byte aligned.
+constexpr int64_t kAlign = 16;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+const char* element_ptr(const void* base, int64_t offset, DType dtype) {
+  return static_cast<const char*>(base) + offset * element_bytes(dtype);
+}
+char* element_ptr(void* base, int64_t offset, DType dtype) {
+  return static_cast<char*>(base) + offset * element_bytes(dtype);
+}
+
+std::atomic<size_t> g_last_scratch_bytes{0};
+
+// ---- per-thread scratch -------------------------------------------------------------------------
+
+// Grow-only, 64-byte aligned float storage, one per thread and reused across calls so small
+// (decode) calls do not pay for allocation.
+class ScratchArena {
+ public:
+  ~ScratchArena() { std::free(data_); }
+  float* reserve(size_t floats) {
+    if (floats > capacity_) {
+      std::free(data_);
+      capacity_ = round_up(static_cast<int64_t>(floats), kAlign);
+      data_ = static_cast<float*>(std::aligned_alloc(64, capacity_ * sizeof(float)));
+      if (data_ == nullptr) {
+        capacity_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+thread_local ScratchArena t_arena;
+
+// ---- tiling -------------------------------------------------------------------------------------
+
+// The shape of a work item: `heads` query heads of one kv group times `rows` query rows make
+// its columns. 128 columns amortise each K/V tile over enough rows for the products to run near
+// peak while Q^T, S and O of one item stay within L2.
+struct Tiling {
+  int64_t heads = 1;      // query heads per item (a divisor-free chunk of the group)
+  int64_t rows = 1;       // query rows per head per item
+  int64_t columns = 1;    // heads * rows
+  int64_t key_tile = 64;  // keys per tile
+  int64_t ld_q = 0;       // row stride of Q^T and of the score tile
+  int64_t ld_k = 0;       // row stride of the K tile
+  int64_t ld_v = 0;       // row stride of the V tile and of the O accumulator
+};
+
+Tiling make_tiling(const Problem& p) {
+  const int64_t target_columns = p.head_dim_qk + p.head_dim_v > 512 ? 64 : 128;
+  Tiling t;
+  t.heads = std::min<int64_t>(p.group, target_columns);
+  t.rows = std::max<int64_t>(1, target_columns / t.heads);
+  t.rows = std::min<int64_t>(t.rows, std::max<int64_t>(p.seqlen_q, 1));
+  t.columns = t.heads * t.rows;
+  t.ld_q = round_up(t.columns, kAlign);
+  t.ld_k = round_up(p.head_dim_qk, kAlign);
+  t.ld_v = round_up(p.head_dim_v, kAlign);
+  return t;
+}
+
+// Views of one thread's scratch, carved from its arena.
+struct ItemScratch {
+  float* q_t;          // [Dqk][ld_q]  the item's query rows, transposed
+  float* scores;       // [key_tile][ld_q]
+  float* k_tile;       // [key_tile][ld_k]
+  float* v_tile;       // [key_tile][ld_v]
+  float* out_acc;      // [columns][ld_v]
+  float* col_max;      // [ld_q] online softmax state per column
+  float* col_sum;      // [ld_q]
+  float* col_factor;   // [ld_q]
+  float* col_slope;    // [ld_q] ALiBi slope of the column's head
+  float* col_aligned;  // [ld_q] aligned key of the column relative to the current tile
+  float* row;          // [max(Dqk, Dv, rotary_dim)] one widened row
+  float* rotary;       // [rotary_dim] cos then sin of one position
+  float* key_valid;    // [key_tile] 1 when the key reads something, 0 when its block is out of range
+
+  static size_t floats(const Problem& p, const Tiling& t) {
+    const int64_t row_len = round_up(std::max({p.head_dim_qk, p.head_dim_v, p.rotary_dim, int64_t{1}}), kAlign);
+    return static_cast<size_t>(p.head_dim_qk * t.ld_q + t.key_tile * t.ld_q + t.key_tile * t.ld_k +
+                               t.key_tile * t.ld_v + t.columns * t.ld_v + 5 * t.ld_q + row_len +
+                               round_up(std::max<int64_t>(p.rotary_dim, 1), kAlign) + round_up(t.key_tile, kAlign));
+  }
+
+  static ItemScratch carve(float* base, const Problem& p, const Tiling& t) {
+    ItemScratch s;
+    const int64_t row_len = round_up(std::max({p.head_dim_qk, p.head_dim_v, p.rotary_dim, int64_t{1}}), kAlign);
+    float* next = base;
+    auto take = [&next](int64_t n) {
+      float* block = next;
+      next += n;
+      return block;
+    };
+    s.q_t = take(p.head_dim_qk * t.ld_q);
+    s.scores = take(t.key_tile * t.ld_q);
+    s.k_tile = take(t.key_tile * t.ld_k);
+    s.v_tile = take(t.key_tile * t.ld_v);
+    s.out_acc = take(t.columns * t.ld_v);
+    s.col_max = take(t.ld_q);
+    s.col_sum = take(t.ld_q);
+    s.col_factor = take(t.ld_q);
+    s.col_slope = take(t.ld_q);
+    s.col_aligned = take(t.ld_q);
+    s.row = take(row_len);
+    s.rotary = take(round_up(std::max<int64_t>(p.rotary_dim, 1), kAlign));
+    s.key_valid = take(round_up(t.key_tile, kAlign));
+    return s;
+  }
+};
+
+// ---- work items ---------------------------------------------------------------------------------
+
+struct WorkItem {
+  int64_t batch = 0;
+  int64_t kv_head = 0;
+  int64_t head0 = 0, heads = 0;  // query heads [head0, head0 + heads)
+  int64_t row0 = 0, rows = 0;    // query rows [row0, row0 + rows) of the sequence
+  int64_t key_begin = 0, key_end = 0;
+  int64_t partial = -1;  // split-KV: float offset of this item's partial result; -1 = writes out
+  int64_t cost = 0;
+};
+
+// A query block whose key range was split: its partials are merged by one combine step.
+struct SplitGroup {
+  WorkItem block;         // the whole block (key range unused)
+  int64_t first_partial;  // float offset of split 0; splits follow each other
+  int64_t splits;
+};
+
+struct Plan {
+  std::vector<WorkItem> items;
+  std::vector<SplitGroup> groups;
+  int64_t partial_floats = 0;
+};
+
+// Floats of one split's partial result: O (columns x Dv), then max and sum per column.
+int64_t partial_size(const Problem& p, int64_t columns) { return columns * (p.head_dim_v + 2); }
+
+// How many splits a block with `key_tiles` tiles gets. Splitting pays off only when the blocks
+// alone cannot occupy the threads (decoding: few query rows, long caches).
+int64_t splits_for(const Problem& p, int64_t key_tiles, int64_t blocks, int threads) {
+  if (p.num_splits == 1 || key_tiles <= 1) return 1;
+  if (p.num_splits > 1) return std::min<int64_t>(p.num_splits, key_tiles);
+  if (blocks >= threads) return 1;
+  constexpr int64_t kMinTilesPerSplit = 4;
+  const int64_t wanted = ceil_div(2 * threads, blocks);
+  return std::clamp<int64_t>(std::min(wanted, key_tiles / kMinTilesPerSplit), 1, 64);
+}
+
+Plan make_plan(const Problem& p, const Tiling& t, int threads) {
+  std::vector<WorkItem> blocks;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const SeqView s = core::sequence(p, b);
+    if (s.sq == 0) continue;
+    const Mask mask = core::sequence_mask(p, s);
+    for (int64_t kv = 0; kv < p.heads_kv; ++kv) {
+      for (int64_t hh = 0; hh < p.group; hh += t.heads) {
+        for (int64_t i0 = 0; i0 < s.sq; i0 += t.rows) {
+          WorkItem w;
+          w.batch = b;
+          w.kv_head = kv;
+          w.head0 = kv * p.group + hh;
+          w.heads = std::min(t.heads, p.group - hh);
+          w.row0 = i0;
+          w.rows = std::min(t.rows, s.sq - i0);
+          w.key_begin = mask.tile_begin(i0, i0 + w.rows);
+          w.key_end = std::max(w.key_begin, mask.tile_end(i0, i0 + w.rows));
+          blocks.push_back(w);
+        }
+      }
+    }
+  }
+
+  Plan plan;
+  const int64_t block_count = static_cast<int64_t>(blocks.size());
+  for (const WorkItem& block : blocks) {
+    const int64_t columns = block.heads * block.rows;
+    const int64_t key_tiles = ceil_div(block.key_end - block.key_begin, t.key_tile);
+    const int64_t splits = splits_for(p, key_tiles, block_count, threads);
+    if (splits <= 1) {
+      WorkItem w = block;
+      w.cost = columns * (w.key_end - w.key_begin + t.key_tile);
+      plan.items.push_back(w);
+      continue;
+    }
+    const int64_t tiles_per_split = ceil_div(key_tiles, splits);
+    SplitGroup group{block, plan.partial_floats, splits};
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      WorkItem w = block;
+      w.key_begin = std::min(block.key_end, block.key_begin + sp * tiles_per_split * t.key_tile);
+      w.key_end = std::min(block.key_end, w.key_begin + tiles_per_split * t.key_tile);
+      w.partial = plan.partial_floats;
+      w.cost = columns * (w.key_end - w.key_begin + t.key_tile);
+      plan.partial_floats += partial_size(p, columns);
+      plan.items.push_back(w);
+    }
+    plan.groups.push_back(group);
+  }
+  // Most expensive first: the pool hands items out in order, so the long causal rows start early
+  // and the short ones fill the gaps at the end.
+  std::stable_sort(plan.items.begin(), plan.items.end(),
+                   [](const WorkItem& a, const WorkItem& b) { return a.cost > b.cost; });
+  return plan;
+}
+
+// ---- one work item ------------------------------------------------------------------------------
+
+class ItemRunner {
+ public:
+  ItemRunner(const Problem& p, const Tiling& t, const TileOps& ops, float* partials)
+      : p_(p), t_(t), ops_(ops), partials_(partials) {}
+
+  void run(const WorkItem& w) const {
+    ItemScratch s = ItemScratch::carve(t_arena.reserve(ItemScratch::floats(p_, t_)), p_, t_);
+    const SeqView seq = core::sequence(p_, w.batch);
+    const Mask mask = core::sequence_mask(p_, seq);
+    const int64_t columns = w.heads * w.rows;
+
+    load_queries(w, seq, s);
+    init_columns(w, s);
+
+    bool first_tile = true;
+    for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += t_.key_tile) {
+      const int64_t n = std::min(t_.key_tile, w.key_end - j0);
+      const bool any_invalid = load_key_tile(w, seq, j0, n, s);
+      // S^T[n x columns] = K[n x Dqk] · Q^T[Dqk x columns]
+      ops_.matmul(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
+      apply_score_mods(w, mask, j0, n, s);
+      const bool masked = any_invalid || !mask.tile_unmasked(w.row0, w.row0 + w.rows, j0, j0 + n);
+      if (masked) mask_tile(w, mask, j0, n, s);
+      ops_.online_softmax(s.scores, t_.ld_q, n, columns, s.col_max, s.col_sum, s.col_factor);
+      if (!first_tile) ops_.scale_rows(s.out_acc, t_.ld_v, columns, p_.head_dim_v, s.col_factor);
+      load_value_tile(w, seq, j0, n, s);
+      std::vector<IsolatedRow> isolated;
+      if (masked) isolated = isolate_nonfinite_values(n, s);
+      // O[columns x Dv] += P[columns x n] · V[n x Dv], P read transposed from the score tile
+      ops_.matmul(columns, p_.head_dim_v, n, s.scores, 1, t_.ld_q, s.v_tile, t_.ld_v, s.out_acc, t_.ld_v,
+                  !first_tile);
+      if (!isolated.empty()) add_isolated_rows(w, mask, j0, isolated, s);
+      first_tile = false;
+    }
+    if (first_tile) {  // no key tile: the output is zero (or the sink alone)
+      for (int64_t c = 0; c < columns; ++c) std::fill_n(s.out_acc + c * t_.ld_v, p_.head_dim_v, 0.0f);
+    }
+
+    if (w.partial >= 0) {
+      store_partial(w, s);
+    } else {
+      store_output(w, seq, s.out_acc, t_.ld_v, s.col_max, s.col_sum);
+    }
+  }
+
+  // Merges the splits of one block (each a partial without the sink) and writes the output.
+  void combine(const SplitGroup& g) const {
+    const WorkItem& w = g.block;
+    const int64_t columns = w.heads * w.rows;
+    const int64_t dv = p_.head_dim_v;
+    const int64_t ld = round_up(dv, kAlign);
+    float* acc = t_arena.reserve(static_cast<size_t>(columns * ld + 2 * round_up(columns, kAlign)));
+    float* max = acc + columns * ld;
+    float* sum = max + round_up(columns, kAlign);
+    for (int64_t c = 0; c < columns; ++c) {
+      core::SoftmaxRow<float> row;
+      if (p_.sinks != nullptr) row.add_sink(p_.sinks[w.head0 + c / w.rows]);
+      float* o = acc + c * ld;
+      std::fill_n(o, dv, 0.0f);
+      for (int64_t sp = 0; sp < g.splits; ++sp) {
+        const float* part = partials_ + g.first_partial + sp * partial_size(p_, columns);
+        const float part_max = part[columns * dv + c];
+        const float part_sum = part[columns * dv + columns + c];
+        if (!(part_sum != 0.0f)) continue;  // a split that saw no key (NaN sums still merge)
+        const float factor = row.rescale_to(part_max);
+        const float weight = std::exp(part_max - row.max);
+        row.sum += part_sum * weight;
+        const float* part_o = part + c * dv;
+        for (int64_t d = 0; d < dv; ++d) o[d] = o[d] * factor + part_o[d] * weight;
+      }
+      max[c] = row.max;
+      sum[c] = row.sum;
+    }
+    const SeqView seq = core::sequence(p_, w.batch);
+    store_output(w, seq, acc, ld, max, sum);
+  }
+
+ private:
+  // Widens the item's query rows (rotated in a KV-cache call with rotary) and stores them
+  // transposed: q_t[d][c] for column c = head offset * rows + row offset.
+  void load_queries(const WorkItem& w, const SeqView& seq, const ItemScratch& s) const {
+    const int64_t dqk = p_.head_dim_qk;
+    for (int64_t hh = 0; hh < w.heads; ++hh) {
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const int64_t i = w.row0 + r;
+        const int64_t c = hh * w.rows + r;
+        const int64_t offset = core::q_offset(p_, seq, w.batch, i, w.head0 + hh);
+        ops_.load_row(element_ptr(p_.q.ptr, offset, p_.dtype), p_.dtype, s.row, dqk);
+        if (p_.rotary_dim > 0) rotate(core::rotary_q_position(p_, seq, i), s);
+        for (int64_t d = 0; d < dqk; ++d) s.q_t[d * t_.ld_q + c] = s.row[d];
+      }
+    }
+  }
+
+  // Rotates s.row in place at `position` (left alone where the tables do not reach).
+  void rotate(int64_t position, const ItemScratch& s) const {
+    const int64_t table_row = core::rotary_row(p_, position);
+    if (table_row < 0) return;
+    const int64_t half = p_.rotary_dim / 2;
+    const int64_t offset = table_row * p_.rotary_row_stride;
+    ops_.load_row(element_ptr(p_.rotary_cos, offset, p_.dtype), p_.dtype, s.rotary, half);
+    ops_.load_row(element_ptr(p_.rotary_sin, offset, p_.dtype), p_.dtype, s.rotary + half, half);
+    core::rotary_apply(s.row, s.rotary, s.rotary + half, p_.rotary_dim, p_.rotary_interleaved);
+  }
+
+  void init_columns(const WorkItem& w, const ItemScratch& s) const {
+    // A split's partial leaves the sink to the combine step, which adds it once.
+    const bool sink_here = p_.sinks != nullptr && w.partial < 0;
+    for (int64_t hh = 0; hh < w.heads; ++hh) {
+      const int64_t h = w.head0 + hh;
+      core::SoftmaxRow<float> start;
+      if (sink_here) start.add_sink(p_.sinks[h]);
+      const float slope = p_.alibi_slopes != nullptr ? p_.alibi_slopes[w.batch * p_.alibi_batch_stride + h] : 0.0f;
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const int64_t c = hh * w.rows + r;
+        s.col_max[c] = start.max;
+        s.col_sum[c] = start.sum;
+        s.col_slope[c] = slope;
+      }
+    }
+  }
+
+  // Widens keys [j0, j0 + n) of the item's kv head into the K tile; keys whose block is out of
+  // range become zero rows. Returns whether any key was out of range.
+  bool load_key_tile(const WorkItem& w, const SeqView& seq, int64_t j0, int64_t n, const ItemScratch& s) const {
+    bool any_invalid = false;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t offset = core::key_offset(p_, seq, p_.k, w.batch, j0 + r);
+      float* dst = s.k_tile + r * t_.ld_k;
+      if (offset < 0) {
+        std::fill_n(dst, p_.head_dim_qk, 0.0f);
+        s.key_valid[r] = 0.0f;
+        any_invalid = true;
+        continue;
+      }
+      s.key_valid[r] = 1.0f;
+      ops_.load_row(element_ptr(p_.k.ptr, offset + w.kv_head * p_.k.head_stride, p_.dtype), p_.dtype, dst,
+                    p_.head_dim_qk);
+    }
+    return any_invalid;
+  }
+
+  void load_value_tile(const WorkItem& w, const SeqView& seq, int64_t j0, int64_t n, const ItemScratch& s) const {
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t offset = core::key_offset(p_, seq, p_.v, w.batch, j0 + r);
+      float* dst = s.v_tile + r * t_.ld_v;
+      if (offset < 0) {
+        std::fill_n(dst, p_.head_dim_v, 0.0f);
+        continue;
+      }
+      ops_.load_row(element_ptr(p_.v.ptr, offset + w.kv_head * p_.v.head_stride, p_.dtype), p_.dtype, dst,
+                    p_.head_dim_v);
+    }
+  }
+
+  void apply_score_mods(const WorkItem& w, const Mask& mask, int64_t j0, int64_t n, const ItemScratch& s) const {
+    ScoreModTile mods;
+    mods.scale = p_.scale;
+    mods.softcap = p_.softcap;
+    if (p_.alibi_slopes != nullptr) {
+      for (int64_t hh = 0; hh < w.heads; ++hh)
+        for (int64_t r = 0; r < w.rows; ++r)
+          s.col_aligned[hh * w.rows + r] = static_cast<float>(w.row0 + r + mask.diag - j0);
+      mods.col_slope = s.col_slope;
+      mods.col_aligned_key = s.col_aligned;
+    }
+    ops_.score_mods(s.scores, t_.ld_q, n, w.heads * w.rows, mods);
+  }
+
+  // -inf for every (key, column) the mask forbids and for keys that read nothing.
+  void mask_tile(const WorkItem& w, const Mask& mask, int64_t j0, int64_t n, const ItemScratch& s) const {
+    const int64_t ld = t_.ld_q;
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const int64_t i = w.row0 + r;
+      const int64_t lo = std::clamp<int64_t>(mask.row_begin(i) - j0, 0, n);
+      const int64_t hi = std::clamp<int64_t>(mask.row_end(i) - j0, lo, n);
+      for (int64_t hh = 0; hh < w.heads; ++hh) {
+        float* col = s.scores + hh * w.rows + r;
+        for (int64_t k = 0; k < lo; ++k) col[k * ld] = kNegInf;
+        for (int64_t k = hi; k < n; ++k) col[k * ld] = kNegInf;
+      }
+    }
+    const int64_t columns = w.heads * w.rows;
+    for (int64_t k = 0; k < n; ++k) {
+      if (s.key_valid[k] == 0.0f) std::fill_n(s.scores + k * ld, columns, kNegInf);
+    }
+  }
+
+  // In a masked tile P = 0 for forbidden pairs, but 0 * inf or 0 * NaN from a value row would
+  // still reach those rows through the product. A value row that is not finite is zeroed for the
+  // product and added back afterwards to the columns allowed to see it (a rare path).
+  struct IsolatedRow {
+    int64_t key;
+    std::vector<float> values;
+  };
+
+  std::vector<IsolatedRow> isolate_nonfinite_values(int64_t n, const ItemScratch& s) const {
+    std::vector<IsolatedRow> isolated;
+    const int64_t dv = p_.head_dim_v;
+    for (int64_t k = 0; k < n; ++k) {
+      float* v = s.v_tile + k * t_.ld_v;
+      bool finite = true;
+      for (int64_t d = 0; d < dv; ++d) finite &= std::isfinite(v[d]);
+      if (finite) continue;
+      isolated.push_back({k, std::vector<float>(v, v + dv)});
+      std::fill_n(v, dv, 0.0f);
+    }
+    return isolated;
+  }
+
+  void add_isolated_rows(const WorkItem& w, const Mask& mask, int64_t j0, const std::vector<IsolatedRow>& isolated,
+                         const ItemScratch& s) const {
+    const int64_t columns = w.heads * w.rows;
+    for (const IsolatedRow& row : isolated) {
+      if (s.key_valid[row.key] == 0.0f) continue;
+      for (int64_t c = 0; c < columns; ++c) {
+        if (!mask.allowed(w.row0 + c % w.rows, j0 + row.key)) continue;
+        const float prob = s.scores[row.key * t_.ld_q + c];
+        float* o = s.out_acc + c * t_.ld_v;
+        for (int64_t d = 0; d < p_.head_dim_v; ++d) o[d] += prob * row.values[d];
+      }
+    }
+  }
+
+  void store_partial(const WorkItem& w, const ItemScratch& s) const {
+    const int64_t columns = w.heads * w.rows;
+    const int64_t dv = p_.head_dim_v;
+    float* part = partials_ + w.partial;
+    for (int64_t c = 0; c < columns; ++c) std::copy_n(s.out_acc + c * t_.ld_v, dv, part + c * dv);
+    std::copy_n(s.col_max, columns, part + columns * dv);
+    std::copy_n(s.col_sum, columns, part + columns * dv + columns);
+  }
+
+  // Normalises and writes out (and lse) for every column of a block.
+  void store_output(const WorkItem& w, const SeqView& seq, const float* acc, int64_t ld, const float* col_max,
+                    const float* col_sum) const {
+    for (int64_t hh = 0; hh < w.heads; ++hh) {
+      const int64_t h = w.head0 + hh;
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const int64_t c = hh * w.rows + r;
+        const int64_t i = w.row0 + r;
+        core::SoftmaxRow<float> row;
+        row.max = col_max[c];
+        row.sum = col_sum[c];
+        const int64_t offset = core::out_offset(p_, seq, w.batch, i, h);
+        ops_.store_row(acc + c * ld, row.inv_sum(), element_ptr(p_.out.mutable_ptr(), offset, p_.dtype), p_.dtype,
+                       p_.head_dim_v);
+        if (p_.lse != nullptr) p_.lse[core::lse_offset(p_, seq, w.batch, i, h)] = row.lse();
+      }
+    }
+  }
+
+  const Problem& p_;
+  const Tiling& t_;
+  const TileOps& ops_;
+  float* partials_;
+};
+
+}  // namespace
+
+size_t last_scratch_bytes() { return g_last_scratch_bytes.load(std::memory_order_relaxed); }
+
+void forward(const Problem& p, int num_threads) {
+  const TileOps& ops = tile_ops();
+  const Tiling tiling = make_tiling(p);
+  const int threads = resolve_num_threads(num_threads);
+  const Plan plan = make_plan(p, tiling, threads);
+
+  std::vector<float> partials(static_cast<size_t>(plan.partial_floats));
+  const ItemRunner runner(p, tiling, ops, partials.data());
+  const int64_t item_count = static_cast<int64_t>(plan.items.size());
+  const int workers = workers_for(item_count, num_threads);
+  g_last_scratch_bytes.store(static_cast<size_t>(workers) * ItemScratch::floats(p, tiling) * sizeof(float) +
+                                 partials.size() * sizeof(float),
+                             std::memory_order_relaxed);
+
+  parallel_for(item_count, num_threads, [&](int64_t index, int) { runner.run(plan.items[index]); });
+  if (!plan.groups.empty()) {
+    parallel_for(static_cast<int64_t>(plan.groups.size()), num_threads,
+                 [&](int64_t index, int) { runner.combine(plan.groups[index]); });
+  }
+}
+
+}  // namespace flashsdpa::cpu
