@@ -30,6 +30,9 @@ struct Operand {
   int64_t batch_stride = 0;  // batched: per sequence; paged: per block; dense cache: per cache row
   int64_t row_stride = 0;
   int64_t head_stride = 0;
+#if defined(__CUDACC__)
+  __host__ __device__
+#endif
   void* mutable_ptr() const { return const_cast<void*>(ptr); }
 };
 

@@ -1,0 +1,520 @@
+// The tensor-core forward (tier kCudaMma): FlashAttention-2 on mma.sync m16n8k16, fp16/bf16 in,
+// fp32 accumulation, for sm_80 and newer.
+//
+// One thread block owns kBlockM query rows of one (sequence, query head); each warp owns
+// kWarpRows = 16 * kMTiles consecutive rows of them. Key/value tiles of kBlockN rows stream
+// through a kStages-deep ring of shared-memory buffers filled by cp.async, so the copy of tile
+// t + kStages - 1 overlaps the math of tile t. Per key tile each warp computes
+//     S = Q K^T                        (ldmatrix K, mma)
+//     mask + score modifiers           (boundary tiles only; interior tiles skip it)
+//     online softmax in the log2 domain (the scale is folded into one FFMA before exp2)
+//     O += P V                         (P re-used from the S registers, ldmatrix.trans V)
+// and finally O / Z is staged through shared memory for 16-byte coalesced stores.
+//
+// Every layout (batched, varlen, paged, dense cache) goes through core::key_offset(), every mask
+// through core::Mask, every modifier through core::ScoreMod: one definition for all backends.
+// Shared memory rows are XOR-swizzled in 16-byte chunks (chunk ^ (row & 7)) so that the eight row
+// addresses of one ldmatrix phase, and the cp.async writes, hit eight different bank groups.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/mask.h"
+#include "core/problem.h"
+#include "core/sequence.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/launch.h"
+
+namespace flashsdpa::cuda {
+
+// Tile shape of the tensor-core forward for one padded head dim (both Dqk and Dv are padded to
+// kHeadDim; see launch_mma_forward for the built sizes and why).
+template <int kHeadDim_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_, bool kQInRegisters_,
+          int kMinBlocksPerSm_>
+struct MmaTile {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kMTiles = kMTiles_;  // m16 row tiles per warp
+  static constexpr int kWarpRows = 16 * kMTiles;
+  static constexpr int kBlockM = kWarpRows * kWarps;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kQInRegisters = kQInRegisters_;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+
+  static constexpr int kChunks = kHeadDim / 8;     // 16-byte chunks per row
+  static constexpr int kDimSteps = kHeadDim / 16;  // k16 steps over the head dim
+  static constexpr int kKeyTiles = kBlockN / 8;    // n8 score tiles per m16 tile
+  static constexpr int kKeySteps = kBlockN / 16;   // k16 steps of P V
+  static constexpr int kOutTiles = kHeadDim / 8;   // n8 output tiles
+
+  static constexpr int kRowBytes = kHeadDim * 2;
+  static constexpr int kQBytes = kBlockM * kRowBytes;
+  static constexpr int kKvTileBytes = kBlockN * kRowBytes;
+  static constexpr int kStageBytes = 2 * kKvTileBytes;  // K then V
+  static constexpr int kFlagsOffset = kQBytes + kStages * kStageBytes;
+  static constexpr int kSmemBytes = kFlagsOffset + kStages * kBlockN;  // + paged key-valid flags
+
+  static_assert(kHeadDim % 64 == 0, "the XOR swizzle needs at least 8 chunks per row");
+  static_assert(kBlockN % 16 == 0, "key tiles are whole k16 steps");
+  static_assert(kStages >= 2, "the ring needs a buffer being filled and one being read");
+};
+
+namespace mma_detail {
+
+// Byte offset of (row, 16-byte chunk) in a swizzled tile.
+template <class Tile>
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return static_cast<uint32_t>(row * Tile::kRowBytes + ((chunk ^ (row & 7)) << 4));
+}
+
+// Per-block view of the problem: which sequence, head and rows this block computes.
+struct BlockView {
+  core::SeqView seq;
+  core::Mask mask;
+  int64_t b = 0, h = 0, kv_head = 0;
+  int64_t row0 = 0, row_end = 0;  // query rows [row0, row_end) of the sequence
+};
+
+// Copies rows of one operand into a swizzled tile: `row_base(r)` gives the element offset of tile
+// row r (-1 = no row: zero-filled, nothing read). `dim` valid columns, the rest zero-filled.
+template <class Tile, class RowBase>
+__device__ __forceinline__ void load_tile(unsigned char* tile, const uint16_t* base, int rows, int dim,
+                                          bool vector_io, RowBase row_base) {
+  for (int c = threadIdx.x; c < rows * Tile::kChunks; c += Tile::kThreads) {
+    const int row = c / Tile::kChunks, chunk = c % Tile::kChunks;
+    const int64_t offset = row_base(row);
+    const int col = chunk * 8;
+    const uint32_t dst = smem_address(tile + swizzled<Tile>(row, chunk));
+    if (vector_io) {
+      const bool live = offset >= 0 && col < dim;
+      cp_async_16(dst, live ? base + offset + col : base, live ? 16 : 0);
+    } else {
+      // Unaligned rows (odd head dims, odd strides): element loads, same zero fill.
+      uint16_t v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = (offset >= 0 && col + e < dim) ? base[offset + col + e] : uint16_t(0);
+      uint4 packed;
+      packed.x = v[0] | (uint32_t(v[1]) << 16);
+      packed.y = v[2] | (uint32_t(v[3]) << 16);
+      packed.z = v[4] | (uint32_t(v[5]) << 16);
+      packed.w = v[6] | (uint32_t(v[7]) << 16);
+      *reinterpret_cast<uint4*>(tile + swizzled<Tile>(row, chunk)) = packed;
+    }
+  }
+}
+
+template <class Tile>
+__device__ __forceinline__ void load_q_tile(unsigned char* smem_q, const MmaArgs& args, const BlockView& blk) {
+  const core::Problem& p = args.p;
+  load_tile<Tile>(smem_q, static_cast<const uint16_t*>(p.q.ptr), Tile::kBlockM, static_cast<int>(p.head_dim_qk),
+                  args.vector_io, [&](int r) -> int64_t {
+                    const int64_t i = blk.row0 + r;
+                    return i < blk.row_end ? core::q_offset(p, blk.seq, blk.b, i, blk.h) : -1;
+                  });
+}
+
+// Loads keys [n0, n0 + kBlockN) of K and V. Keys past the sequence's end, and paged keys whose
+// block_table entry is out of range, read nothing and are flagged invalid for the mask.
+template <class Tile>
+__device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char* key_valid, const MmaArgs& args,
+                                             const BlockView& blk, int64_t n0) {
+  const core::Problem& p = args.p;
+  auto key_row = [&](const core::Operand& kv, int r) -> int64_t {
+    const int64_t j = n0 + r;
+    if (j >= blk.seq.k_end) return -1;
+    const int64_t offset = core::key_offset(p, blk.seq, kv, blk.b, j);
+    return offset < 0 ? -1 : offset + blk.kv_head * kv.head_stride;
+  };
+  load_tile<Tile>(stage, static_cast<const uint16_t*>(p.k.ptr), Tile::kBlockN, static_cast<int>(p.head_dim_qk),
+                  args.vector_io, [&](int r) { return key_row(p.k, r); });
+  load_tile<Tile>(stage + Tile::kKvTileBytes, static_cast<const uint16_t*>(p.v.ptr), Tile::kBlockN,
+                  static_cast<int>(p.head_dim_v), args.vector_io, [&](int r) { return key_row(p.v, r); });
+  if (p.kv_layout == core::KvLayout::kPaged) {
+    for (int r = threadIdx.x; r < Tile::kBlockN; r += Tile::kThreads) key_valid[r] = key_row(p.k, r) >= 0;
+  }
+}
+
+// A fragments of Q for one m16 tile and one k16 step, from the swizzled Q tile.
+template <class Tile>
+__device__ __forceinline__ void load_q_fragment(uint32_t (&a)[4], const unsigned char* smem_q, int row0, int step) {
+  const int lane = threadIdx.x & 31, quad = lane >> 3;
+  const int row = row0 + (lane & 7) + ((quad & 1) << 3);
+  ldmatrix_x4(a, smem_address(smem_q + swizzled<Tile>(row, step * 2 + (quad >> 1))));
+}
+
+// Q fragments of one warp: held in registers for the whole key loop when kQInRegisters (small
+// head dims), otherwise re-read from shared memory at every k16 step.
+template <class Tile, bool kInRegisters = Tile::kQInRegisters>
+struct QFragments;
+
+template <class Tile>
+struct QFragments<Tile, true> {
+  uint32_t a[Tile::kMTiles][Tile::kDimSteps][4];
+  __device__ __forceinline__ void init(const unsigned char* smem_q, int warp_row0) {
+#pragma unroll
+    for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+      for (int s = 0; s < Tile::kDimSteps; ++s) load_q_fragment<Tile>(a[mt][s], smem_q, warp_row0 + mt * 16, s);
+  }
+  __device__ __forceinline__ void get(uint32_t (&out)[4], int mt, int step) const {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out[e] = a[mt][step][e];
+  }
+};
+
+template <class Tile>
+struct QFragments<Tile, false> {
+  const unsigned char* smem_q;
+  int warp_row0;
+  __device__ __forceinline__ void init(const unsigned char* q, int row0) {
+    smem_q = q;
+    warp_row0 = row0;
+  }
+  __device__ __forceinline__ void get(uint32_t (&out)[4], int mt, int step) const {
+    load_q_fragment<Tile>(out, smem_q, warp_row0 + mt * 16, step);
+  }
+};
+
+// S = Q K^T for the warp's rows against one key tile. Steps past the real head dim are skipped.
+template <class Tile, class E>
+__device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
+                                               const QFragments<Tile>& q, const unsigned char* smem_k,
+                                               int dim_steps) {
+  const int lane = threadIdx.x & 31, quad = lane >> 3;
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < Tile::kKeyTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+  for (int step = 0; step < Tile::kDimSteps; ++step) {
+    if (step >= dim_steps) break;
+    uint32_t a[Tile::kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Tile::kMTiles; ++mt) q.get(a[mt], mt, step);
+#pragma unroll
+    for (int np = 0; np < Tile::kKeyTiles / 2; ++np) {
+      // matrices: (keys 0-7, k 0-7), (keys 0-7, k 8-15), (keys 8-15, k 0-7), (keys 8-15, k 8-15)
+      const int row = np * 16 + (lane & 7) + ((quad >> 1) << 3);
+      uint32_t b[4];
+      ldmatrix_x4(b, smem_address(smem_k + swizzled<Tile>(row, step * 2 + (quad & 1))));
+#pragma unroll
+      for (int mt = 0; mt < Tile::kMTiles; ++mt) {
+        mma_16816<E>(s[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816<E>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Boundary tiles: scores of disallowed (row, key) pairs, and of keys that read nothing, become
+// -inf. Each row's allowed keys [row_begin, row_end) (core::Mask) are turned into tile-local
+// bounds once per row, so each score costs two integer compares. With softcap/ALiBi every score
+// goes through core::ScoreMod in natural units first; its ALiBi distance |i + diag - j| is taken
+// relative to the tile's first key to stay in small numbers.
+template <class Tile>
+__device__ __forceinline__ void mask_and_modify(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4], const MmaArgs& args,
+                                                const BlockView& blk, int64_t warp_row0, int64_t n0,
+                                                bool needs_mask, const unsigned char* key_valid) {
+  const core::Problem& p = args.p;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const bool paged = p.kv_layout == core::KvLayout::kPaged;
+  core::ScoreMod mod;
+  if (args.has_score_mod) {
+    mod.softcap = p.softcap;
+    mod.has_alibi = p.alibi_slopes != nullptr;
+    if (mod.has_alibi) mod.alibi_slope = p.alibi_slopes[blk.b * p.alibi_batch_stride + blk.h];
+  }
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = warp_row0 + mt * 16 + g + 8 * half;
+      int lo = 0, hi = Tile::kBlockN;
+      if (needs_mask) {
+        lo = static_cast<int>(core::clamp_i64(blk.mask.row_begin(i) - n0, 0, Tile::kBlockN));
+        hi = static_cast<int>(core::clamp_i64(blk.mask.row_end(i) - n0, 0, Tile::kBlockN));
+      }
+      const int64_t distance0 = i + blk.mask.diag - n0;  // ALiBi: i + diag - j = distance0 - jj
+#pragma unroll
+      for (int nt = 0; nt < Tile::kKeyTiles; ++nt)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          const int jj = nt * 8 + 2 * t + (e & 1);
+          float x = s[mt][nt][e];
+          if (args.has_score_mod) x = mod.apply(x * p.scale, distance0, jj, 0);
+          if (jj < lo || jj >= hi || (paged && !key_valid[jj])) x = -INFINITY;
+          s[mt][nt][e] = x;
+        }
+    }
+}
+
+// Online softmax of one key tile, in place: scores -> probabilities, running max/sum updated and
+// the output accumulator rescaled. Scores are in units where score * unit = log2-domain logit.
+template <class Tile>
+__device__ __forceinline__ void softmax_step(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
+                                             float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                             float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
+                                             float unit) {
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < Tile::kKeyTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+      tile_max = quad_max(tile_max);
+      const float new_max = fmaxf(row_max[mt][r], tile_max * unit);
+      // A row that has seen no allowed key keeps max = -inf; its factor is 0 and the accumulator
+      // is 0 anyway. Subtracting 0 then keeps exp2(-inf - 0) = 0 and never forms -inf - -inf.
+      const float factor = row_max[mt][r] == -INFINITY ? 0.0f : fast_exp2(row_max[mt][r] - new_max);
+      const float shift = new_max == -INFINITY ? 0.0f : new_max;
+      row_max[mt][r] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < Tile::kKeyTiles; ++nt)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          const float prob = fast_exp2(fmaf(s[mt][nt][e], unit, -shift));
+          s[mt][nt][e] = prob;
+          sum += prob;
+        }
+      row_sum[mt][r] = row_sum[mt][r] * factor + sum;  // per-thread partial; reduced over the quad at the end
+#pragma unroll
+      for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
+        o[mt][dt][2 * r] *= factor;
+        o[mt][dt][2 * r + 1] *= factor;
+      }
+    }
+}
+
+// O += P V. P's accumulator layout is the A-fragment layout of the next mma, so it never leaves
+// registers; V comes from shared memory through ldmatrix.trans.
+template <class Tile, class E>
+__device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                              const float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
+                                              const unsigned char* smem_v, int dim_pairs) {
+  const int lane = threadIdx.x & 31, quad = lane >> 3;
+#pragma unroll
+  for (int step = 0; step < Tile::kKeySteps; ++step) {
+    uint32_t a[Tile::kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Tile::kMTiles; ++mt) {
+      a[mt][0] = E::pack(s[mt][2 * step][0], s[mt][2 * step][1]);
+      a[mt][1] = E::pack(s[mt][2 * step][2], s[mt][2 * step][3]);
+      a[mt][2] = E::pack(s[mt][2 * step + 1][0], s[mt][2 * step + 1][1]);
+      a[mt][3] = E::pack(s[mt][2 * step + 1][2], s[mt][2 * step + 1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < Tile::kOutTiles / 2; ++dp) {
+      if (dp >= dim_pairs) break;
+      // matrices: (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15)
+      const int row = step * 16 + (lane & 7) + ((quad & 1) << 3);
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, smem_address(smem_v + swizzled<Tile>(row, dp * 2 + (quad >> 1))));
+#pragma unroll
+      for (int mt = 0; mt < Tile::kMTiles; ++mt) {
+        mma_16816<E>(o[mt][2 * dp], a[mt], b[0], b[1]);
+        mma_16816<E>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Sinks, normalisation, LSE, then the warp's rows of O through shared memory to global memory.
+template <class Tile, class E>
+__device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                                 float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
+                                                 const MmaArgs& args, const BlockView& blk, int64_t warp_row0,
+                                                 unsigned char* staging) {
+  const core::Problem& p = args.p;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[mt][r];
+      float sum = quad_sum(row_sum[mt][r]);
+      if (p.sinks != nullptr) {
+        // The sink is a logit with no value row: it joins the normaliser only (core::SoftmaxRow).
+        const float sink = p.sinks[blk.h] * kLog2e;
+        const float new_max = fmaxf(m, sink);
+        const float factor = m == -INFINITY ? 0.0f : fast_exp2(m - new_max);
+        sum = sum * factor + fast_exp2(sink - new_max);
+        m = new_max;
+#pragma unroll
+        for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
+          o[mt][dt][2 * r] *= factor;
+          o[mt][dt][2 * r + 1] *= factor;
+        }
+      }
+      // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
+      const float inv = sum > 0.0f ? 1.0f / sum : (sum == 0.0f ? 0.0f : sum);
+#pragma unroll
+      for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
+        o[mt][dt][2 * r] *= inv;
+        o[mt][dt][2 * r + 1] *= inv;
+      }
+      const int64_t i = warp_row0 + mt * 16 + g + 8 * r;
+      if (p.lse != nullptr && t == 0 && i < blk.row_end) {
+        p.lse[core::lse_offset(p, blk.seq, blk.b, i, blk.h)] =
+            sum > 0.0f ? m * kLn2 + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
+      }
+    }
+
+  // Stage the warp's rows (the warp's own rows of the Q tile, which nothing else reads now).
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+    for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = mt * 16 + g + 8 * r;
+        *reinterpret_cast<uint32_t*>(staging + swizzled<Tile>(row, dt) + 4 * t) =
+            E::pack(o[mt][dt][2 * r], o[mt][dt][2 * r + 1]);
+      }
+  __syncwarp();
+
+  const int dv = static_cast<int>(p.head_dim_v);
+  uint16_t* out = static_cast<uint16_t*>(const_cast<void*>(p.out.ptr));
+  for (int c = lane; c < Tile::kWarpRows * Tile::kChunks; c += 32) {
+    const int row = c / Tile::kChunks, chunk = c % Tile::kChunks;
+    const int64_t i = warp_row0 + row;
+    const int col = chunk * 8;
+    if (i >= blk.row_end || col >= dv) continue;
+    const uint4 v = *reinterpret_cast<const uint4*>(staging + swizzled<Tile>(row, chunk));
+    uint16_t* dst = out + core::out_offset(p, blk.seq, blk.b, i, blk.h) + col;
+    if (args.vector_io) {
+      *reinterpret_cast<uint4*>(dst) = v;
+    } else {
+      const uint16_t e[8] = {uint16_t(v.x), uint16_t(v.x >> 16), uint16_t(v.y), uint16_t(v.y >> 16),
+                             uint16_t(v.z), uint16_t(v.z >> 16), uint16_t(v.w), uint16_t(v.w >> 16)};
+      for (int k = 0; k < 8 && col + k < dv; ++k) dst[k] = e[k];
+    }
+  }
+}
+
+}  // namespace mma_detail
+
+template <class Tile, class E>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_forward_kernel(const MmaArgs args) {
+  using namespace mma_detail;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const core::Problem& p = args.p;
+
+  BlockView blk;
+  blk.b = blockIdx.z;
+  blk.h = blockIdx.y;
+  blk.kv_head = blk.h / p.group;
+  blk.seq = core::sequence(p, blk.b);
+  const int64_t tile = args.reverse_tiles ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  blk.row0 = tile * Tile::kBlockM;
+  if (blk.row0 >= blk.seq.sq) return;
+  blk.row_end = core::min_i64(blk.row0 + Tile::kBlockM, blk.seq.sq);
+  blk.mask = core::sequence_mask(p, blk.seq);
+
+  // Key tiles this block needs: whole tiles outside [tile_begin, tile_end) are never loaded.
+  const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
+  const int64_t key_end = blk.mask.tile_end(blk.row0, blk.row_end);
+  const int64_t first_key = key_begin / Tile::kBlockN * Tile::kBlockN;
+  const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + Tile::kBlockN - 1) / Tile::kBlockN) : 0;
+
+  unsigned char* smem_q = smem;
+  unsigned char* smem_kv = smem + Tile::kQBytes;
+  unsigned char* key_valid = smem + Tile::kFlagsOffset;
+
+  // Prologue: Q, then the first kStages - 1 key tiles, one commit group each.
+  load_q_tile<Tile>(smem_q, args, blk);
+  cp_async_commit();
+#pragma unroll
+  for (int st = 0; st < Tile::kStages - 1; ++st) {
+    if (st < num_tiles)
+      load_kv_tile<Tile>(smem_kv + st * Tile::kStageBytes, key_valid + st * Tile::kBlockN, args, blk,
+                         first_key + int64_t(st) * Tile::kBlockN);
+    cp_async_commit();
+  }
+
+  const int warp = threadIdx.x >> 5;
+  const int64_t warp_row0 = blk.row0 + warp * Tile::kWarpRows;
+  const bool warp_active = warp_row0 < blk.row_end;
+  const int64_t warp_row_last = core::min_i64(warp_row0 + Tile::kWarpRows, blk.row_end) - 1;
+  const int64_t warp_key_begin = warp_active ? blk.mask.row_begin(warp_row0) : 0;
+  const int64_t warp_key_end = warp_active ? blk.mask.row_end(warp_row_last) : 0;
+
+  cp_async_wait<Tile::kStages - 1>();  // the Q group
+  __syncthreads();
+  QFragments<Tile> q;
+  q.init(smem_q, warp * Tile::kWarpRows);
+
+  float o[Tile::kMTiles][Tile::kOutTiles][4];
+  float row_max[Tile::kMTiles][2], row_sum[Tile::kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+
+  const int dim_steps = static_cast<int>((p.head_dim_qk + 15) / 16);
+  const int dim_pairs = static_cast<int>((p.head_dim_v + 15) / 16);
+  const float unit = args.has_score_mod ? kLog2e : args.score_scale_log2;
+  const bool paged = p.kv_layout == core::KvLayout::kPaged;
+
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    cp_async_wait<Tile::kStages - 2>();  // tile kt has landed (this thread's copies) ...
+    __syncthreads();                     // ... everyone's; and tile kt - 1's buffer is free again
+    const int next = kt + Tile::kStages - 1;
+    if (next < num_tiles)
+      load_kv_tile<Tile>(smem_kv + (next % Tile::kStages) * Tile::kStageBytes,
+                         key_valid + (next % Tile::kStages) * Tile::kBlockN, args, blk,
+                         first_key + int64_t(next) * Tile::kBlockN);
+    cp_async_commit();
+
+    const int64_t n0 = first_key + int64_t(kt) * Tile::kBlockN;
+    // Warps whose rows see no key of this tile (causal diagonal, windows) skip it whole.
+    if (!warp_active || n0 >= warp_key_end || n0 + Tile::kBlockN <= warp_key_begin) continue;
+    const unsigned char* stage = smem_kv + (kt % Tile::kStages) * Tile::kStageBytes;
+
+    float s[Tile::kMTiles][Tile::kKeyTiles][4];
+    compute_scores<Tile, E>(s, q, stage, dim_steps);
+    const bool needs_mask =
+        paged || !blk.mask.tile_unmasked(warp_row0, warp_row_last + 1, n0, n0 + Tile::kBlockN);
+    if (needs_mask || args.has_score_mod)
+      mask_and_modify<Tile>(s, args, blk, warp_row0, n0, needs_mask, key_valid + (kt % Tile::kStages) * Tile::kBlockN);
+    softmax_step<Tile>(s, o, row_max, row_sum, unit);
+    accumulate_pv<Tile, E>(o, s, stage + Tile::kKvTileBytes, dim_pairs);
+  }
+  cp_async_wait<0>();
+
+  if (warp_active) {
+    __syncwarp();
+    finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0, smem_q + warp * Tile::kWarpRows * Tile::kRowBytes);
+  }
+}
+
+// Launches the kernel for one tile shape and element type (E = Half or BFloat16).
+template <class Tile, class E>
+void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
+  const auto kernel = mma_forward_kernel<Tile, E>;
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  check_cuda(configured, "cudaFuncSetAttribute(mma_forward_kernel)");
+  const core::Problem& p = args.p;
+  int64_t rows = p.seqlen_q;
+  if (p.q_layout == core::QLayout::kVarlen && rows <= 0) rows = p.total_q;
+  const int64_t tiles = (rows + Tile::kBlockM - 1) / Tile::kBlockM;
+  if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  check_cuda(cudaGetLastError(), "mma_forward_kernel launch");
+}
+
+}  // namespace flashsdpa::cuda

@@ -1,0 +1,21 @@
+// Tensor-core forward, head dims padded to 128.
+#include "cuda/forward_mma.cuh"
+
+namespace flashsdpa::cuda {
+
+// 128 query rows per block (4 warps x 32 rows): each K/V fragment read from shared memory feeds
+// two m16 tiles, halving shared-memory traffic per mma against 16 rows per warp. Q stays in shared
+// memory (in registers it would need 64 more next to the 128 of O) and the key tile is 32 wide:
+// at 64 keys the scores take 64 registers and the kernel spills (ptxas: 468 bytes). Two stages:
+// 32 KB Q + 2 x 16 KB K/V = 64 KB; registers (231) allow two blocks per SM.
+using MmaTileD128 = MmaTile<128, 4, 2, 32, 2, false, 2>;
+
+void launch_mma_forward_d128(const MmaArgs& args, cudaStream_t stream) {
+  if (args.p.dtype == DType::kBFloat16) {
+    launch_mma_tile<MmaTileD128, BFloat16>(args, stream);
+  } else {
+    launch_mma_tile<MmaTileD128, Half>(args, stream);
+  }
+}
+
+}  // namespace flashsdpa::cuda

@@ -1,0 +1,28 @@
+// Host-side launchers of the CUDA forward kernels, one per built tile shape; the backend
+// (cuda_backend.cu) picks among them. CUDA runtime types only, no device code.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/problem.h"
+
+namespace flashsdpa::cuda {
+
+// Everything a tensor-core launch resolves once on the host.
+struct MmaArgs {
+  core::Problem p;
+  float score_scale_log2;  // scale * log2(e): raw dot products -> log2-domain scores
+  bool vector_io;          // every row starts 16-byte aligned and D % 8 == 0: cp.async / 16-byte stores
+  bool has_score_mod;      // softcap or ALiBi: scores go through core::ScoreMod
+  bool reverse_tiles;      // causal: launch the longest query tiles first
+};
+
+// Tensor-core forward, Dqk and Dv both padded to 64, 128 or 256 (forward_mma_d*.cu).
+void launch_mma_forward_d64(const MmaArgs& args, cudaStream_t stream);
+void launch_mma_forward_d128(const MmaArgs& args, cudaStream_t stream);
+void launch_mma_forward_d256(const MmaArgs& args, cudaStream_t stream);
+
+// Exact fp32 forward (forward_fp32.cu). vector_io: rows 16-byte aligned and D % 4 == 0.
+void launch_fp32_forward(const core::Problem& p, bool vector_io, cudaStream_t stream);
+
+}  // namespace flashsdpa::cuda
