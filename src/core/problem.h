@@ -116,6 +116,7 @@ struct KvWriteProblem {
   Operand k_cache, v_cache;  // paged: batch_stride is the block stride
   Operand k_new, v_new;      // batched: batch_stride per sequence; varlen: rows via cu_seqlens_new
   int64_t seqlen_new = 0;    // batched only
+  int64_t total_new = 0;     // varlen only: rows of k_new / v_new (bounds every read of them)
   const int32_t* cu_seqlens_new = nullptr;
   const int32_t* block_table = nullptr;
   int64_t block_table_stride = 0, max_blocks_per_seq = 0, num_blocks = 0, block_size = 0;

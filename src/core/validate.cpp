@@ -636,6 +636,7 @@ KvWriteProblem prepare_kv_write(const KvWriteParams& a, const ValidateOptions& o
     require_given("cu_seqlens_new", a.cu_seqlens_new);
     require_index_vector("cu_seqlens_new", a.cu_seqlens_new, p.batch + 1, "[B+1]");
     p.cu_seqlens_new = static_cast<const int32_t*>(a.cu_seqlens_new.data);
+    p.total_new = a.k_new.shape[0];
   } else {
     if (a.cu_seqlens_new.defined()) fail("cu_seqlens_new must not be given with batched k_new of rank 4");
     require_dim("k_new", a.k_new, 0, p.batch, "batch, as block_table");

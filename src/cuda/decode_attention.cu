@@ -1,0 +1,701 @@
+// cuda-decode: split-KV flash decoding (SPEC §2–3) for short query lengths over dense or paged
+// KV caches, with GQA packing, and the combine that merges the splits by their log-sum-exp.
+//
+// Work decomposition. One CTA per (sequence b, kv head, query tile, key split). A query tile is
+// 16 packed rows — query row i and query head h = hkv * group + g as packed row i * group + g —
+// so all query heads that read one kv head share the tile and K/V are read once per tile. 16 rows
+// is the M of one m16n8k16 tensor-core instruction: decode (Sq = 1) with GQA group 4 or 8 fills
+// 4 or 8 of them, and the padded rows cost no memory traffic.
+//
+// Inside a CTA the key range of the split is cut into chunks of 16 keys; warp w takes chunks w,
+// w + 4, w + 8, ... and runs its own cp.async pipeline (kStages chunks deep, 16-byte copies of
+// whole 16-key K and V chunks into shared memory), its own scores (Q K^T on tensor cores), online
+// softmax and P V accumulation. Warps never wait for each other inside the loop; at the end the
+// four partial (max, sum, O) are merged through shared memory. Paged addressing is resolved once
+// per chunk: lanes 0..15 look up the block table for one key each, and the row offsets travel to
+// the copying lanes by shuffle.
+//
+// Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
+// its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
+// them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <string>
+
+#include "core/mask.h"
+#include "core/rotary.h"
+#include "core/sequence.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/decode_common.h"
+#include "cuda/decode_launch.h"
+#include "cuda/decode_tier.h"
+
+namespace flashsdpa::cuda {
+namespace decode {
+namespace {
+
+constexpr int kRows = 16;   // packed query rows per CTA: the M of m16n8k16
+constexpr int kChunk = 16;  // keys per warp step: two n8 score tiles, the K of the P V product
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+// Shared-memory geometry of one head-dim bucket.
+//
+// Stage depth: decode reads K/V once, so what hides DRAM latency is bytes in flight. A 16-key
+// chunk of K and V at head dim 128 (bf16) is 8 KB; with 3 stages a warp keeps 2 chunks in flight
+// while it computes the third: 4 warps x 2 x 8 KB = 64 KB per CTA, and the 109 KB CTA leaves room
+// for a second CTA on an SM (228 KB), so ~128 KB per SM is in flight — several times the ~25 KB
+// Little's law asks for at 25 GB/s per SM and ~1 us of loaded latency. Head dim 64 chunks are
+// half the size, so 4 stages; head dim 256 chunks are 16 KB, so 2 stages (one CTA per SM).
+template <int kHeadDim>
+struct Tile {
+  static constexpr int kStages = kHeadDim <= 64 ? 4 : kHeadDim <= 128 ? 3 : 2;
+  // Q's A fragments stay in registers (kHeadDim / 4 of them) up to head dim 128. At 256 they and
+  // the 128 O accumulators would exceed the 255-register budget, so Q is re-read from shared
+  // memory per chunk (16 ldmatrix per 16 KB of K/V: noise).
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
+  static constexpr int kQFragments = kQInRegisters ? kHeadDim / 16 : 1;
+  // Row pitch in elements: 16 extra bytes put the 8 rows of every ldmatrix 8x8 block on distinct
+  // 16-byte bank groups (a 2^k-byte pitch would put them all on one).
+  static constexpr int kPitch = kHeadDim + 8;
+  static constexpr int kPieces = kHeadDim / 8;                 // 16-byte pieces per row
+  static constexpr int kCopiesPerLane = kChunk * kPieces / 32;  // cp.async per lane per chunk, K or V
+  static constexpr int kChunkElems = kChunk * kPitch;
+  static constexpr size_t kQBytes = size_t(kRows) * kPitch * 2;
+  static constexpr size_t kStageBytes = 2 * size_t(kChunkElems) * 2;  // K and V chunks, 16-bit elements
+  static constexpr size_t kPipelineBytes = size_t(kWarps) * kStages * kStageBytes;
+  static constexpr size_t kMaskBytes = size_t(kWarps) * kStages * sizeof(uint32_t);
+  static constexpr size_t kSmemBytes = kQBytes + kPipelineBytes + kMaskBytes;
+
+  // After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum.
+  static constexpr int kOPitch = kHeadDim + 4;
+  static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (kOPitch + 2) * sizeof(float);
+  // Before the loop it holds the fp32 query tile, rotated in place.
+  static constexpr size_t kQStagingBytes = size_t(kRows) * kHeadDim * sizeof(float);
+  static_assert(kMergeBytes <= kPipelineBytes && kQStagingBytes <= kPipelineBytes, "aliases must fit");
+  static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
+};
+
+struct Args {
+  core::Problem p;
+  int num_splits;
+  int64_t m_tiles;         // query tiles per (sequence, kv head)
+  int64_t q_rows;          // dense query rows: batch * seqlen_q (batched) or total_q (varlen)
+  float* partial_out;      // [num_splits][q_rows][Hq][Dv] when num_splits > 1
+  float* partial_lse;      // [num_splits][q_rows][Hq]
+  bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
+  bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
+};
+
+// ---- geometry of one CTA ------------------------------------------------------------------------
+
+// Which sequence, kv head, query tile and split a CTA serves, and the keys its split covers.
+struct CtaWork {
+  int64_t b, hkv, row0;        // row0: first packed row of the tile
+  int64_t packed_rows;         // sq * group: packed rows of the sequence
+  core::SeqView s;
+  core::Mask mask;
+  int64_t key_begin, key_end;  // keys of this split that some row of the tile may see
+  int64_t chunk0;              // first chunk start (a multiple of kChunk; keys before key_begin masked)
+};
+
+__device__ CtaWork cta_work(const Args& a) {
+  const core::Problem& p = a.p;
+  CtaWork w;
+  const int64_t tile = blockIdx.x;
+  const int64_t m_tile = tile % a.m_tiles;
+  w.hkv = (tile / a.m_tiles) % p.heads_kv;
+  w.b = tile / (a.m_tiles * p.heads_kv);
+  w.s = core::sequence(p, w.b);
+  w.mask = core::sequence_mask(p, w.s);
+  w.row0 = m_tile * kRows;
+  w.packed_rows = w.s.sq * p.group;
+  w.key_begin = w.key_end = w.chunk0 = 0;
+  if (w.row0 >= w.packed_rows) return w;
+
+  // Both mask bounds are non-decreasing in the query row, so the tile sees the keys between the
+  // first row's begin and the last row's end. Chunks start on multiples of kChunk so that a
+  // chunk never straddles two pages of size 16 (or any divisor of 16).
+  const int64_t i_first = w.row0 / p.group;
+  const int64_t i_last = (min(w.row0 + kRows, w.packed_rows) - 1) / p.group;
+  const int64_t lo = w.mask.tile_begin(i_first, i_last + 1);
+  const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
+  if (hi <= lo) return w;
+  const int64_t base = lo / kChunk * kChunk;
+  const int64_t per_split = ceil_div(ceil_div(hi - base, a.num_splits), kChunk) * kChunk;
+  const int64_t split_begin = base + blockIdx.y * per_split;
+  w.chunk0 = split_begin;
+  w.key_begin = max(split_begin, lo);
+  w.key_end = min(split_begin + per_split, hi);
+  if (w.key_end < w.key_begin) w.key_end = w.key_begin;
+  return w;
+}
+
+// One packed row of the tile as a lane sees it.
+struct RowInfo {
+  bool valid;
+  int64_t i;          // query row in the sequence
+  int64_t h;          // query head
+  int64_t key_begin;  // allowed keys [key_begin, key_end)
+  int64_t key_end;
+  core::ScoreMod mod;
+};
+
+__device__ RowInfo row_info(const Args& a, const CtaWork& w, int r) {
+  const core::Problem& p = a.p;
+  RowInfo row;
+  const int64_t packed = w.row0 + r;
+  row.valid = packed < w.packed_rows;
+  row.i = row.valid ? packed / p.group : 0;
+  row.h = w.hkv * p.group + (row.valid ? packed % p.group : 0);
+  row.key_begin = row.valid ? max(w.mask.row_begin(row.i), w.key_begin) : 0;
+  row.key_end = row.valid ? min(w.mask.row_end(row.i), w.key_end) : 0;
+  row.mod.softcap = p.softcap;
+  row.mod.has_alibi = p.alibi_slopes != nullptr;
+  row.mod.alibi_slope = row.mod.has_alibi ? p.alibi_slopes[w.b * p.alibi_batch_stride + row.h] : 0.0f;
+  return row;
+}
+
+// ---- query tile ---------------------------------------------------------------------------------
+
+// The A fragment of Q for k-step kk: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), one 8x8 matrix
+// per group of 8 lanes.
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void query_fragment(const T* q_tile, int kk, int lane, uint32_t (&a)[4]) {
+  const int row = lane % 8 + 8 * ((lane / 8) % 2), col = 8 * (lane / 16);
+  ldmatrix_x4(a, smem_address(q_tile + row * Tile<kHeadDim>::kPitch + kk * 16 + col));
+}
+
+// Loads the tile's query rows into shared memory as 16-bit A fragments' source, rotated at
+// core::rotary_q_position when the call has rotary (in fp32, like the reference, then rounded).
+// Padded rows and dims past Dqk are zeros. Leaves the A fragments in q_frag when they live in
+// registers (Tile::kQInRegisters).
+template <class E, int kHeadDim>
+__device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* q_tile, float* staging,
+                                uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const core::Problem& p = a.p;
+  const T* q = static_cast<const T*>(p.q.ptr);
+  for (int idx = threadIdx.x; idx < kRows * kHeadDim; idx += kThreads) {
+    const int r = idx / kHeadDim, d = idx % kHeadDim;
+    const int64_t packed = w.row0 + r;
+    float x = 0.0f;
+    if (packed < w.packed_rows && d < p.head_dim_qk) {
+      const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
+      x = to_float(q[core::q_offset(p, w.s, w.b, i, h) + d]);
+    }
+    staging[idx] = x;
+  }
+  __syncthreads();
+  if (a.rotate_q) {
+    const int half = static_cast<int>(p.rotary_dim / 2);
+    for (int idx = threadIdx.x; idx < kRows * half; idx += kThreads) {
+      const int r = idx / half, t = idx % half;
+      const int64_t packed = w.row0 + r;
+      if (packed >= w.packed_rows) continue;
+      const int64_t table_row = core::rotary_row(p, core::rotary_q_position(p, w.s, packed / p.group));
+      if (table_row < 0) continue;
+      const T* cos_row = static_cast<const T*>(p.rotary_cos) + table_row * p.rotary_row_stride;
+      const T* sin_row = static_cast<const T*>(p.rotary_sin) + table_row * p.rotary_row_stride;
+      int64_t i0, i1;
+      core::rotary_pair(t, p.rotary_dim, p.rotary_interleaved, &i0, &i1);
+      float* x = staging + r * kHeadDim;
+      const float x0 = x[i0], x1 = x[i1], c = to_float(cos_row[t]), s = to_float(sin_row[t]);
+      x[i0] = x0 * c - x1 * s;
+      x[i1] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+  }
+  for (int idx = threadIdx.x; idx < kRows * kHeadDim; idx += kThreads) {
+    const int r = idx / kHeadDim, d = idx % kHeadDim;
+    q_tile[r * Cfg::kPitch + d] = from_float<T>(staging[idx]);
+  }
+  __syncthreads();
+  if constexpr (Cfg::kQInRegisters) {
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) query_fragment<kHeadDim>(q_tile, kk, threadIdx.x % 32, q_frag[kk]);
+  }
+}
+
+// ---- K/V chunks ---------------------------------------------------------------------------------
+
+// Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
+// key0 + l (block table included) once; keys outside [key_begin, key_end) or whose block is out
+// of range read nothing and land as zeros, and the returned bit mask says which keys are real.
+template <class E, int kHeadDim>
+__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, typename E::T* k_dst,
+                                  typename E::T* v_dst, int lane) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const core::Problem& p = a.p;
+  const int64_t j = key0 + (lane % kChunk);
+  int64_t k_row = -1, v_row = -1;
+  if (lane < kChunk && j >= w.key_begin && j < w.key_end) {
+    k_row = core::key_offset(p, w.s, p.k, w.b, j);
+    v_row = core::key_offset(p, w.s, p.v, w.b, j);
+  }
+  const bool readable = k_row >= 0 && v_row >= 0;
+  const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kChunk) - 1);
+  const int64_t k_base = readable ? k_row + w.hkv * p.k.head_stride : -1;
+  const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
+  const T* k = static_cast<const T*>(p.k.ptr);
+  const T* v = static_cast<const T*>(p.v.ptr);
+
+#pragma unroll
+  for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
+    const int idx = c * 32 + lane;
+    const int key = idx / Cfg::kPieces, d = (idx % Cfg::kPieces) * 8;
+    const int64_t k_src = __shfl_sync(0xffffffffu, k_base, key);
+    const int64_t v_src = __shfl_sync(0xffffffffu, v_base, key);
+    T* kd = k_dst + key * Cfg::kPitch + d;
+    T* vd = v_dst + key * Cfg::kPitch + d;
+    if (a.vector_kv) {
+      const bool k_ok = k_src >= 0 && d < p.head_dim_qk, v_ok = v_src >= 0 && d < p.head_dim_v;
+      cp_async_16(smem_address(kd), k_ok ? k + k_src + d : k, k_ok ? 16 : 0);
+      cp_async_16(smem_address(vd), v_ok ? v + v_src + d : v, v_ok ? 16 : 0);
+    } else {  // unaligned rows or odd head dims: element loads
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        kd[e] = (k_src >= 0 && d + e < p.head_dim_qk) ? k[k_src + d + e] : from_float<T>(0.0f);
+        vd[e] = (v_src >= 0 && d + e < p.head_dim_v) ? v[v_src + d + e] : from_float<T>(0.0f);
+      }
+    }
+  }
+  return valid;
+}
+
+// ---- one warp's attention state -----------------------------------------------------------------
+
+// The accumulators of the two rows a lane holds (g and g + 8 of the m16n8 C layout, g = lane / 4):
+// running max and partial sum per row (the sum is this lane's share; the quad adds up at the end)
+// and O columns 2t, 2t + 1 of every n8 tile (t = lane % 4).
+template <int kHeadDim>
+struct WarpState {
+  core::SoftmaxRow<float> row[2];
+  float o[kHeadDim / 8][4];
+};
+
+// Scores of one chunk: S = Q K^T for 16 rows x 16 keys, then scale, softcap, ALiBi and the mask
+// (core::ScoreMod / row bounds); masked entries are -inf.
+template <class E, int kHeadDim>
+__device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4],
+                             const typename E::T* q_tile, const typename E::T* k_tile,
+                             int64_t key0, uint32_t valid, const RowInfo (&rows)[2], int64_t diag, int lane,
+                             float (&s)[2][4]) {
+  using Cfg = Tile<kHeadDim>;
+#pragma unroll
+  for (int n = 0; n < 2; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
+  // B fragments straight from the K rows: matrices (keys 0-7 | 8-15) x (d 0-7 | 8-15).
+  const int key = lane % 8 + 8 * (lane / 16), col = 8 * ((lane / 8) % 2);
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t qa[4], kb[4];
+    if constexpr (Cfg::kQInRegisters) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) qa[e] = q_frag[kk][e];
+    } else {
+      query_fragment<kHeadDim>(q_tile, kk, lane, qa);
+    }
+    ldmatrix_x4(kb, smem_address(k_tile + key * Cfg::kPitch + kk * 16 + col));
+    mma_16816<E>(s[0], qa, kb[0], kb[1]);
+    mma_16816<E>(s[1], qa, kb[2], kb[3]);
+  }
+  const int t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const RowInfo& row = rows[e / 2];
+      const int c = n * 8 + 2 * t + e % 2;
+      const int64_t j = key0 + c;
+      const bool allowed = ((valid >> c) & 1u) && j >= row.key_begin && j < row.key_end;
+      s[n][e] = allowed ? row.mod.apply(s[n][e] * a.p.scale, row.i, j, diag) : -INFINITY;
+    }
+  }
+}
+
+// Online softmax over one chunk, then O += P V with P from the score registers (the C layout of
+// two n8 tiles is the A layout of one k16 step).
+template <class E, int kHeadDim>
+__device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], const typename E::T* v_tile, int lane) {
+  using Cfg = Tile<kHeadDim>;
+  float factor[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float chunk_max = quad_max(fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1])));
+    factor[r] = st.row[r].rescale_to(chunk_max);
+    const float max_log2 = st.row[r].max * kLog2e;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        // A masked score is -inf and its probability 0, also while the row has seen nothing.
+        s[n][e] = s[n][e] == -INFINITY ? 0.0f : fast_exp2(fmaf(s[n][e], kLog2e, -max_log2));
+        sum += s[n][e];
+      }
+    st.row[r].sum += sum;
+  }
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n) {
+    st.o[n][0] *= factor[0];
+    st.o[n][1] *= factor[0];
+    st.o[n][2] *= factor[1];
+    st.o[n][3] *= factor[1];
+  }
+  const uint32_t p_frag[4] = {E::pack(s[0][0], s[0][1]), E::pack(s[0][2], s[0][3]), E::pack(s[1][0], s[1][1]),
+                              E::pack(s[1][2], s[1][3])};
+  // B fragments of V by transposed ldmatrix: matrices (keys 0-7 | 8-15) x (d 0-7 | 8-15).
+  const int key = lane % 8 + 8 * ((lane / 8) % 2), col = 8 * (lane / 16);
+#pragma unroll
+  for (int nb = 0; nb < kHeadDim / 16; ++nb) {
+    uint32_t vb[4];
+    ldmatrix_x4_trans(vb, smem_address(v_tile + key * Cfg::kPitch + nb * 16 + col));
+    mma_16816<E>(st.o[2 * nb], p_frag, vb[0], vb[1]);
+    mma_16816<E>(st.o[2 * nb + 1], p_frag, vb[2], vb[3]);
+  }
+}
+
+// ---- output -------------------------------------------------------------------------------------
+
+// Finishes one row of one head: out = O / Z and lse, with the sink in Z when the call has sinks
+// (only when this CTA is the whole row: with splits, the combine adds it once).
+template <typename T>
+__device__ void store_row_value(const Args& a, const CtaWork& w, int64_t i, int64_t h, int d, float value) {
+  const core::Problem& p = a.p;
+  static_cast<T*>(p.out.mutable_ptr())[core::out_offset(p, w.s, w.b, i, h) + d] = from_float<T>(value);
+}
+
+// Merges the four warps' states through shared memory and writes out / lse, or the split's
+// partials.
+template <class E, int kHeadDim>
+__device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
+                                int warp) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const core::Problem& p = a.p;
+  float* o_all = merge;                                         // [kWarps][kRows][kOPitch]
+  float* max_all = merge + kWarps * kRows * Cfg::kOPitch;       // [kWarps][kRows]
+  float* sum_all = max_all + kWarps * kRows;                    // [kWarps][kRows]
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    float* o_row = o_all + (warp * kRows + row) * Cfg::kOPitch;
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      o_row[n * 8 + 2 * t] = st.o[n][2 * r];
+      o_row[n * 8 + 2 * t + 1] = st.o[n][2 * r + 1];
+    }
+    const float sum = quad_sum(st.row[r].sum);
+    if (t == 0) {
+      max_all[warp * kRows + row] = st.row[r].max;
+      sum_all[warp * kRows + row] = sum;
+    }
+  }
+  __syncthreads();
+
+  const int dv = static_cast<int>(p.head_dim_v);
+  for (int idx = threadIdx.x; idx < kRows * dv; idx += kThreads) {
+    const int row = idx / dv, d = idx % dv;
+    const int64_t packed = w.row0 + row;
+    if (packed >= w.packed_rows) continue;
+    const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
+    core::SoftmaxRow<float> total;
+    float acc = 0.0f;
+    for (int k = 0; k < kWarps; ++k) {
+      const float m = max_all[k * kRows + row];
+      if (m == -INFINITY) continue;  // this warp saw no key of the row
+      const float f = total.rescale_to(m);
+      const float scale = __expf(m - total.max);
+      total.sum += sum_all[k * kRows + row] * scale;
+      acc = acc * f + o_all[(k * kRows + row) * Cfg::kOPitch + d] * scale;
+    }
+    if (a.num_splits == 1) {
+      if (p.sinks != nullptr) acc *= total.add_sink(p.sinks[h]);
+      store_row_value<T>(a, w, i, h, d, acc * total.inv_sum());
+      if (d == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
+    } else {
+      const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
+      const int64_t slot = (int64_t(blockIdx.y) * a.q_rows + r) * p.heads_q + h;
+      a.partial_out[slot * p.head_dim_v + d] = acc * total.inv_sum();
+      if (d == 0) a.partial_lse[slot] = total.lse();
+    }
+  }
+}
+
+// ---- the kernels --------------------------------------------------------------------------------
+
+template <class E, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args a) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const CtaWork w = cta_work(a);
+  if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* q_tile = reinterpret_cast<T*>(smem);
+  unsigned char* pipeline = smem + Cfg::kQBytes;
+  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Cfg::kPipelineBytes);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  uint32_t q_frag[Cfg::kQFragments][4];
+  load_query_tile<E, kHeadDim>(a, w, q_tile, reinterpret_cast<float*>(pipeline), q_frag);
+  __syncthreads();  // the staging area becomes the pipeline
+
+  const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
+  WarpState<kHeadDim> st;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
+
+  T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
+  uint32_t* my_masks = valid_masks + warp * Cfg::kStages;
+  auto k_stage = [&](int stage) { return my_stages + size_t(stage) * 2 * Cfg::kChunkElems; };
+  auto v_stage = [&](int stage) { return k_stage(stage) + Cfg::kChunkElems; };
+
+  const int64_t chunks = w.key_end > w.key_begin ? ceil_div(w.key_end - w.chunk0, kChunk) : 0;
+  const int64_t my_chunks = chunks > warp ? ceil_div(chunks - warp, kWarps) : 0;
+  auto chunk_key0 = [&](int64_t n) { return w.chunk0 + (n * kWarps + warp) * kChunk; };
+  auto issue = [&](int64_t n) {
+    const int stage = static_cast<int>(n % Cfg::kStages);
+    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), k_stage(stage), v_stage(stage), lane);
+    if (lane == 0) my_masks[stage] = valid;
+  };
+
+#pragma unroll
+  for (int n = 0; n < Cfg::kStages - 1; ++n) {
+    if (n < my_chunks) issue(n);
+    cp_async_commit();
+  }
+  for (int64_t n = 0; n < my_chunks; ++n) {
+    // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
+    if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
+    cp_async_commit();
+    cp_async_wait<Cfg::kStages - 1>();
+    __syncwarp();
+    const int stage = static_cast<int>(n % Cfg::kStages);
+    float s[2][4];
+    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], rows, w.mask.diag, lane, s);
+    chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), lane);
+    __syncwarp();
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
+  merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
+}
+
+// Merges the splits of one (query row, head) per warp: the partial lse values are logits of
+// normalised partial outputs, folded in online (core::SoftmaxRow), then the sink, once.
+template <class E, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) {
+  using T = typename E::T;
+  constexpr int kPerLane = kHeadDim / 32;
+  const core::Problem& p = a.p;
+  const int lane = threadIdx.x % 32;
+  const int64_t b = blockIdx.y;
+  const core::SeqView s = core::sequence(p, b);
+  const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t i = item / p.heads_q, h = item % p.heads_q;
+  if (i >= s.sq) return;
+  const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
+
+  core::SoftmaxRow<float> total;
+  float acc[kPerLane];
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) acc[e] = 0.0f;
+  for (int split = 0; split < a.num_splits; ++split) {
+    const int64_t slot = (int64_t(split) * a.q_rows + r) * p.heads_q + h;
+    const float lse = a.partial_lse[slot];
+    if (lse == -INFINITY) continue;  // the split saw no key of this row
+    const float f = total.rescale_to(lse);
+    const float weight = __expf(lse - total.max);
+    total.sum += weight;
+    const float* o = a.partial_out + slot * p.head_dim_v;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      const int d = e * 32 + lane;
+      acc[e] = acc[e] * f + (d < p.head_dim_v ? o[d] * weight : 0.0f);
+    }
+  }
+  if (p.sinks != nullptr) {
+    const float f = total.add_sink(p.sinks[h]);
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) acc[e] *= f;
+  }
+  const float inv = total.inv_sum();
+  T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, s, b, i, h);
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int d = e * 32 + lane;
+    if (d < p.head_dim_v) out[d] = from_float<T>(acc[e] * inv);
+  }
+  if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
+}
+
+// ---- host side ----------------------------------------------------------------------------------
+
+constexpr int kMaxDevices = 64;
+
+int current_device() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  if (device < 0 || device >= kMaxDevices) throw RuntimeError("cuda-decode: device ordinal out of range");
+  return device;
+}
+
+// CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM).
+// Also raises the kernel's dynamic shared-memory limit, once per device.
+template <class E, int kHeadDim>
+int resident_ctas(int device) {
+  static std::mutex mutex;
+  static int resident[kMaxDevices] = {};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (resident[device] == 0) {
+    const int smem = static_cast<int>(Tile<kHeadDim>::kSmemBytes);
+    check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+               "cudaFuncSetAttribute");
+    int per_sm = 0, sms = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim>,
+                                                             kThreads, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    resident[device] = std::max(per_sm, 1) * std::max(sms, 1);
+  }
+  return resident[device];
+}
+
+// Split scratch comes from a stream-ordered pool of its own that keeps freed memory (a decode
+// step allocates the same few MB every call; returning them to the driver would cost more than
+// the kernel).
+cudaMemPool_t scratch_pool(int device) {
+  static std::mutex mutex;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (pools[device] == nullptr) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    check_cuda(cudaMemPoolCreate(&pools[device], &props), "cudaMemPoolCreate");
+    uint64_t keep = UINT64_MAX;
+    check_cuda(cudaMemPoolSetAttribute(pools[device], cudaMemPoolAttrReleaseThreshold, &keep),
+               "cudaMemPoolSetAttribute");
+  }
+  return pools[device];
+}
+
+// Minimum keys per split: below ~256 keys (128 KB of K/V at head dim 128) the partial write and
+// the combine cost more than the extra parallelism brings.
+constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int kMaxSplits = 128;
+
+// num_splits = 0: enough splits that the grid fills the GPU at small batch. Among the split
+// counts that keep >= kMinKeysPerSplit keys per split, take the smallest whose wave efficiency
+// (CTAs over whole waves of resident CTAs) is within 5% of the best, so large batches keep one
+// split and batch 1 spreads over every SM.
+int choose_splits(int64_t work, int64_t max_keys, int resident) {
+  const int64_t limit = std::clamp<int64_t>(max_keys / kMinKeysPerSplit, 1, kMaxSplits);
+  auto efficiency = [&](int64_t n) {
+    const double ctas = double(work) * n;
+    return ctas / (std::ceil(ctas / resident) * resident);
+  };
+  if (work >= resident) return 1;  // the batch alone fills the GPU: splits would only add combine work
+  double best = 0.0;
+  for (int64_t n = 1; n <= limit; ++n) best = std::max(best, efficiency(n));
+  for (int64_t n = 1; n <= limit; ++n)
+    if (efficiency(n) >= 0.95 * best) return static_cast<int>(n);
+  return 1;
+}
+
+template <class E, int kHeadDim>
+void launch_attention(const core::Problem& p, cudaStream_t stream) {
+  using Cfg = Tile<kHeadDim>;
+  Args a{};
+  a.p = p;
+  a.rotate_q = p.rotary_dim > 0;
+  a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
+  a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
+  const int64_t work = p.batch * p.heads_kv * a.m_tiles;
+  if (work == 0 || a.q_rows == 0) return;
+
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  a.vector_kv = p.head_dim_qk % 8 == 0 && p.head_dim_v % 8 == 0 && aligned(p.k.ptr) && aligned(p.v.ptr);
+  for (const core::Operand* op : {&p.k, &p.v})
+    a.vector_kv = a.vector_kv && op->batch_stride % 8 == 0 && op->row_stride % 8 == 0 && op->head_stride % 8 == 0;
+
+  const int device = current_device();
+  const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
+  const int resident = resident_ctas<E, kHeadDim>(device);  // also raises the shared-memory limit
+  int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
+  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(65535, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
+  a.num_splits = splits;
+
+  void* scratch = nullptr;
+  if (splits > 1) {
+    const size_t slots = size_t(splits) * a.q_rows * p.heads_q;
+    const size_t bytes = slots * (p.head_dim_v + 1) * sizeof(float);
+    check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
+    a.partial_out = static_cast<float*>(scratch);
+    a.partial_lse = a.partial_out + slots * p.head_dim_v;
+  }
+
+  const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
+  split_kv_attention_kernel<E, kHeadDim><<<grid, kThreads, Cfg::kSmemBytes, stream>>>(a);
+  check_cuda(cudaGetLastError(), "split_kv_attention_kernel launch");
+  if (splits > 1) {
+    const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kWarps)),
+                            static_cast<unsigned>(p.batch));
+    combine_splits_kernel<E, kHeadDim><<<combine_grid, kThreads, 0, stream>>>(a);
+    check_cuda(cudaGetLastError(), "combine_splits_kernel launch");
+    check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+  }
+}
+
+template <class E>
+void launch_for_head_dim(const core::Problem& p, cudaStream_t stream) {
+  const int64_t d = std::max(p.head_dim_qk, p.head_dim_v);
+  if (d <= 64) launch_attention<E, 64>(p, stream);
+  else if (d <= 128) launch_attention<E, 128>(p, stream);
+  else launch_attention<E, 256>(p, stream);
+}
+
+void attend(const core::Problem& p, cudaStream_t stream) {
+  dispatch_half_types(p.dtype, [&](auto e) { launch_for_head_dim<decltype(e)>(p, stream); });
+}
+
+void require_served(const core::Problem& p, bool is_kvcache) {
+  std::string why;
+  if (!decode_tier_supports(p, is_kvcache, &why)) throw Error(why);
+}
+
+}  // namespace
+}  // namespace decode
+
+void decode_kvcache(const core::Problem& p, void* stream) {
+  decode::require_served(p, true);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  launch_kv_append(p, s);  // the attention below reads the appended keys: same stream, in order
+  decode::attend(p, s);
+}
+
+void decode_forward(const core::Problem& p, void* stream) {
+  decode::require_served(p, false);
+  decode::attend(p, static_cast<cudaStream_t>(stream));
+}
+
+void kvcache(const core::Problem& p, core::Tier tier, void* stream) {
+  if (tier != core::Tier::kCudaDecode)
+    throw Error(std::string("attention_kvcache runs on cuda-decode; the selector chose ") + core::tier_name(tier));
+  decode_kvcache(p, stream);
+}
+
+}  // namespace flashsdpa::cuda

@@ -1,0 +1,37 @@
+// Device helpers shared by the decode kernels (decode_attention.cu, kv_write.cu): element
+// conversions and the dtype dispatch. The tensor-core and copy primitives are device_utils.cuh's.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/device_utils.cuh"
+
+namespace flashsdpa::cuda::decode {
+
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Calls f(Half{}) or f(BFloat16{}) for a 16-bit float dtype.
+template <typename F>
+void dispatch_half_types(DType dtype, F&& f) {
+  if (dtype == DType::kFloat16) f(Half{});
+  else f(BFloat16{});
+}
+
+}  // namespace flashsdpa::cuda::decode

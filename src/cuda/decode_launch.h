@@ -1,0 +1,15 @@
+// Host-side launchers shared by the decode files (CUDA runtime types, no device code).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/problem.h"
+
+namespace flashsdpa::cuda {
+
+// KV-cache append (kv_write.cu): k_new / v_new into their cache slots, dense or paged, k rotated
+// at its slot's position when the problem has rotary. Slots whose cache row or block is out of
+// range are skipped (SPEC §5). No-op when p.seqlen_new == 0.
+void launch_kv_append(const core::Problem& p, cudaStream_t stream);
+
+}  // namespace flashsdpa::cuda

@@ -1,0 +1,60 @@
+// What cuda-decode serves (see decode_tier.h). Plain C++: the selector calls it.
+#include "cuda/decode_tier.h"
+
+#include <algorithm>
+#include <sstream>
+
+namespace flashsdpa::cuda {
+
+namespace {
+
+constexpr int64_t kMaxHeadDim = 256;
+
+const char* cache_words(const core::Problem& p) {
+  switch (p.kv_layout) {
+    case core::KvLayout::kPaged: return "paged KV cache through block_table";
+    case core::KvLayout::kDenseCache: return p.cache_batch_idx ? "dense KV cache with cache_batch_idx" : "dense KV cache";
+    case core::KvLayout::kVarlen: return "varlen K/V";
+    case core::KvLayout::kBatched: return "batched K/V";
+  }
+  return "K/V";
+}
+
+int64_t padded(int64_t d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
+
+}  // namespace
+
+bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* why) {
+  std::ostringstream no;
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
+    no << "cuda-decode needs fp16 or bf16 (tensor cores); got " << dtype_name(p.dtype);
+  } else if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim) {
+    no << "head dims must be in 1..256 on the GPU; got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+  } else if (p.heads_kv > 65535 * 64 || p.batch * p.heads_kv > (int64_t{1} << 30)) {
+    no << "batch * kv heads = " << p.batch * p.heads_kv << " is beyond the launch grid";
+  } else if (!is_kvcache && p.kv_layout != core::KvLayout::kPaged && p.seqlen_q > kDecodeMaxQueryLen) {
+    no << "cuda-decode serves forward calls over a paged cache or with queries of at most " << kDecodeMaxQueryLen
+       << " rows; the longest query here may have " << p.seqlen_q;
+  }
+  if (!no.str().empty()) {
+    if (why) *why = no.str();
+    return false;
+  }
+  if (why) {
+    std::ostringstream os;
+    const int64_t rows = p.seqlen_q * p.group;
+    os << "cuda-decode serves this " << dtype_name(p.dtype) << (is_kvcache ? " KV-cache call" : " forward")
+       << ": split-KV flash decoding over the " << cache_words(p) << ", one CTA per (sequence, kv head, query tile of 16 "
+       << "packed rows, key split) with the " << p.group << " query heads of a kv head packed into the tile so K/V are "
+       << "read once" << (rows > 16 ? " per query tile" : "") << "; head dims " << p.head_dim_qk << "/" << p.head_dim_v
+       << " in the " << padded(std::max(p.head_dim_qk, p.head_dim_v)) << "-wide tile; "
+       << (p.num_splits == 0 ? std::string("splits chosen to fill the GPU")
+                             : "num_splits = " + std::to_string(p.num_splits));
+    if (p.seqlen_new > 0) os << "; appends " << p.seqlen_new << " tokens in place first";
+    if (p.rotary_dim > 0) os << " with " << (p.rotary_interleaved ? "interleaved" : "NeoX") << " rotary";
+    *why = os.str();
+  }
+  return true;
+}
+
+}  // namespace flashsdpa::cuda

@@ -1,0 +1,27 @@
+// cuda-decode: split-KV flash decoding for short query lengths over dense or paged KV caches.
+// Host-only (no CUDA types), so the selector and `flashsdpa explain` can ask what it serves.
+#pragma once
+
+#include <string>
+
+#include "core/problem.h"
+
+namespace flashsdpa::cuda {
+
+// What cuda-decode serves:
+//   attention_kvcache (is_kvcache): fp16/bf16, Dqk and Dv in 1..256, dense or paged caches, any
+//     query length (best at Sq * Hq / Hkv <= 16), append with rotary, every mask and modifier.
+//   attention_forward: fp16/bf16 over a paged KV cache (block_table) with batched or varlen q —
+//     continuous batching, where one call mixes prefill chunks and decode rows — or any K/V
+//     layout when the longest query is at most kDecodeMaxQueryLen rows.
+// On true, *why says how the call will run; on false, why not.
+bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* why);
+
+// Queries up to this long (per sequence) count as decoding / speculative verification.
+inline constexpr int64_t kDecodeMaxQueryLen = 16;
+
+// Entry points (decode_attention.cu). `stream` is a cudaStream_t.
+void decode_kvcache(const core::Problem& p, void* stream);  // append (+ rotary), then attend
+void decode_forward(const core::Problem& p, void* stream);  // attend only
+
+}  // namespace flashsdpa::cuda
