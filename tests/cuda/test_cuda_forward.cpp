@@ -60,7 +60,7 @@ TEST(CudaForward, HeadDims) {
 TEST(CudaForward, Lengths) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   const std::vector<std::pair<int64_t, int64_t>> lengths = {{1, 1}, {1, 300}, {300, 1}, {97, 97},
-                                                            {257, 64}, {64, 257}, {1025, 1025}};
+                                                            {257, 64}, {64, 257}, {1025, 300}, {300, 1025}};
   uint64_t seed = 100;
   for (const auto& [sq, sk] : lengths) {
     for (bool causal : {false, true}) {
@@ -76,7 +76,7 @@ TEST(CudaForward, Lengths) {
 TEST(CudaForward, LongSequenceHeadDim128) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (bool causal : {false, true}) {
-    AttnConfig c = batched(1100, 1300, 2, 1, 128, 128);
+    AttnConfig c = batched(600, 700, 2, 1, 128, 128);
     c.batch = 1;
     c.causal = causal;
     c.seed = 7 + causal;
