@@ -1,0 +1,1 @@
+"""Layers with the flash_attn.layers API."""
