@@ -166,6 +166,92 @@ TEST(Reference, CheckCloseRule) {
   EXPECT_NE(check_close({1.0}, {1.0, 2.0}, {1.0, 2.0}, 2.0), "");               // sizes
 }
 
+// The append writes k_new rotated at its slot's position: (x0, x1) -> (x0 cos - x1 sin,
+// x0 sin + x1 cos) over pairs (2t, 2t+1) interleaved or (t, t + rotary_dim / 2) NeoX, dims past
+// rotary_dim copied; v_new copied; every other slot untouched.
+TEST(ReferenceKvCache, AppendRotatesNewKeysAtTheirPositions) {
+  for (bool interleaved : {true, false}) {
+    AttnConfig c;
+    c.layout = Layout::kDenseCache;
+    c.dtype = DType::kFloat32;
+    c.batch = 2;
+    c.heads_q = c.heads_kv = 1;
+    c.head_dim_qk = 10;
+    c.head_dim_v = 3;
+    c.seqlen_q = 1;
+    c.seqlen_new = 2;
+    c.cache_capacity = 8;
+    c.cache_seqlens = {0, 5};
+    c.rotary_dim = 6;
+    c.rotary_interleaved = interleaved;
+    AttnCase a(c);
+    const HostTensor original_k = a.k, original_v = a.v;
+    reference::kvcache(problem_for(a.params(), true), Precision::kFloat64);
+    const int64_t half = c.rotary_dim / 2;
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t j = 0; j < c.cache_capacity; ++j) {
+        const int64_t t = j - c.cache_seqlens[b];
+        const bool appended = t >= 0 && t < c.seqlen_new;
+        for (int64_t d = 0; d < c.head_dim_qk; ++d) {
+          const int64_t at = (b * c.cache_capacity + j) * c.head_dim_qk + d;
+          if (!appended) {
+            EXPECT_EQ(a.k.get(at), original_k.get(at));
+            continue;
+          }
+          auto x = [&](int64_t e) { return a.k_new.get((b * c.seqlen_new + t) * c.head_dim_qk + e); };
+          double expected = x(d);
+          if (d < c.rotary_dim) {
+            const int64_t freq = interleaved ? d / 2 : d % half;
+            const bool first = interleaved ? d % 2 == 0 : d < half;
+            const int64_t partner = interleaved ? (first ? d + 1 : d - 1) : (first ? d + half : d - half);
+            const double cs = a.rotary_cos.get(j * half + freq), sn = a.rotary_sin.get(j * half + freq);
+            expected = first ? x(d) * cs - x(partner) * sn : x(partner) * sn + x(d) * cs;
+          }
+          EXPECT_NEAR(a.k.get(at), expected, 1e-6) << "interleaved=" << interleaved << " b=" << b << " j=" << j << " d=" << d;
+        }
+        for (int64_t d = 0; d < c.head_dim_v; ++d) {
+          const int64_t at = (b * c.cache_capacity + j) * c.head_dim_v + d;
+          EXPECT_EQ(a.v.get(at), appended ? a.v_new.get((b * c.seqlen_new + t) * c.head_dim_v + d) : original_v.get(at));
+        }
+      }
+    }
+  }
+}
+
+// Without rotary, a KV-cache call is the forward over the cache with the new keys in place.
+TEST(ReferenceKvCache, EqualsForwardOverTheFilledCache) {
+  AttnConfig c;
+  c.layout = Layout::kDenseCache;
+  c.batch = 1;
+  c.heads_q = 2;
+  c.heads_kv = 1;
+  c.head_dim_qk = c.head_dim_v = 4;
+  c.seqlen_q = c.seqlen_new = 3;
+  c.cache_capacity = 9;
+  c.cache_seqlens = {4};
+  c.causal = true;
+  c.sinks = true;
+  AttnCase a(c);
+  const auto via_cache = reference::kvcache(problem_for(a.params(), true), Precision::kFloat64);
+  AttnConfig d = small_config();
+  d.batch = 1;
+  d.heads_q = 2;
+  d.heads_kv = 1;
+  d.head_dim_qk = d.head_dim_v = 4;
+  d.seqlen_q = 3;
+  d.seqlen_k = 7;
+  d.causal = true;
+  d.sinks = true;
+  AttnCase f(d);
+  f.q = a.q;
+  f.sinks = a.sinks;
+  for (int64_t n = 0; n < f.k.numel(); ++n) f.k.set(n, a.k.get(n));  // the first 7 slots of the filled cache
+  for (int64_t n = 0; n < f.v.numel(); ++n) f.v.set(n, a.v.get(n));
+  const auto direct = reference::forward(problem_for(f.params(), false), Precision::kFloat64);
+  EXPECT_EQ(via_cache.out, direct.out);
+  EXPECT_EQ(via_cache.lse, direct.lse);
+}
+
 // ---- backward by finite differences -------------------------------------------------------------
 
 // L = sum dout * out over the dense output, in float64.
