@@ -1,43 +1,56 @@
-// The CPU backward: FlashAttention-2's algorithm (Dao 2023, algorithm 2) on a thread pool.
+// The CPU backward: FlashAttention-2's algorithm (Dao 2023, algorithm 2) on the CPU thread pool.
 //
 // Three passes, each parallel over independent work items:
-//   1. row terms     per (sequence, query head): D_i = rowsum(dout_i * out_i) in fp32, and each
-//                    sequence's share of d(sink_h) = -sum_i exp(sink_h - lse_i) * D_i.
+//   1. row terms     per (sequence, query head): D_i = rowsum(dout_i * out_i) in fp32, the softmax
+//                    statistics P is recomputed against, and the sequence's share of
+//                    d(sink_h) = -sum_i P_sink,i * D_i.
 //   2. key tiles     per (sequence, kv head, key split): for each key tile of the split, recompute
-//                    P = exp(s - lse) from q, k and the forward's lse for every query head of the
-//                    group and every query row that can see the tile, then
+//                    P for every query head of the group and every query row that can see the
+//                    tile, then
 //                        dV += P^T dO,  dP = dO V^T,  dS = P * (dP - D) * (d s / d s_raw),
 //                        dK += scale * dS^T Q,        dQ_split += scale * dS K.
-//                    dk/dv of a tile are owned by one work item and written once, rounded from
-//                    fp32. dq gets a contribution from every key tile, so each split accumulates
-//                    into its own fp32 plane sized like dq.
-//   3. dq reduction  per (sequence, query row chunk): dq = sum of the split planes, in split order.
+//                    dk/dv of a tile belong to one work item and are written once, rounded from
+//                    fp32; K/V are read per kv head, never expanded over the group. dq receives a
+//                    contribution from every key tile, so each split accumulates into its own fp32
+//                    plane shaped like dq.
+//   3. dq reduction  per (sequence, query row chunk): dq = the sum of the split planes, in split order.
 //
-// Determinism: which key tiles a split owns, the order a work item visits them, and the order of
-// every accumulation depend on the problem's shape alone, never on the thread count or on which
-// thread runs an item. Gradients are therefore bit-identical run to run and for any thread count,
-// and BwdProblem::deterministic needs no separate (slower) path.
+// Softmax statistics: P_ij = exp((s_ij - m_i) - log Z_i), with m_i = the forward's lse_i and
+// log Z_i = 0 (P = exp(s - lse)) and D_i from the forward's out, as in FlashAttention-2. That
+// relies on the forward's softmax agreeing with the scores recomputed here, which fails for
+// extreme logits: an fp32 lse pins P down only to half an ulp of |lse|, and fp32 scores near 1e4
+// carry ~1e-3 absolute rounding of their own. The second breaks sum_j dS_ij = 0, an error dQ
+// then scales by |mean k|. Rows with |lse| beyond stored_lse_limit() therefore get m_i, log Z_i
+// and out_i recomputed in pass 1 from the very scores pass 2 uses, which makes P, D and dS
+// consistent with each other again (the float64 reference's own behaviour); ordinary rows cost
+// nothing extra.
 //
-// Memory is O(tokens): the split planes hold splits * rows * Hq * Dqk floats, with the split count
+// Determinism: which key tiles a split owns, the order a work item visits them, the tile shapes
+// and the order of every accumulation depend on the problem alone (shape and values), never on
+// the thread count or on which thread runs an item. Gradients are therefore bit-identical run to
+// run and for any thread count (on one machine and instruction set, see tile_math.h), so
+// BwdProblem::deterministic needs no separate, slower path.
+//
+// Memory is O(tokens): the split planes hold splits * rows * Hq * Dqk floats, the split count
 // bounded by kMaxSplits and by a scratch budget; per-thread tiles are O(tile * head dim).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
-#include "core/dtype.h"
 #include "core/mask.h"
 #include "core/problem.h"
 #include "core/sequence.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
+#include "cpu/tile_math.h"
 
 namespace flashsdpa::cpu {
 namespace {
 
 using core::BwdProblem;
-using core::Operand;
 using core::Problem;
 
 constexpr int64_t kKeyTile = 64;     // keys per tile: the unit of dk/dv ownership
@@ -45,53 +58,26 @@ constexpr int64_t kQueryBlock = 64;  // query rows processed against one key til
 constexpr int64_t kReduceRows = 64;  // query rows per dq reduction work item
 
 // Key splits per (sequence, kv head). More splits give more parallel work items when batch * kv
-// heads is small; each split costs a dq-sized fp32 plane. Chosen from the shape only (see the
-// determinism note above).
+// heads is small; each costs a dq-sized fp32 plane. Chosen from the shape only (see above).
 constexpr int64_t kTargetWorkItems = 64;
 constexpr int64_t kMaxSplits = 16;
 constexpr int64_t kSplitScratchBudgetBytes = int64_t{512} << 20;
 
-// Row conversion with the dtype switch hoisted out of the element loop.
-void load_row(const void* base, int64_t offset, DType dtype, int64_t n, float* dst) {
+// Rows whose |lse| exceeds this have their softmax recomputed (see above). Below it, half an ulp
+// of an fp32 lse (|lse| * 2^-24) stays well under the input dtype's own unit roundoff (fp16 and
+// bf16: 1/8 of it; fp32: the level of fp32 accumulation error, for the |lse| of ordinary logits).
+float stored_lse_limit(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: {
-      const float* src = static_cast<const float*>(base) + offset;
-      std::copy(src, src + n, dst);
-      break;
-    }
-    case DType::kFloat16: {
-      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
-      for (int64_t d = 0; d < n; ++d) dst[d] = core::fp16_to_float(src[d]);
-      break;
-    }
-    case DType::kBFloat16: {
-      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
-      for (int64_t d = 0; d < n; ++d) dst[d] = core::bf16_to_float(src[d]);
-      break;
-    }
-    default:
-      std::fill(dst, dst + n, 0.0f);
+    case DType::kFloat16: return 1024.0f;   // u = 2^-11
+    case DType::kBFloat16: return 8192.0f;  // u = 2^-8
+    default: return 16.0f;                  // u = 2^-24
   }
 }
 
-void store_row(void* base, int64_t offset, DType dtype, int64_t n, const float* src) {
-  switch (dtype) {
-    case DType::kFloat32:
-      std::copy(src, src + n, static_cast<float*>(base) + offset);
-      break;
-    case DType::kFloat16: {
-      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
-      for (int64_t d = 0; d < n; ++d) dst[d] = core::float_to_fp16(src[d]);
-      break;
-    }
-    case DType::kBFloat16: {
-      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
-      for (int64_t d = 0; d < n; ++d) dst[d] = core::float_to_bf16(src[d]);
-      break;
-    }
-    default:
-      break;
-  }
+bool all_finite(const float* x, int64_t n) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(x[i]);
+  return finite;
 }
 
 // y += a * x
@@ -99,33 +85,31 @@ inline void axpy(int64_t n, float a, const float* x, float* y) {
   for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
 }
 
-// c[r][j] = sum_d a[r][d] * bt[d][j] for r < rows, j < cols, where bt is b transposed (depth rows
-// of pitch `pitch`) so the inner loop runs along contiguous columns and vectorizes. c has the
-// same pitch.
-void multiply_transposed(const float* a, int64_t rows, int64_t depth, const float* bt, int64_t cols,
-                         int64_t pitch, float* c) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* c_row = c + r * pitch;
-    std::fill(c_row, c_row + cols, 0.0f);
-    const float* a_row = a + r * depth;
-    for (int64_t d = 0; d < depth; ++d) axpy(cols, a_row[d], bt + d * pitch, c_row);
-  }
-}
-
-// dst[c][r] = src[r][c] for a rows x cols src; dst has pitch `pitch`.
+// dst[c * pitch + r] = src[r * cols + c]
 void transpose(const float* src, int64_t rows, int64_t cols, int64_t pitch, float* dst) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) dst[c * pitch + r] = src[r * cols + c];
 }
 
-// What the passes need to know about one sequence.
+core::ScoreMod score_mod(const Problem& p, int64_t b, int64_t h) {
+  core::ScoreMod mod;
+  mod.softcap = p.softcap;
+  if (p.alibi_slopes != nullptr) {
+    mod.has_alibi = true;
+    mod.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
+  }
+  return mod;
+}
+
+// ---- the plan: sequences, splits, work items ----------------------------------------------------
+
 struct SequencePlan {
   core::SeqView seq;
   core::Mask mask;
   int64_t row0 = 0;         // first query row of the sequence in the dense scratch rows
   int64_t stored_keys = 0;  // key rows the sequence owns in k/v (and dk/dv), attended or not
   int64_t key_tiles = 0;
-  int64_t splits = 0;       // 0 when the sequence has no key rows: dq is zero
+  int64_t splits = 0;       // 0 when the sequence has no key rows (its dq is zero)
 };
 
 struct KeyTileItem {
@@ -157,9 +141,9 @@ class BackwardPlan {
           items_.push_back({b, hk, split, tiles * std::max<int64_t>(s.seq.sq, 1)});
         }
     }
-    // Order only balances the pool; results never depend on it.
+    // The order only balances the pool; results never depend on it.
     std::stable_sort(items_.begin(), items_.end(),
-                     [](const KeyTileItem& a, const KeyTileItem& b) { return a.cost > b.cost; });
+                     [](const KeyTileItem& x, const KeyTileItem& y) { return x.cost > y.cost; });
   }
 
   const BwdProblem& bwd() const { return bp_; }
@@ -170,7 +154,7 @@ class BackwardPlan {
   const std::vector<KeyTileItem>& items() const { return items_; }
 
  private:
-  // dk/dv rows belong to sequence b even where seqused_k leaves them unattended; they get zeros.
+  // dk/dv rows belong to sequence b even where seqused_k leaves them unattended (they get zeros).
   int64_t stored_key_rows(int64_t b) const {
     if (p_.kv_layout == core::KvLayout::kVarlen) {
       const int64_t lo = core::clamp_i64(p_.cu_seqlens_k[b], 0, p_.total_k);
@@ -185,8 +169,8 @@ class BackwardPlan {
     for (const SequencePlan& s : sequences_) max_tiles = std::max(max_tiles, s.key_tiles);
     const int64_t kv_streams = std::max<int64_t>(p_.batch * p_.heads_kv, 1);
     int64_t splits = std::clamp<int64_t>((kTargetWorkItems + kv_streams - 1) / kv_streams, 1, kMaxSplits);
-    const int64_t plane_bytes = std::max<int64_t>(rows_ * p_.heads_q * p_.head_dim_qk, 1) *
-                                static_cast<int64_t>(sizeof(float));
+    const int64_t plane_bytes =
+        std::max<int64_t>(rows_ * p_.heads_q * p_.head_dim_qk, 1) * static_cast<int64_t>(sizeof(float));
     splits = std::min(splits, std::max<int64_t>(kSplitScratchBudgetBytes / plane_bytes, 1));
     return std::min(splits, std::max<int64_t>(max_tiles, 1));
   }
@@ -199,48 +183,25 @@ class BackwardPlan {
   std::vector<KeyTileItem> items_;
 };
 
-// Dense fp32 scratch shared by the passes, indexed by the plan's query rows.
+// Dense fp32 scratch shared by the passes; per-row arrays are indexed [h * rows + row].
 struct Scratch {
-  // row_dot[h * rows + r] = D of row r, head h
-  std::unique_ptr<float[]> row_dot;
-  // dq_split[((split * rows + r) * Hq + h) * Dqk + d]; untouched pages are never committed
+  std::unique_ptr<float[]> row_max;      // m_i
+  std::unique_ptr<float[]> row_log_sum;  // log Z_i
+  std::unique_ptr<float[]> row_dot;      // D_i
+  // dq_split[((split * rows + row) * Hq + h) * Dqk + d]; pages no split touches stay uncommitted
   std::unique_ptr<float[]> dq_split;
-  // sink_grad[b * Hq + h]: sequence b's share of d(sink_h)
-  std::vector<double> sink_grad;
+  std::vector<double> sink_grad;  // [b * Hq + h]: sequence b's share of d(sink_h)
 };
 
-// ---- pass 1: D_i and the sink gradient ----------------------------------------------------------
+// ---- scores of one query block against one key tile --------------------------------------------
 
-void compute_row_terms(const BackwardPlan& plan, int64_t b, int64_t h, Scratch& scratch) {
-  const BwdProblem& bp = plan.bwd();
-  const Problem& p = plan.fwd();
-  const SequencePlan& s = plan.sequence(b);
-  std::vector<float> out_row(static_cast<size_t>(p.head_dim_v));
-  std::vector<float> dout_row(static_cast<size_t>(p.head_dim_v));
-  const float sink = p.sinks != nullptr ? p.sinks[h] : -INFINITY;
-  double sink_grad = 0.0;
-  for (int64_t i = 0; i < s.seq.sq; ++i) {
-    load_row(p.out.ptr, core::out_offset(p, s.seq, b, i, h), p.dtype, p.head_dim_v, out_row.data());
-    load_row(bp.dout.ptr, core::query_side_offset(p, s.seq, bp.dout, b, i, h), p.dtype, p.head_dim_v,
-             dout_row.data());
-    float dot = 0.0f;
-    for (int64_t d = 0; d < p.head_dim_v; ++d) dot += dout_row[d] * out_row[d];
-    scratch.row_dot[h * plan.rows() + s.row0 + i] = dot;
-    // d lse_i / d sink = P_sink,i and d out_i / d sink = -P_sink,i * out_i.
-    const float lse = p.lse[core::lse_offset(p, s.seq, b, i, h)];
-    if (sink != -INFINITY && lse != -INFINITY) sink_grad -= std::exp(static_cast<double>(sink) - lse) * dot;
-  }
-  scratch.sink_grad[static_cast<size_t>(b * p.heads_q + h)] = sink_grad;
-}
-
-// ---- pass 2: one (sequence, kv head, split) -----------------------------------------------------
-
-// Tiles are row-major; every array with a key axis has pitch kKeyTile.
-class KeyTileWorker {
+// Buffers and steps shared by pass 1 (statistics) and pass 2 (gradients), so both see
+// bit-identical scores. Tiles are row-major; arrays with a key axis have pitch kKeyTile.
+class TileWorker {
  public:
-  KeyTileWorker(const BackwardPlan& plan, Scratch& scratch)
-      : plan_(plan), bp_(plan.bwd()), p_(plan.fwd()), scratch_(scratch), dqk_(p_.head_dim_qk),
-        dv_(p_.head_dim_v) {
+  TileWorker(const BackwardPlan& plan, Scratch& scratch)
+      : plan_(plan), bp_(plan.bwd()), p_(plan.fwd()), ops_(tile_ops()), scratch_(scratch),
+        dqk_(p_.head_dim_qk), dv_(p_.head_dim_v) {
     auto tile = [](int64_t rows, int64_t cols) { return std::vector<float>(static_cast<size_t>(rows * cols)); };
     k_ = tile(kKeyTile, dqk_);
     v_ = tile(kKeyTile, dv_);
@@ -253,12 +214,58 @@ class KeyTileWorker {
     probs_ = tile(kQueryBlock, kKeyTile);
     score_grads_ = tile(kQueryBlock, kKeyTile);
     softcap_grads_ = tile(kQueryBlock, kKeyTile);
-    lse_.resize(kQueryBlock);
+    shift_ = tile(1, kKeyTile);
+    out_rows_ = tile(kQueryBlock, dv_);
+    dout_row_ = tile(1, dv_);
     col_begin_.resize(kQueryBlock);
     col_end_.resize(kQueryBlock);
   }
 
-  void run(const KeyTileItem& item) {
+  // ---- pass 1 ----
+
+  // D_i, the softmax statistics and the sink gradient share of (sequence b, query head h).
+  void row_terms(int64_t b, int64_t h) {
+    const SequencePlan& s = plan_.sequence(b);
+    const float limit = stored_lse_limit(p_.dtype);
+    float* row_max = scratch_.row_max.get() + h * plan_.rows() + s.row0;
+    float* row_log_sum = scratch_.row_log_sum.get() + h * plan_.rows() + s.row0;
+    float* row_dot = scratch_.row_dot.get() + h * plan_.rows() + s.row0;
+    const float sink = p_.sinks != nullptr ? p_.sinks[h] : -INFINITY;
+    double sink_grad = 0.0;
+    for (int64_t i0 = 0; i0 < s.seq.sq; i0 += kQueryBlock) {
+      const int64_t i1 = std::min(i0 + kQueryBlock, s.seq.sq);
+      bool recompute = false;
+      for (int64_t i = i0; i < i1; ++i) {
+        const float lse = p_.lse[core::lse_offset(p_, s.seq, b, i, h)];
+        row_max[i] = lse;
+        row_log_sum[i] = 0.0f;
+        recompute |= std::isfinite(lse) && std::fabs(lse) > limit;
+      }
+      std::vector<bool> recomputed(static_cast<size_t>(i1 - i0), false);
+      if (recompute) recompute_softmax(s, b, h, i0, i1, row_max + i0, row_log_sum + i0, recomputed);
+      for (int64_t i = i0; i < i1; ++i) {
+        float* out_row = out_rows_.data() + (i - i0) * dv_;
+        if (!recomputed[static_cast<size_t>(i - i0)])
+          ops_.load_row(element(p_.out.ptr, core::out_offset(p_, s.seq, b, i, h)), p_.dtype, out_row, dv_);
+        ops_.load_row(element(bp_.dout.ptr, core::query_side_offset(p_, s.seq, bp_.dout, b, i, h)), p_.dtype,
+                      dout_row_.data(), dv_);
+        // The same product kernel as dP = dO V^T in pass 2, so that where out_i = v_j exactly (a
+        // one-hot row) dP_ij - D_i cancels exactly instead of leaving rounding noise that dK
+        // would scale by |q|.
+        float dot = 0.0f;
+        ops_.matmul(1, 1, dv_, dout_row_.data(), dv_, 1, out_row, 1, &dot, 1, false);
+        row_dot[i] = dot;
+        // d lse_i / d sink = P_sink,i, and out_i depends on the sink only through lse_i.
+        if (sink != -INFINITY && row_max[i] != -INFINITY)
+          sink_grad -= std::exp((static_cast<double>(sink) - row_max[i]) - row_log_sum[i]) * dot;
+      }
+    }
+    scratch_.sink_grad[static_cast<size_t>(b * p_.heads_q + h)] = sink_grad;
+  }
+
+  // ---- pass 2 ----
+
+  void key_tiles(const KeyTileItem& item) {
     const SequencePlan& s = plan_.sequence(item.batch);
     zero_dq_plane(s, item);
     // Tiles are dealt round robin so that under a causal mask every split gets early (long) and
@@ -271,14 +278,76 @@ class KeyTileWorker {
       // Keys past k_end (seqused_k) are stored but never attended: their gradients stay zero.
       const int64_t j_end = std::min(j1, s.mask.k_end);
       if (j_end > j0) {
-        load_key_tile(s, item, j0, j_end);
-        for (int64_t g = 0; g < p_.group; ++g) process_head(s, item, item.kv_head * p_.group + g, j0, j_end);
+        load_key_tile(s, item.batch, item.kv_head, j0, j_end, /*with_values=*/true);
+        for (int64_t g = 0; g < p_.group; ++g) key_tile_gradients(s, item, item.kv_head * p_.group + g, j0, j_end);
       }
       store_key_tile(s, item, j0, j1);
     }
   }
 
  private:
+  const void* element(const void* base, int64_t offset) const {
+    return static_cast<const char*>(base) + offset * dtype_size(p_.dtype);
+  }
+  void* mutable_element(void* base, int64_t offset) const {
+    return static_cast<char*>(base) + offset * dtype_size(p_.dtype);
+  }
+
+  // The forward of rows [i0, i1) of head h over the same scores pass 2 computes: online max, sum
+  // and out into out_rows_. Rows whose recomputation succeeds get recomputed[r] = true.
+  void recompute_softmax(const SequencePlan& s, int64_t b, int64_t h, int64_t i0, int64_t i1, float* row_max,
+                         float* row_log_sum, std::vector<bool>& recomputed) {
+    const int64_t rows = i1 - i0;
+    std::vector<core::SoftmaxRow<float>> softmax(static_cast<size_t>(rows));
+    std::fill(out_rows_.begin(), out_rows_.begin() + rows * dv_, 0.0f);
+    load_query_block(s, b, h, i0, i1, /*with_dout=*/false);
+    const core::ScoreMod mod = score_mod(p_, b, h);
+    const int64_t j_begin = s.mask.row_begin(i0), j_end = s.mask.row_end(i1 - 1);
+    for (int64_t j0 = j_begin - (j_begin % kKeyTile); j0 < j_end; j0 += kKeyTile) {
+      const int64_t j1 = std::min(j0 + kKeyTile, j_end);
+      const int64_t cols = j1 - j0;
+      load_key_tile(s, b, h / p_.group, j0, j1, /*with_values=*/true);
+      compute_scores(s.mask, mod, i0, i1, j0, j1);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* prob = probs_.data() + r * kKeyTile;
+        const int64_t c0 = col_begin_[r], c1 = col_end_[r];
+        float block_max = -INFINITY;
+        for (int64_t c = c0; c < c1; ++c) block_max = std::max(block_max, prob[c]);
+        core::SoftmaxRow<float>& row = softmax[static_cast<size_t>(r)];
+        const float factor = row.rescale_to(block_max);
+        if (factor != 1.0f)
+          for (int64_t d = 0; d < dv_; ++d) out_rows_[r * dv_ + d] *= factor;
+        std::fill(prob, prob + c0, 0.0f);
+        std::fill(prob + c1, prob + cols, 0.0f);
+        for (int64_t c = c0; c < c1; ++c) {
+          prob[c] = std::exp(prob[c] - row.max);
+          row.sum += prob[c];
+        }
+      }
+      if (queries_finite_ && all_finite(v_.data(), cols * dv_)) {
+        ops_.matmul(rows, dv_, cols, probs_.data(), kKeyTile, 1, v_.data(), dv_, out_rows_.data(), dv_, true);
+      } else {  // allowed entries only, so a NaN value reaches only the rows that see it
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c)
+            axpy(dv_, probs_[r * kKeyTile + c], v_.data() + c * dv_, out_rows_.data() + r * dv_);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      core::SoftmaxRow<float>& row = softmax[static_cast<size_t>(r)];
+      if (p_.sinks != nullptr) {
+        const float factor = row.add_sink(p_.sinks[h]);
+        if (factor != 1.0f)
+          for (int64_t d = 0; d < dv_; ++d) out_rows_[r * dv_ + d] *= factor;
+      }
+      if (!(row.sum > 0.0f) || !std::isfinite(row.max)) continue;  // keep the forward's lse and out
+      row_max[r] = row.max;
+      row_log_sum[r] = std::log(row.sum);
+      const float inv_sum = row.inv_sum();
+      for (int64_t d = 0; d < dv_; ++d) out_rows_[r * dv_ + d] *= inv_sum;
+      recomputed[static_cast<size_t>(r)] = true;
+    }
+  }
+
   float* dq_plane_row(int64_t split, int64_t row, int64_t h) const {
     return scratch_.dq_split.get() + ((split * plan_.rows() + row) * p_.heads_q + h) * dqk_;
   }
@@ -290,22 +359,25 @@ class KeyTileWorker {
     }
   }
 
-  void load_key_tile(const SequencePlan& s, const KeyTileItem& item, int64_t j0, int64_t j1) {
+  // K (and V) rows [j0, j1) of kv head hk, plus their transposes for the score products.
+  void load_key_tile(const SequencePlan& s, int64_t b, int64_t hk, int64_t j0, int64_t j1, bool with_values) {
+    keys_finite_ = true;
     for (int64_t j = j0; j < j1; ++j) {
       float* k_row = k_.data() + (j - j0) * dqk_;
       float* v_row = v_.data() + (j - j0) * dv_;
-      const int64_t k_off = core::key_offset(p_, s.seq, p_.k, item.batch, j);
-      const int64_t v_off = core::key_offset(p_, s.seq, p_.v, item.batch, j);
+      const int64_t k_off = core::key_offset(p_, s.seq, p_.k, b, j);
+      const int64_t v_off = core::key_offset(p_, s.seq, p_.v, b, j);
       if (k_off < 0 || v_off < 0) {  // a key that reads nothing (paged block out of range)
         std::fill(k_row, k_row + dqk_, 0.0f);
         std::fill(v_row, v_row + dv_, 0.0f);
         continue;
       }
-      load_row(p_.k.ptr, k_off + item.kv_head * p_.k.head_stride, p_.dtype, dqk_, k_row);
-      load_row(p_.v.ptr, v_off + item.kv_head * p_.v.head_stride, p_.dtype, dv_, v_row);
+      ops_.load_row(element(p_.k.ptr, k_off + hk * p_.k.head_stride), p_.dtype, k_row, dqk_);
+      if (with_values) ops_.load_row(element(p_.v.ptr, v_off + hk * p_.v.head_stride), p_.dtype, v_row, dv_);
     }
+    keys_finite_ = all_finite(k_.data(), (j1 - j0) * dqk_);
     transpose(k_.data(), j1 - j0, dqk_, kKeyTile, k_t_.data());
-    transpose(v_.data(), j1 - j0, dv_, kKeyTile, v_t_.data());
+    if (with_values) transpose(v_.data(), j1 - j0, dv_, kKeyTile, v_t_.data());
   }
 
   void store_key_tile(const SequencePlan& s, const KeyTileItem& item, int64_t j0, int64_t j1) {
@@ -313,139 +385,148 @@ class KeyTileWorker {
       const int64_t dk_off = core::key_offset(p_, s.seq, bp_.dk, item.batch, j);
       const int64_t dv_off = core::key_offset(p_, s.seq, bp_.dv, item.batch, j);
       if (dk_off >= 0)
-        store_row(bp_.dk.mutable_ptr(), dk_off + item.kv_head * bp_.dk.head_stride, p_.dtype, dqk_,
-                  dk_.data() + (j - j0) * dqk_);
+        ops_.store_row(dk_.data() + (j - j0) * dqk_, 1.0f,
+                       mutable_element(bp_.dk.mutable_ptr(), dk_off + item.kv_head * bp_.dk.head_stride), p_.dtype,
+                       dqk_);
       if (dv_off >= 0)
-        store_row(bp_.dv.mutable_ptr(), dv_off + item.kv_head * bp_.dv.head_stride, p_.dtype, dv_,
-                  dv_acc_.data() + (j - j0) * dv_);
+        ops_.store_row(dv_acc_.data() + (j - j0) * dv_, 1.0f,
+                       mutable_element(bp_.dv.mutable_ptr(), dv_off + item.kv_head * bp_.dv.head_stride), p_.dtype,
+                       dv_);
     }
   }
 
-  // Every query row of head h that can see keys [j0, j1), one block at a time.
-  void process_head(const SequencePlan& s, const KeyTileItem& item, int64_t h, int64_t j0, int64_t j1) {
-    const int64_t i_begin = s.mask.query_begin(j0);
-    const int64_t i_end = s.mask.query_end(j1 - 1);
-    const core::ScoreMod mod = score_mod(item.batch, h);
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += kQueryBlock) {
-      const int64_t i1 = std::min(i0 + kQueryBlock, i_end);
-      load_query_block(s, item.batch, h, i0, i1);
-      compute_probabilities(s.mask, mod, i0, i1, j0, j1);
-      accumulate_dv(i1 - i0);
-      compute_score_grads(s, h, i0, i1, j1 - j0, mod.softcap > 0.0f);
-      accumulate_dq(item.split, s.row0 + i0, h, i1 - i0);
-      accumulate_dk(i1 - i0);
-    }
-  }
-
-  core::ScoreMod score_mod(int64_t b, int64_t h) const {
-    core::ScoreMod mod;
-    mod.softcap = p_.softcap;
-    if (p_.alibi_slopes != nullptr) {
-      mod.has_alibi = true;
-      mod.alibi_slope = p_.alibi_slopes[b * p_.alibi_batch_stride + h];
-    }
-    return mod;
-  }
-
-  void load_query_block(const SequencePlan& s, int64_t b, int64_t h, int64_t i0, int64_t i1) {
+  void load_query_block(const SequencePlan& s, int64_t b, int64_t h, int64_t i0, int64_t i1, bool with_dout) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = i - i0;
-      load_row(p_.q.ptr, core::q_offset(p_, s.seq, b, i, h), p_.dtype, dqk_, q_.data() + r * dqk_);
-      load_row(bp_.dout.ptr, core::query_side_offset(p_, s.seq, bp_.dout, b, i, h), p_.dtype, dv_,
-               dout_.data() + r * dv_);
-      lse_[r] = p_.lse[core::lse_offset(p_, s.seq, b, i, h)];
+      ops_.load_row(element(p_.q.ptr, core::q_offset(p_, s.seq, b, i, h)), p_.dtype, q_.data() + r * dqk_, dqk_);
+      if (with_dout)
+        ops_.load_row(element(bp_.dout.ptr, core::query_side_offset(p_, s.seq, bp_.dout, b, i, h)), p_.dtype,
+                      dout_.data() + r * dv_, dv_);
     }
+    queries_finite_ = all_finite(q_.data(), (i1 - i0) * dqk_) &&
+                      (!with_dout || all_finite(dout_.data(), (i1 - i0) * dv_));
   }
 
-  // P_ij = exp(s_ij - lse_i) from the forward's lse for allowed (i, j), exactly 0 elsewhere. Each
-  // row's allowed columns are recorded so the later steps never touch a masked entry: a NaN in a
-  // key or row must reach only the gradients it influences.
-  void compute_probabilities(const core::Mask& mask, const core::ScoreMod& mod, int64_t i0, int64_t i1,
-                             int64_t j0, int64_t j1) {
+  // Scores with their modifiers, s_ij, for the allowed (i, j) of rows [i0, i1) x keys [j0, j1);
+  // each row's allowed columns go to col_begin_/col_end_ (entries outside them are undefined).
+  // With softcap, softcap_grads_ receives d s / d s_raw.
+  void compute_scores(const core::Mask& mask, const core::ScoreMod& mod, int64_t i0, int64_t i1, int64_t j0,
+                      int64_t j1) {
     const int64_t rows = i1 - i0, cols = j1 - j0;
-    multiply_transposed(q_.data(), rows, dqk_, k_t_.data(), cols, kKeyTile, probs_.data());
-    const bool plain_scores = !(mod.softcap > 0.0f) && !mod.has_alibi;
+    ops_.matmul(rows, cols, dqk_, q_.data(), dqk_, 1, k_t_.data(), kKeyTile, probs_.data(), kKeyTile, false);
+    const bool plain = !(mod.softcap > 0.0f) && !mod.has_alibi;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
-      const float lse = lse_[r];
       const int64_t c0 = core::clamp_i64(mask.row_begin(i) - j0, 0, cols);
-      int64_t c1 = core::clamp_i64(mask.row_end(i) - j0, c0, cols);
-      if (lse == -INFINITY) c1 = c0;  // the forward saw no key and no sink: P = 0
+      const int64_t c1 = core::clamp_i64(mask.row_end(i) - j0, c0, cols);
       col_begin_[r] = c0;
       col_end_[r] = c1;
-      float* prob = probs_.data() + r * kKeyTile;
-      float* cap_grad = softcap_grads_.data() + r * kKeyTile;
-      if (plain_scores) {
-        for (int64_t c = c0; c < c1; ++c) prob[c] = std::exp(prob[c] * p_.scale - lse);
+      float* score = probs_.data() + r * kKeyTile;
+      if (plain) {
+        for (int64_t c = c0; c < c1; ++c) score[c] *= p_.scale;
       } else {
-        for (int64_t c = c0; c < c1; ++c)
-          prob[c] = std::exp(mod.apply(prob[c] * p_.scale, i, j0 + c, mask.diag, &cap_grad[c]) - lse);
+        float* cap_grad = softcap_grads_.data() + r * kKeyTile;
+        for (int64_t c = c0; c < c1; ++c) score[c] = mod.apply(score[c] * p_.scale, i, j0 + c, mask.diag, &cap_grad[c]);
       }
     }
   }
 
-  // dV_j += sum_i P_ij dO_i
-  void accumulate_dv(int64_t rows) {
+  // P_ij = exp((s_ij - m_i) - log Z_i) on the allowed columns, exactly 0 elsewhere.
+  void compute_probabilities(int64_t rows, int64_t cols, const float* row_max, const float* row_log_sum) {
     for (int64_t r = 0; r < rows; ++r) {
-      const float* prob = probs_.data() + r * kKeyTile;
-      const float* dout_row = dout_.data() + r * dv_;
-      for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) axpy(dv_, prob[c], dout_row, dv_acc_.data() + c * dv_);
+      float* prob = probs_.data() + r * kKeyTile;
+      const int64_t c0 = col_begin_[r];
+      int64_t c1 = col_end_[r];
+      if (row_max[r] == -INFINITY) c1 = col_end_[r] = c0;  // the forward saw no key and no sink
+      std::fill(prob, prob + c0, 0.0f);
+      std::fill(prob + c1, prob + cols, 0.0f);
+      if (c1 == c0) continue;
+      for (int64_t c = c0; c < c1; ++c) prob[c] -= row_max[r];
+      std::fill(shift_.begin(), shift_.begin() + (c1 - c0), row_log_sum[r]);
+      ops_.exp_shifted(prob + c0, kKeyTile, 1, c1 - c0, shift_.data());
     }
   }
 
-  // dS_ij = scale * P_ij * (dP_ij - D_i) * (d s_ij / d raw_ij) with dP = dO V^T: the gradient with
-  // respect to the raw product <q_i, k_j>, the scale folded in once for both dQ and dK.
-  void compute_score_grads(const SequencePlan& s, int64_t h, int64_t i0, int64_t i1, int64_t cols,
-                           bool softcapped) {
-    const int64_t rows = i1 - i0;
-    multiply_transposed(dout_.data(), rows, dv_, v_t_.data(), cols, kKeyTile, score_grads_.data());
-    const float* row_dot = scratch_.row_dot.get() + h * plan_.rows() + s.row0 + i0;
+  // dS_ij = scale * P_ij * (dP_ij - D_i) * (d s_ij / d s_raw_ij) with dP = dO V^T: the gradient
+  // with respect to the raw product <q_i, k_j>, the scale folded in once for both dQ and dK.
+  // Exactly 0 outside the allowed columns.
+  void compute_score_grads(int64_t rows, int64_t cols, const float* row_dot, bool softcapped) {
+    ops_.matmul(rows, cols, dv_, dout_.data(), dv_, 1, v_t_.data(), kKeyTile, score_grads_.data(), kKeyTile, false);
     for (int64_t r = 0; r < rows; ++r) {
       const float* prob = probs_.data() + r * kKeyTile;
       const float* cap_grad = softcap_grads_.data() + r * kKeyTile;
       float* grad = score_grads_.data() + r * kKeyTile;
+      const int64_t c0 = col_begin_[r], c1 = col_end_[r];
       const float dot = row_dot[r];
-      for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) {
-        float g = prob[c] * (grad[c] - dot) * p_.scale;
-        if (softcapped) g *= cap_grad[c];
-        grad[c] = g;
+      std::fill(grad, grad + c0, 0.0f);
+      std::fill(grad + c1, grad + cols, 0.0f);
+      for (int64_t c = c0; c < c1; ++c) grad[c] = prob[c] * (grad[c] - dot) * p_.scale;
+      if (softcapped)
+        for (int64_t c = c0; c < c1; ++c) grad[c] *= cap_grad[c];
+    }
+  }
+
+  // Every query row of head h that can see keys [j0, j1), one block at a time.
+  void key_tile_gradients(const SequencePlan& s, const KeyTileItem& item, int64_t h, int64_t j0, int64_t j1) {
+    const int64_t i_begin = s.mask.query_begin(j0);
+    const int64_t i_end = s.mask.query_end(j1 - 1);
+    const core::ScoreMod mod = score_mod(p_, item.batch, h);
+    const int64_t cols = j1 - j0;
+    const int64_t stats = h * plan_.rows() + s.row0;
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += kQueryBlock) {
+      const int64_t i1 = std::min(i0 + kQueryBlock, i_end);
+      const int64_t rows = i1 - i0;
+      load_query_block(s, item.batch, h, i0, i1, /*with_dout=*/true);
+      compute_scores(s.mask, mod, i0, i1, j0, j1);
+      compute_probabilities(rows, cols, scratch_.row_max.get() + stats + i0, scratch_.row_log_sum.get() + stats + i0);
+      compute_score_grads(rows, cols, scratch_.row_dot.get() + stats + i0, mod.softcap > 0.0f);
+      float* dq_rows = dq_plane_row(item.split, s.row0 + i0, h);
+      const int64_t dq_pitch = p_.heads_q * dqk_;
+      if (queries_finite_ && keys_finite_) {
+        // Masked entries of P and dS are exact zeros, so whole-tile products add exactly nothing
+        // for them. (With a NaN among the operands, 0 * NaN would leak: see below.)
+        ops_.matmul(cols, dv_, rows, probs_.data(), 1, kKeyTile, dout_.data(), dv_, dv_acc_.data(), dv_, true);
+        ops_.matmul(cols, dqk_, rows, score_grads_.data(), 1, kKeyTile, q_.data(), dqk_, dk_.data(), dqk_, true);
+        ops_.matmul(rows, dqk_, cols, score_grads_.data(), kKeyTile, 1, k_.data(), dqk_, dq_rows, dq_pitch, true);
+      } else {
+        accumulate_allowed_only(rows, dq_rows, dq_pitch);
       }
     }
   }
 
-  // dQ_i += sum_j dS_ij K_j, into this split's plane.
-  void accumulate_dq(int64_t split, int64_t row0, int64_t h, int64_t rows) {
+  // The three gradient products over allowed entries only: a NaN in a query row, dout row or key
+  // reaches exactly the gradients it influences.
+  void accumulate_allowed_only(int64_t rows, float* dq_rows, int64_t dq_pitch) {
     for (int64_t r = 0; r < rows; ++r) {
+      const float* prob = probs_.data() + r * kKeyTile;
       const float* grad = score_grads_.data() + r * kKeyTile;
-      float* dq_row = dq_plane_row(split, row0 + r, h);
-      for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) axpy(dqk_, grad[c], k_.data() + c * dqk_, dq_row);
-    }
-  }
-
-  // dK_j += sum_i dS_ij Q_i
-  void accumulate_dk(int64_t rows) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* grad = score_grads_.data() + r * kKeyTile;
-      const float* q_row = q_.data() + r * dqk_;
-      for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) axpy(dqk_, grad[c], q_row, dk_.data() + c * dqk_);
+      for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) {
+        axpy(dv_, prob[c], dout_.data() + r * dv_, dv_acc_.data() + c * dv_);
+        axpy(dqk_, grad[c], q_.data() + r * dqk_, dk_.data() + c * dqk_);
+        axpy(dqk_, grad[c], k_.data() + c * dqk_, dq_rows + r * dq_pitch);
+      }
     }
   }
 
   const BackwardPlan& plan_;
   const BwdProblem& bp_;
   const Problem& p_;
+  const TileOps& ops_;
   Scratch& scratch_;
   const int64_t dqk_, dv_;
   std::vector<float> k_, v_, k_t_, v_t_;  // the key tile
   std::vector<float> dk_, dv_acc_;        // its gradients
-  std::vector<float> q_, dout_, lse_;     // the query block
-  std::vector<float> probs_, score_grads_, softcap_grads_;
+  std::vector<float> q_, dout_;           // the query block
+  std::vector<float> probs_, score_grads_, softcap_grads_, shift_;
+  std::vector<float> out_rows_, dout_row_;  // pass 1
   std::vector<int64_t> col_begin_, col_end_;  // allowed columns of each row of the block
+  bool keys_finite_ = true, queries_finite_ = true;
 };
 
 // ---- pass 3: dq = sum of the split planes, in split order ---------------------------------------
 
-void reduce_dq(const BackwardPlan& plan, int64_t b, int64_t i0, int64_t i1, const Scratch& scratch) {
+void reduce_dq(const BackwardPlan& plan, const TileOps& ops, int64_t b, int64_t i0, int64_t i1,
+               const Scratch& scratch) {
   const BwdProblem& bp = plan.bwd();
   const Problem& p = plan.fwd();
   const SequencePlan& s = plan.sequence(b);
@@ -458,9 +539,16 @@ void reduce_dq(const BackwardPlan& plan, int64_t b, int64_t i0, int64_t i1, cons
       const float* part = scratch.dq_split.get() + ((s.row0 + i) * p.heads_q + h) * dqk;
       for (int64_t split = 0; split < s.splits; ++split, part += plane)
         for (int64_t d = 0; d < dqk; ++d) sum[d] += part[d];
-      store_row(bp.dq.mutable_ptr(), core::query_side_offset(p, s.seq, bp.dq, b, i, h), p.dtype, dqk, sum.data());
+      const int64_t offset = core::query_side_offset(p, s.seq, bp.dq, b, i, h);
+      ops.store_row(sum.data(), 1.0f, static_cast<char*>(bp.dq.mutable_ptr()) + offset * dtype_size(p.dtype),
+                    p.dtype, dqk);
     }
   }
+}
+
+template <typename T>
+std::unique_ptr<T[]> uninitialized(int64_t count) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(count, 1))]);
 }
 
 }  // namespace
@@ -468,33 +556,38 @@ void reduce_dq(const BackwardPlan& plan, int64_t b, int64_t i0, int64_t i1, cons
 void backward(const core::BwdProblem& bp, int num_threads) {
   const Problem& p = bp.fwd;
   const BackwardPlan plan(bp);
+  const int64_t row_terms = plan.rows() * p.heads_q;
 
   Scratch scratch;
-  scratch.row_dot.reset(new float[static_cast<size_t>(std::max<int64_t>(plan.rows() * p.heads_q, 1))]);
-  scratch.dq_split.reset(
-      new float[static_cast<size_t>(std::max<int64_t>(plan.splits() * plan.rows() * p.heads_q * p.head_dim_qk, 1))]);
+  scratch.row_max = uninitialized<float>(row_terms);
+  scratch.row_log_sum = uninitialized<float>(row_terms);
+  scratch.row_dot = uninitialized<float>(row_terms);
+  scratch.dq_split = uninitialized<float>(plan.splits() * row_terms * p.head_dim_qk);
   scratch.sink_grad.assign(static_cast<size_t>(p.batch * p.heads_q), 0.0);
 
-  parallel_for(p.batch * p.heads_q, num_threads, [&](int64_t item, int) {
-    compute_row_terms(plan, item / p.heads_q, item % p.heads_q, scratch);
-  });
+  // Tile buffers per pool worker, made on first use and kept across the passes.
+  const int64_t items = static_cast<int64_t>(plan.items().size());
+  std::vector<std::unique_ptr<TileWorker>> workers(static_cast<size_t>(
+      std::max(workers_for(p.batch * p.heads_q, num_threads), workers_for(items, num_threads))));
+  auto worker = [&](int index) -> TileWorker& {
+    std::unique_ptr<TileWorker>& w = workers[static_cast<size_t>(index)];
+    if (!w) w = std::make_unique<TileWorker>(plan, scratch);
+    return *w;
+  };
 
-  const std::vector<KeyTileItem>& items = plan.items();
-  const int64_t item_count = static_cast<int64_t>(items.size());
-  // Tile buffers per pool worker, made on first use.
-  std::vector<std::unique_ptr<KeyTileWorker>> workers(static_cast<size_t>(workers_for(item_count, num_threads)));
-  parallel_for(item_count, num_threads, [&](int64_t index, int worker) {
-    std::unique_ptr<KeyTileWorker>& tiles = workers[static_cast<size_t>(worker)];
-    if (!tiles) tiles = std::make_unique<KeyTileWorker>(plan, scratch);
-    tiles->run(items[static_cast<size_t>(index)]);
-  });
+  parallel_for(p.batch * p.heads_q, num_threads,
+               [&](int64_t index, int w) { worker(w).row_terms(index / p.heads_q, index % p.heads_q); });
+
+  parallel_for(items, num_threads,
+               [&](int64_t index, int w) { worker(w).key_tiles(plan.items()[static_cast<size_t>(index)]); });
 
   std::vector<std::pair<int64_t, int64_t>> chunks;  // (sequence, first row)
   for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t i = 0; i < plan.sequence(b).seq.sq; i += kReduceRows) chunks.emplace_back(b, i);
+  const TileOps& ops = tile_ops();
   parallel_for(static_cast<int64_t>(chunks.size()), num_threads, [&](int64_t c, int) {
     const auto [b, i0] = chunks[static_cast<size_t>(c)];
-    reduce_dq(plan, b, i0, std::min(i0 + kReduceRows, plan.sequence(b).seq.sq), scratch);
+    reduce_dq(plan, ops, b, i0, std::min(i0 + kReduceRows, plan.sequence(b).seq.sq), scratch);
   });
 
   if (bp.dsinks != nullptr) {
