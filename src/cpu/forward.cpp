@@ -257,7 +257,11 @@ Plan make_plan(const Problem& p, const Tiling& t, int threads) {
 class ItemRunner {
  public:
   ItemRunner(const Problem& p, const Tiling& t, const TileOps& ops, float* partials)
-      : p_(p), t_(t), ops_(ops), partials_(partials) {}
+      : p_(p),
+        t_(t),
+        ops_(ops),
+        score_product_(p.dtype == DType::kFloat32 ? ops.matmul_unfused : ops.matmul),
+        partials_(partials) {}
 
   void run(const WorkItem& w) const {
     ItemScratch s = ItemScratch::carve(t_arena.reserve(ItemScratch::floats(p_, t_)), p_, t_);
@@ -273,7 +277,7 @@ class ItemRunner {
       const int64_t n = std::min(t_.key_tile, w.key_end - j0);
       const bool any_invalid = load_key_tile(w, seq, j0, n, s);
       // S^T[n x columns] = K[n x Dqk] · Q^T[Dqk x columns]
-      ops_.matmul(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
+      score_product_(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
       apply_score_mods(w, mask, j0, n, s);
       const bool masked = any_invalid || !mask.tile_unmasked(w.row0, w.row0 + w.rows, j0, j0 + n);
       if (masked) mask_tile(w, mask, j0, n, s);
@@ -509,6 +513,7 @@ class ItemRunner {
   const Problem& p_;
   const Tiling& t_;
   const TileOps& ops_;
+  decltype(TileOps::matmul) score_product_;
   float* partials_;
 };
 

@@ -87,9 +87,11 @@ void paged_kv_write(const core::KvWriteProblem& p, int num_threads) {
   const int64_t count = varlen ? p.batch : p.batch * p.seqlen_new;
   parallel_for(count, num_threads, [&](int64_t index, int) {
     const int64_t b = varlen ? index : index / p.seqlen_new;
-    int64_t t_begin = varlen ? 0 : index % p.seqlen_new;
-    int64_t t_end = varlen ? static_cast<int64_t>(p.cu_seqlens_new[b + 1]) - p.cu_seqlens_new[b] : t_begin + 1;
-    const int64_t row0 = varlen ? p.cu_seqlens_new[b] : 0;
+    // Varlen rows are clamped to [0, total_new): a bad cu_seqlens_new shortens the sequence.
+    const int64_t row0 = varlen ? core::clamp_i64(p.cu_seqlens_new[b], 0, p.total_new) : 0;
+    const int64_t row1 = varlen ? core::clamp_i64(p.cu_seqlens_new[b + 1], row0, p.total_new) : 0;
+    const int64_t t_begin = varlen ? 0 : index % p.seqlen_new;
+    const int64_t t_end = varlen ? row1 - row0 : t_begin + 1;
     const int64_t base = varlen ? 0 : b * p.k_new.batch_stride;
     const int64_t v_base = varlen ? 0 : b * p.v_new.batch_stride;
     for (int64_t t = t_begin; t < t_end; ++t) {

@@ -7,6 +7,7 @@
 //
 // V's interface: kWidth, Reg, Tail, tail(n) for 1 <= n <= kWidth, zero(), set1(x), load(p),
 // load(p, tail), store(p, r), store(p, r, tail), fma(a, b, c) = a * b + c, add, sub, mul, div,
+// add_rounded_product(acc, a, b) = acc + round(a * b) (never contracted into an fma),
 // max(a, b) / min(a, b) (return b when either is NaN, so NaN in b survives), abs,
 // select_lt(a, b, x, y) = a < b ? x : y, with_sign_of(magnitude, x), replace_neg_inf(x, v), exp,
 // load_f16 / store_f16 / load_bf16 / store_bf16 (full width).
@@ -40,7 +41,9 @@ FLASHSDPA_ISA static inline V::Reg vec_tanh(V::Reg x) {
 // One kRows x (kVecs * kWidth) block of C over the full depth k. A is read transposed
 // (A(i, t) = a[t * lda + i]) when kATransposed, else row-major (a[i * lda + t]). The last vector
 // of each row is partial when kPartial (columns past the tail mask are neither read nor written).
-template <int kRows, int kVecs, bool kPartial, bool kATransposed>
+// kFused: one fused multiply-add per term; else the product and the sum are rounded separately,
+// in order t = 0, 1, ..., exactly like a plain fp32 dot product.
+template <int kRows, int kVecs, bool kPartial, bool kATransposed, bool kFused>
 FLASHSDPA_ISA static void micro_block(int64_t k, const float* a, int64_t lda, const float* b,
                                       int64_t ldb, float* c, int64_t ldc, bool accumulate,
                                       V::Tail tail) {
@@ -66,7 +69,9 @@ FLASHSDPA_ISA static void micro_block(int64_t k, const float* a, int64_t lda, co
     for (int r = 0; r < kRows; ++r) {
       const V::Reg av = V::set1(kATransposed ? a[t * lda + r] : a_rows[r][t]);
 #pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = V::fma(av, bv[v], acc[r][v]);
+      for (int v = 0; v < kVecs; ++v) {
+        acc[r][v] = kFused ? V::fma(av, bv[v], acc[r][v]) : V::add_rounded_product(acc[r][v], av, bv[v]);
+      }
     }
     b += ldb;
   }
@@ -88,14 +93,14 @@ FLASHSDPA_ISA static void micro_block(int64_t k, const float* a, int64_t lda, co
 }
 
 // Row-count dispatch for one column panel: full kMaxRows blocks, then one remainder block.
-template <int kVecs, bool kPartial, bool kATransposed>
+template <int kVecs, bool kPartial, bool kATransposed, bool kFused>
 FLASHSDPA_ISA static void panel(int64_t m, int64_t k, const float* a, int64_t a_row_step,
                                 int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                                 bool accumulate, V::Tail tail) {
   constexpr int R = kMaxRows;
   int64_t i = 0;
   for (; i + R <= m; i += R) {
-    micro_block<R, kVecs, kPartial, kATransposed>(k, a + i * a_row_step, lda, b, ldb, c + i * ldc, ldc,
+    micro_block<R, kVecs, kPartial, kATransposed, kFused>(k, a + i * a_row_step, lda, b, ldb, c + i * ldc, ldc,
                                                   accumulate, tail);
   }
   const int rest = static_cast<int>(m - i);
@@ -106,7 +111,7 @@ FLASHSDPA_ISA static void panel(int64_t m, int64_t k, const float* a, int64_t a_
 #define FLASHSDPA_REST_CASE(n)                                                                          \
   case n:                                                                                              \
     if constexpr (n < R) {                                                                             \
-      micro_block<n, kVecs, kPartial, kATransposed>(k, a_rest, lda, b, ldb, c_rest, ldc, accumulate, tail); \
+      micro_block<n, kVecs, kPartial, kATransposed, kFused>(k, a_rest, lda, b, ldb, c_rest, ldc, accumulate, tail); \
     }                                                                                                  \
     break;
     FLASHSDPA_REST_CASE(1)
@@ -129,7 +134,7 @@ FLASHSDPA_ISA static void panel(int64_t m, int64_t k, const float* a, int64_t a_
   }
 }
 
-template <bool kATransposed>
+template <bool kATransposed, bool kFused>
 FLASHSDPA_ISA static void matmul_layout(int64_t m, int64_t n, int64_t k, const float* a,
                                         int64_t a_row_step, int64_t lda, const float* b, int64_t ldb,
                                         float* c, int64_t ldc, bool accumulate) {
@@ -141,20 +146,21 @@ FLASHSDPA_ISA static void matmul_layout(int64_t m, int64_t n, int64_t k, const f
     const float* bj = b + j;
     float* cj = c + j;
     if (width == 2 * W) {
-      panel<2, false, kATransposed>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(W));
+      panel<2, false, kATransposed, kFused>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(W));
     } else if (width > W) {
-      panel<2, true, kATransposed>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(width - W));
+      panel<2, true, kATransposed, kFused>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(width - W));
     } else if (width == W) {
-      panel<1, false, kATransposed>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(W));
+      panel<1, false, kATransposed, kFused>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(W));
     } else {
-      panel<1, true, kATransposed>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(width));
+      panel<1, true, kATransposed, kFused>(m, k, a, a_row_step, lda, bj, ldb, cj, ldc, accumulate, V::tail(width));
     }
   }
 }
 
-FLASHSDPA_ISA static void matmul(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row_stride,
-                                 int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
-                                 bool accumulate) {
+template <bool kFused>
+FLASHSDPA_ISA static void matmul_rounding(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row_stride,
+                                          int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                          bool accumulate) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate) {
@@ -164,19 +170,38 @@ FLASHSDPA_ISA static void matmul(int64_t m, int64_t n, int64_t k, const float* a
     return;
   }
   if (a_row_stride == 1) {
-    matmul_layout<true>(m, n, k, a, 1, a_col_stride, b, ldb, c, ldc, accumulate);
+    matmul_layout<true, kFused>(m, n, k, a, 1, a_col_stride, b, ldb, c, ldc, accumulate);
   } else if (a_col_stride == 1) {
-    matmul_layout<false>(m, n, k, a, a_row_stride, a_row_stride, b, ldb, c, ldc, accumulate);
+    matmul_layout<false, kFused>(m, n, k, a, a_row_stride, a_row_stride, b, ldb, c, ldc, accumulate);
   } else {
     // Neither stride is unit: a plain loop (no caller in the library takes this path).
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
         float sum = accumulate ? c[i * ldc + j] : 0.0f;
-        for (int64_t t = 0; t < k; ++t) sum += a[i * a_row_stride + t * a_col_stride] * b[t * ldb + j];
+        for (int64_t t = 0; t < k; ++t) {
+          const float x = a[i * a_row_stride + t * a_col_stride], y = b[t * ldb + j];
+          if constexpr (kFused) {
+            sum = std::fma(x, y, sum);
+          } else {
+            volatile float product = x * y;  // volatile: never contracted into an fma
+            sum += product;
+          }
+        }
         c[i * ldc + j] = sum;
       }
     }
   }
+}
+
+FLASHSDPA_ISA static void matmul(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row_stride,
+                                 int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                 bool accumulate) {
+  matmul_rounding<true>(m, n, k, a, a_row_stride, a_col_stride, b, ldb, c, ldc, accumulate);
+}
+FLASHSDPA_ISA static void matmul_unfused(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row_stride,
+                                         int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                         bool accumulate) {
+  matmul_rounding<false>(m, n, k, a, a_row_stride, a_col_stride, b, ldb, c, ldc, accumulate);
 }
 
 // ---- dtype conversion ---------------------------------------------------------------------------
@@ -334,5 +359,5 @@ FLASHSDPA_ISA static void scale_rows(float* x, int64_t ld, int64_t rows, int64_t
 
 // The operation table of this instruction set.
 static const TileOps kTileOps = {
-    kThisIsa, &matmul, &load_row, &store_row, &score_mods, &online_softmax, &exp_shifted, &scale_rows,
+    kThisIsa, &matmul, &matmul_unfused, &load_row, &store_row, &score_mods, &online_softmax, &exp_shifted, &scale_rows,
 };

@@ -42,6 +42,13 @@ struct TileOps {
                  int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
                  bool accumulate);
 
+  // matmul with every product and every sum rounded separately, accumulated in order over k:
+  // each element of C is bit-identical to a plain fp32 dot product loop. fp32 scores use it so
+  // that large logits carry exactly the rounding error of plain fp32 arithmetic.
+  void (*matmul_unfused)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row_stride,
+                         int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc,
+                         bool accumulate);
+
   // dst[0..n) = src[0..n) widened from dtype to fp32.
   void (*load_row)(const void* src, DType dtype, float* dst, int64_t n);
   // dst[0..n) = src[0..n) * scale, rounded to dtype (nearest even, NaN kept).

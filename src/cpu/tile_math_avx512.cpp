@@ -35,6 +35,13 @@ struct V {
   FLASHSDPA_ISA static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
   FLASHSDPA_ISA static void store(float* p, Reg x, Tail t) { _mm512_mask_storeu_ps(p, t, x); }
   FLASHSDPA_ISA static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  // The empty asm hides the product from the optimiser, which would otherwise contract the
+  // multiply and the add into an fma (the intrinsics are plain vector arithmetic to GCC).
+  FLASHSDPA_ISA static Reg add_rounded_product(Reg acc, Reg a, Reg b) {
+    Reg product = _mm512_mul_ps(a, b);
+    asm("" : "+v"(product));
+    return _mm512_add_ps(acc, product);
+  }
   FLASHSDPA_ISA static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   FLASHSDPA_ISA static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
   FLASHSDPA_ISA static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }

@@ -52,6 +52,14 @@ struct V {
     for (int i = 0; i < kWidth; ++i) r.lane[i] = a.lane[i] * b.lane[i] + c.lane[i];
     return r;
   }
+  static Reg add_rounded_product(Reg acc, Reg a, Reg b) {
+    Reg r;
+    for (int i = 0; i < kWidth; ++i) {
+      volatile float product = a.lane[i] * b.lane[i];  // volatile: never contracted into an fma
+      r.lane[i] = acc.lane[i] + product;
+    }
+    return r;
+  }
   static Reg add(Reg a, Reg b) { return map(a, b, [](float x, float y) { return x + y; }); }
   static Reg sub(Reg a, Reg b) { return map(a, b, [](float x, float y) { return x - y; }); }
   static Reg mul(Reg a, Reg b) { return map(a, b, [](float x, float y) { return x * y; }); }
