@@ -63,6 +63,23 @@ void call_library(Fn&& fn) {
 // ---------------------------------------------------------------------------------------------
 // Tensors
 
+// torch's Python names (float64, int64), which is what a Python caller sees, not c10's (Double, Long).
+std::string dtype_str(at::ScalarType type) {
+  switch (type) {
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(type);
+  }
+}
+
 DType float_dtype(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kHalf: return DType::kFloat16;
@@ -70,7 +87,7 @@ DType float_dtype(const at::Tensor& t, const char* name) {
     case at::kFloat: return DType::kFloat32;
     default: break;
   }
-  TORCH_CHECK_TYPE(false, name, " must be float16, bfloat16 or float32; got ", t.scalar_type());
+  TORCH_CHECK_TYPE(false, name, " must be float16, bfloat16 or float32; got ", dtype_str(t.scalar_type()));
 }
 
 void require_rank(const at::Tensor& t, const char* name, int64_t lo, int64_t hi, const char* shapes) {
@@ -124,7 +141,7 @@ class Operands {
   TensorRef index(const OptTensor& t, const char* name) {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32; got ", t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32; got ", dtype_str(t->scalar_type()));
     return keep(last_dim_contiguous(*t), DType::kInt32);
   }
 
@@ -133,7 +150,7 @@ class Operands {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
     TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating-point tensor; got ",
-                     t->scalar_type());
+                     dtype_str(t->scalar_type()));
     return keep(last_dim_contiguous(t->to(at::kFloat)), DType::kFloat32);
   }
 
@@ -142,7 +159,7 @@ class Operands {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
     TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating-point tensor; got ",
-                     t->scalar_type());
+                     dtype_str(t->scalar_type()));
     return keep(last_dim_contiguous(t->to(anchor_.scalar_type())), float_dtype(anchor_, anchor_name_));
   }
 
@@ -204,6 +221,16 @@ std::vector<int64_t> lse_shape(const at::Tensor& q) {
   return {q.size(1), q.size(0)};
 }
 
+// Checked here rather than in the library so the message uses the Python argument name.
+TensorRef sinks_of(Operands& ops, const OptTensor& sinks, const at::Tensor& q) {
+  if (sinks) {
+    const int64_t heads_q = q.dim() >= 2 ? q.size(-2) : 0;
+    TORCH_CHECK_VALUE(sinks->dim() == 1 && sinks->size(0) == heads_q,
+                      "s_aux (attention sinks) must have shape [Hq] = [", heads_q, "]; got ", sinks->sizes());
+  }
+  return ops.fp32(sinks, "s_aux");
+}
+
 const char* kQShapes = "[B, Sq, Hq, D] (batched) or [Tq, Hq, D] (varlen)";
 
 struct AttentionArgs {
@@ -240,7 +267,7 @@ AttnParams attention_params(Operands& ops, const at::Tensor& q, const at::Tensor
   p.window_right = a.window_right;
   p.softcap = static_cast<float>(a.softcap);
   p.alibi_slopes = ops.fp32(a.alibi_slopes, "alibi_slopes");
-  p.sinks = ops.fp32(a.sinks, "s_aux");
+  p.sinks = sinks_of(ops, a.sinks, q);
   return p;
 }
 
@@ -312,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
   p.fwd.out = ops.data(out, "out");
   require_same_device(softmax_lse, "softmax_lse", q);
   TORCH_CHECK_TYPE(softmax_lse.scalar_type() == at::kFloat, "softmax_lse must be float32; got ",
-                   softmax_lse.scalar_type());
+                   dtype_str(softmax_lse.scalar_type()));
   const at::Tensor lse_held = last_dim_contiguous(softmax_lse);
   p.fwd.lse = view_of(lse_held, DType::kFloat32);
   p.dout = ops.data(dout, "dout");
@@ -364,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   p.window_right = window_right;
   p.softcap = static_cast<float>(softcap);
   p.alibi_slopes = ops.fp32(alibi_slopes, "alibi_slopes");
-  p.sinks = ops.fp32(sinks, "s_aux");
+  p.sinks = sinks_of(ops, sinks, q);
   p.num_splits = static_cast<int>(num_splits);
   at::Tensor out = at::empty(out_shape(q, v_cache), q.options());
   at::Tensor lse = at::empty(lse_shape(q), q.options().dtype(at::kFloat));
