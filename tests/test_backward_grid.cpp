@@ -11,7 +11,7 @@
 namespace flashsdpa::test {
 namespace {
 
-constexpr int kGridCases = 60;
+constexpr int kGridCases = 160;
 
 size_t cycle(int n, int stride, size_t size) { return static_cast<size_t>(n * stride) % size; }
 
@@ -34,8 +34,8 @@ AttnConfig backward_config(int n) {
     c.heads_q = c.heads_kv * ratio;
   }
   const int64_t per_pair = c.heads_q * (2 * c.head_dim_qk + 2 * c.head_dim_v);
-  const int64_t budget = std::max<int64_t>(64, 8'000'000 / per_pair);
-  const std::vector<int64_t> sizes = {1, 5, 17, 33, 64, 97};
+  const int64_t budget = std::max<int64_t>(64, 16'000'000 / per_pair);
+  const std::vector<int64_t> sizes = {1, 5, 17, 33, 64, 97, 130, 257};
   auto pair = [&](int relation) {
     int64_t a = rng.pick(sizes), b = rng.pick(sizes);
     while (a * b > budget) (a > b ? a : b) /= 2;
@@ -84,7 +84,8 @@ class BackwardGrid : public ::testing::TestWithParam<int> {};
 TEST_P(BackwardGrid, MatchesReference) {
   const AttnConfig config = backward_config(GetParam());
   AttnCase c(config);
-  EXPECT_EQ(check_backward(c, cpu_context(2), GetParam() % 2 == 0), "") << config.describe();
+  const int threads = 1 + GetParam() % 3;
+  EXPECT_EQ(check_backward(c, cpu_context(threads), GetParam() % 2 == 0), "") << config.describe() << " threads=" << threads;
 }
 
 INSTANTIATE_TEST_SUITE_P(Sampled, BackwardGrid, ::testing::Range(0, kGridCases));

@@ -9,7 +9,7 @@
 namespace flashsdpa::test {
 namespace {
 
-constexpr int kGridCases = 72;
+constexpr int kGridCases = 200;
 
 size_t cycle(int n, int stride, size_t size) { return static_cast<size_t>(n * stride) % size; }
 
@@ -36,7 +36,7 @@ AttnConfig kvcache_config(int n) {
   const bool paged = cycle(n, 1, 2) == 1;
   c.layout = paged ? Layout::kPagedCache : Layout::kDenseCache;
   if (paged) c.block_size = std::vector<int64_t>{1, 16, 256}[cycle(n, 1, 6) / 2];
-  c.cache_capacity = rng.pick(std::vector<int64_t>{1, 8, 40, 97, 200, 300});
+  c.cache_capacity = rng.pick(std::vector<int64_t>{1, 8, 40, 97, 200, 300, 1025});
   c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 3, 16}));
   c.seqlen_q = rng.coin(0.5) ? 1 : rng.uniform_int(1, 24);
   for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
