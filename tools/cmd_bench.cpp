@@ -190,11 +190,11 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf("%s\n", line.str().c_str());
   } else {
     std::printf("flashsdpa bench: %s\n", config.describe().c_str());
-    std::printf("  backend    %s, tier %s (%s)\n", backend_name(selection.backend), selection.tier.c_str(),
-                selection.reason.c_str());
+    std::printf("  backend    %s, tier %s\n", backend_name(selection.backend), selection.tier.c_str());
+    std::printf("  why        %s\n", selection.reason.c_str());
     std::printf("  time       median %.3f ms, min %.3f ms, mean %.3f ms  (%lld iterations after %lld warm-up)\n",
                 median, sorted.front(), mean, static_cast<long long>(iters), static_cast<long long>(warmup));
-    std::printf("  compute    %.2f GFLOP per call -> %.1f GFLOP/s\n", flops / 1e9, gflops);
+    std::printf("  compute    %.4g GFLOP per call (exact, under the mask) -> %.1f GFLOP/s\n", flops / 1e9, gflops);
     std::printf("  memory     scratch %s; materialised fp32 scores would need %s\n",
                 scratch ? format_bytes(static_cast<double>(*scratch)).c_str() : "not reported by this backend",
                 format_bytes(static_cast<double>(w.materialized_bytes())).c_str());

@@ -371,9 +371,10 @@ int run_demo(const std::vector<std::string>& args) {
     prefill_flops += layer.flops;
     if (li == 0) {
       scratch_column = layer.scratch.has_value();
-      std::printf("  layer  mask                        time     GFLOP   GFLOP/s%s\n", scratch_column ? "    scratch" : "");
+      std::printf("  %-5s  %-26s %9s  %7s  %8s", "layer", "mask", "time", "GFLOP", "GFLOP/s");
+      std::printf(scratch_column ? "  %9s\n" : "\n", "scratch");
     }
-    std::printf("  %-5zu  %-24s %7.3f s  %7.1f  %8.1f", li + 1, layer_mask_name(layer.spec).c_str(), layer.seconds,
+    std::printf("  %-5zu  %-26s %7.3f s  %7.1f  %8.1f", li + 1, layer_mask_name(layer.spec).c_str(), layer.seconds,
                 layer.flops / 1e9, layer.flops / 1e9 / layer.seconds);
     if (scratch_column) {
       std::printf("  %9s", layer.scratch ? format_bytes(static_cast<double>(*layer.scratch)).c_str() : "-");
@@ -411,7 +412,7 @@ int run_demo(const std::vector<std::string>& args) {
     check_seconds += seconds_since(check_start);
     if (li + 1 == kLayers.size()) last = std::move(layer);
   }
-  std::printf("  all    %-24s %7.3f s  %7.1f  %8.1f\n", "", prefill_seconds, prefill_flops / 1e9,
+  std::printf("  all    %-26s %7.3f s  %7.1f  %8.1f\n", "", prefill_seconds, prefill_flops / 1e9,
               prefill_flops / 1e9 / prefill_seconds);
   std::printf("  memory: materialised attention would hold %s of fp32 scores per layer (Sq x Sk per head);\n",
               format_bytes(static_cast<double>(materialized)).c_str());
@@ -439,8 +440,8 @@ int run_demo(const std::vector<std::string>& args) {
     paged_kv_write(write, ctx);
     synchronize(backend);
     const double seconds = seconds_since(start);
-    std::printf("\nKV write: the last layer's %lld prompt tokens into a paged cache (page %lld, %lld pages, "
-                "shuffled block table) in one paged_kv_write call: %.2f ms\n",
+    std::printf("\nKV write: the last layer's %lld prompt tokens into a paged cache (page %lld, %lld pages,\n"
+                "          shuffled block table) with one paged_kv_write call: %.2f ms\n",
                 static_cast<long long>(prompt_tokens), static_cast<long long>(kPageSize),
                 static_cast<long long>(cache.num_blocks), seconds * 1e3);
 
@@ -487,23 +488,43 @@ int run_demo(const std::vector<std::string>& args) {
   double decode_seconds = 0, decode_flops = 0, kv_bytes_read = 0;
   std::optional<int64_t> decode_scratch;
 
-  const auto decode_params = [&](bool host, const void* k_cache, const void* v_cache) {
-    const auto pick = [host](const Tensor& t) { return host ? t.host_ref() : t.ref(); };
+  AttnParams decode;
+  decode.q = q.ref();
+  decode.k = cache.k.ref();
+  decode.v = cache.v.ref();
+  decode.out = out.ref();
+  decode.lse = lse.ref();
+  decode.block_table = cache.table.ref();
+  decode.cache_seqlens = cache_seqlens.ref();
+  decode.k_new = k_new.ref();
+  decode.v_new = v_new.ref();
+  decode.rotary_cos = rotary_cos.ref();
+  decode.rotary_sin = rotary_sin.ref();
+  decode.rotary_interleaved = false;
+  decode.causal = true;
+
+  // The reference attends with query heads r, r + G, r + 2G, ... (G = Hq / Hkv): one per KV head,
+  // so it still appends every KV head to its cache, at a quarter of the cost. r rotates with the
+  // step, so every query head is checked every G steps.
+  constexpr int64_t kGroup = kHeadsQ / kHeadsKv;
+  const auto reference_params = [&](uint8_t* k_cache, uint8_t* v_cache, int64_t r) {
+    const int64_t q_row = kHeadsQ * kHeadDim;
     AttnParams p;
-    p.q = pick(q);
-    p.k = host ? TensorRef::contiguous(k_cache, kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim}) : cache.k.ref();
-    p.v = host ? TensorRef::contiguous(v_cache, kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim}) : cache.v.ref();
-    p.out = pick(out);
-    p.lse = pick(lse);
-    p.block_table = pick(cache.table);
-    p.cache_seqlens = pick(cache_seqlens);
-    p.k_new = pick(k_new);
-    p.v_new = pick(v_new);
-    p.rotary_cos = pick(rotary_cos);
-    p.rotary_sin = pick(rotary_sin);
-    p.rotary_interleaved = false;
-    p.causal = true;
-    return p;
+    p.q = strided(element(q, r * kHeadDim), kDType, {batch, 1, kHeadsKv, kHeadDim},
+                  {q_row, q_row, kGroup * kHeadDim, 1});
+    p.out = strided(element(out, r * kHeadDim), kDType, {batch, 1, kHeadsKv, kHeadDim},
+                    {q_row, q_row, kGroup * kHeadDim, 1});
+    p.k = TensorRef::contiguous(k_cache, kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
+    p.v = TensorRef::contiguous(v_cache, kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
+    p.block_table = cache.table.host_ref();
+    p.cache_seqlens = cache_seqlens.host_ref();
+    p.k_new = k_new.host_ref();
+    p.v_new = v_new.host_ref();
+    p.rotary_cos = rotary_cos.host_ref();
+    p.rotary_sin = rotary_sin.host_ref();
+    p.rotary_interleaved = decode.rotary_interleaved;
+    p.causal = decode.causal;
+    return core::prepare_kvcache(p, core::ValidateOptions{});
   };
 
   for (int64_t step = 0; step < kDecodeSteps; ++step) {
@@ -520,7 +541,7 @@ int run_demo(const std::vector<std::string>& args) {
     }
 
     const auto start = Clock::now();
-    attention_kvcache(decode_params(false, nullptr, nullptr), ctx);
+    attention_kvcache(decode, ctx);
     synchronize(backend);
     decode_seconds += seconds_since(start);
     if (backend == Backend::kCpu) {
@@ -530,21 +551,24 @@ int run_demo(const std::vector<std::string>& args) {
     const auto check_start = Clock::now();
     out.download();
     lse.download();
+    const int64_t r = step % kGroup;
     reference::ForwardResult ref64, lowp;
-    run_parallel({[&] {
-                    const core::Problem p = core::prepare_kvcache(
-                        decode_params(true, ref64_k.data(), ref64_v.data()), core::ValidateOptions{});
-                    ref64 = reference::kvcache(p, reference::Precision::kFloat64);
-                  },
-                  [&] {
-                    const core::Problem p = core::prepare_kvcache(
-                        decode_params(true, lowp_k.data(), lowp_v.data()), core::ValidateOptions{});
-                    lowp = reference::kvcache(p, reference::Precision::kInputDType);
-                  }},
+    run_parallel({[&] { ref64 = reference::kvcache(reference_params(ref64_k.data(), ref64_v.data(), r),
+                                                   reference::Precision::kFloat64); },
+                  [&] { lowp = reference::kvcache(reference_params(lowp_k.data(), lowp_v.data(), r),
+                                                  reference::Precision::kInputDType); }},
                  check_threads);
+    std::vector<double> got_out, got_lse;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t g = 0; g < kHeadsKv; ++g) {
+        const int64_t h = g * kGroup + r;
+        for (int64_t d = 0; d < kHeadDim; ++d) got_out.push_back(out.host_value((b * kHeadsQ + h) * kHeadDim + d));
+        got_lse.push_back(lse.host_value(b * kHeadsQ + h));
+      }
+    }
     Comparison out_cmp, lse_cmp;
-    out_cmp.append(out.host_values(), ref64.out, lowp.out);
-    lse_cmp.append(lse.host_values(), ref64.lse, lowp.lse);  // [B, Hq, 1] is the reference's row-major order
+    out_cmp.append(got_out, ref64.out, lowp.out);
+    lse_cmp.append(got_lse, ref64.lse, lowp.lse);
     decode_outcomes.push_back({"decode step " + std::to_string(step + 1), combine(out_cmp.judge(2.0), lse_cmp.judge(2.0))});
     check_seconds += seconds_since(check_start);
 
@@ -573,9 +597,10 @@ int run_demo(const std::vector<std::string>& args) {
               static_cast<long long>(kHeadsQ), static_cast<long long>(kSuffixRows + kSampledRows));
   print_worst(prefill_outcomes);
   std::printf("  kv write %zu result: the whole paged cache, bit for bit\n", write_outcomes.size());
-  std::printf("  decode   %zu results: every step, all sequences and heads, the reference appending to its own\n"
-              "           copy of the cache\n",
-              decode_outcomes.size());
+  std::printf("  decode   %zu results: every step, all sequences, %lld of the %lld query heads (one per KV head,\n"
+              "           rotating: each head every %lld steps); the reference appends to its own copy of the cache\n",
+              decode_outcomes.size(), static_cast<long long>(kHeadsKv), static_cast<long long>(kHeadsQ),
+              static_cast<long long>(kGroup));
   print_worst(decode_outcomes);
   std::printf("  reference checks took %.1f s; the demo %.1f s in all\n\n", check_seconds, seconds_since(demo_start));
 
