@@ -432,6 +432,20 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
 
 // ---- the kernels --------------------------------------------------------------------------------
 
+// Programmatic dependent launch (sm_90): the combine is launched while the attention kernel is
+// still running and waits on the device, which hides its launch latency (a few us, several
+// percent of a 50 us decode step). Elsewhere these are no-ops and launches serialise as usual.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 template <class E, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args a) {
   using T = typename E::T;
@@ -488,6 +502,7 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
     __syncwarp();
   }
   cp_async_wait<0>();
+  allow_dependent_launch();
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
 }
@@ -506,6 +521,7 @@ __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) 
   const int64_t i = item / p.heads_q, h = item % p.heads_q;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
+  wait_for_primary_grid();  // the partials of every split are written
 
   core::SoftmaxRow<float> total;
   float acc[kPerLane];
@@ -654,8 +670,16 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   if (splits > 1) {
     const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kWarps)),
                             static_cast<unsigned>(p.batch));
-    combine_splits_kernel<E, kHeadDim><<<combine_grid, kThreads, 0, stream>>>(a);
-    check_cuda(cudaGetLastError(), "combine_splits_kernel launch");
+    cudaLaunchAttribute overlap[1];
+    overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    overlap[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = combine_grid;
+    config.blockDim = dim3(kThreads);
+    config.stream = stream;
+    config.attrs = overlap;
+    config.numAttrs = 1;
+    check_cuda(cudaLaunchKernelEx(&config, combine_splits_kernel<E, kHeadDim>, a), "combine_splits_kernel launch");
     check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
   }
 }

@@ -30,8 +30,11 @@ bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* 
     no << "cuda-decode needs fp16 or bf16 (tensor cores); got " << dtype_name(p.dtype);
   } else if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim) {
     no << "head dims must be in 1..256 on the GPU; got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
-  } else if (p.heads_kv > 65535 * 64 || p.batch * p.heads_kv > (int64_t{1} << 30)) {
-    no << "batch * kv heads = " << p.batch * p.heads_kv << " is beyond the launch grid";
+  } else if (p.batch > 65535) {
+    no << "batch must be <= 65535 on the GPU; got " << p.batch;
+  } else if (p.batch * p.heads_kv * ((p.seqlen_q * p.group + 15) / 16) >= (int64_t{1} << 31)) {
+    no << "batch x kv heads x query tiles = " << p.batch * p.heads_kv * ((p.seqlen_q * p.group + 15) / 16)
+       << " CTAs is beyond the launch grid";
   } else if (!is_kvcache && p.kv_layout != core::KvLayout::kPaged && p.seqlen_q > kDecodeMaxQueryLen) {
     no << "cuda-decode serves forward calls over a paged cache or with queries of at most " << kDecodeMaxQueryLen
        << " rows; the longest query here may have " << p.seqlen_q;

@@ -1,0 +1,217 @@
+// Decode benchmark of cuda-decode: bytes of K and V read per second by attention_kvcache over a
+// full cache (no append), dense or paged, timed with CUDA events (median over repetitions of a
+// loop of calls on one stream). One JSON object per line on stdout; bench_decode.py merges them
+// with torch's backends on identically shaped inputs.
+//
+//   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
+//   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
+// Options: --splits N forces num_splits (default 0: the heuristic).
+//
+// The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
+// once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
+// the combine when the heuristic splits the keys). Paged caches hand out blocks in a random
+// permutation, as a serving engine's allocator does after a while.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/select.h"
+#include "core/validate.h"
+#include "cuda/cuda_backend.h"
+#include "flashsdpa/flashsdpa.h"
+
+namespace {
+
+using flashsdpa::DType;
+using flashsdpa::TensorRef;
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(status));
+    std::exit(1);
+  }
+}
+
+// Uniform values in [-1, 1) from a hash of the index: never zeros, never the same pattern twice.
+__global__ void fill_kernel(__nv_bfloat16* data, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed * 40503u ^ static_cast<uint32_t>(i >> 32);
+    x ^= x >> 16;
+    x *= 0x45d9f3bu;
+    x ^= x >> 16;
+    data[i] = __float2bfloat16(static_cast<float>(x) * (2.0f / 4294967296.0f) - 1.0f);
+  }
+}
+
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit DeviceBuffer(size_t n) : bytes(n) { check(cudaMalloc(&ptr, std::max<size_t>(n, 16)), "cudaMalloc"); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+void fill(DeviceBuffer& buffer, uint32_t seed) {
+  fill_kernel<<<1024, 256>>>(static_cast<__nv_bfloat16*>(buffer.ptr), buffer.bytes / 2, seed);
+  check(cudaGetLastError(), "fill_kernel");
+}
+
+// Median of `reps` timings of a loop of `iters` calls, per call, in microseconds.
+template <typename F>
+double time_us(F&& call, cudaStream_t stream, int reps = 15) {
+  for (int n = 0; n < 3; ++n) call();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  auto loop = [&](int iters) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    for (int n = 0; n < iters; ++n) call();
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    return 1000.0 * ms / iters;
+  };
+  const double once = loop(1);
+  const int iters = static_cast<int>(std::clamp(2000.0 / std::max(once, 1.0), 3.0, 50.0));  // ~2 ms per loop
+  std::vector<double> samples;
+  for (int r = 0; r < reps; ++r) samples.push_back(loop(iters));
+  std::sort(samples.begin(), samples.end());
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return samples[samples.size() / 2];
+}
+
+struct Shape {
+  int64_t batch, seqlen, hq, hkv, hd, page;
+  bool paged;
+};
+
+bool parse_shape(const char* text, Shape* s) {
+  char layout[16] = {0};
+  long long b, sk, hq, hkv, hd, page;
+  if (std::sscanf(text, "%lld,%lld,%lld,%lld,%lld,%15[a-z],%lld", &b, &sk, &hq, &hkv, &hd, layout, &page) != 7) return false;
+  *s = Shape{b, sk, hq, hkv, hd, page, std::strcmp(layout, "paged") == 0};
+  return s->paged ? page > 0 : true;
+}
+
+// One cache (K, V, block table) of a shape.
+struct CacheSet {
+  std::unique_ptr<DeviceBuffer> k, v, block_table;
+};
+
+void run_shape(const Shape& s, int splits, cudaStream_t stream) {
+  const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
+  const int64_t num_blocks = s.batch * blocks_per_seq;
+  const int64_t cache_rows = s.paged ? num_blocks * s.page : s.batch * s.seqlen;
+  const size_t cache_bytes = size_t(cache_rows) * s.hkv * s.hd * 2;
+  const double kv_bytes = 2.0 * s.batch * s.seqlen * s.hkv * s.hd * 2;  // K and V actually read
+
+  // Caches smaller than 1 GiB get a second copy, alternated call by call, so no call finds the
+  // previous one's K/V in the 50 MB L2.
+  const int sets = 2.0 * cache_bytes < (1u << 30) ? 2 : 1;
+  std::vector<CacheSet> caches(sets);
+  std::mt19937 rng(1234);
+  for (int n = 0; n < sets; ++n) {
+    caches[n].k = std::make_unique<DeviceBuffer>(cache_bytes);
+    caches[n].v = std::make_unique<DeviceBuffer>(cache_bytes);
+    fill(*caches[n].k, 11 + n);
+    fill(*caches[n].v, 23 + n);
+    if (s.paged) {
+      std::vector<int32_t> table(static_cast<size_t>(num_blocks));
+      std::iota(table.begin(), table.end(), 0);
+      std::shuffle(table.begin(), table.end(), rng);
+      caches[n].block_table = std::make_unique<DeviceBuffer>(table.size() * 4);
+      check(cudaMemcpy(caches[n].block_table->ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice), "table");
+    }
+  }
+  DeviceBuffer q(size_t(s.batch) * s.hq * s.hd * 2), out(size_t(s.batch) * s.hq * s.hd * 2);
+  fill(q, 5);
+  std::vector<int32_t> lengths(static_cast<size_t>(s.batch), static_cast<int32_t>(s.seqlen));
+  DeviceBuffer seqlens(lengths.size() * 4);
+  check(cudaMemcpy(seqlens.ptr, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice), "cache_seqlens");
+
+  std::vector<flashsdpa::core::Problem> problems;
+  for (int n = 0; n < sets; ++n) {
+    flashsdpa::AttnParams a;
+    a.q = TensorRef::contiguous(q.ptr, DType::kBFloat16, {s.batch, 1, s.hq, s.hd});
+    a.out = TensorRef::contiguous(out.ptr, DType::kBFloat16, {s.batch, 1, s.hq, s.hd});
+    if (s.paged) {
+      a.k = TensorRef::contiguous(caches[n].k->ptr, DType::kBFloat16, {num_blocks, s.page, s.hkv, s.hd});
+      a.v = TensorRef::contiguous(caches[n].v->ptr, DType::kBFloat16, {num_blocks, s.page, s.hkv, s.hd});
+      a.block_table = TensorRef::contiguous(caches[n].block_table->ptr, DType::kInt32, {s.batch, blocks_per_seq});
+    } else {
+      a.k = TensorRef::contiguous(caches[n].k->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
+      a.v = TensorRef::contiguous(caches[n].v->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
+    }
+    a.cache_seqlens = TensorRef::contiguous(seqlens.ptr, DType::kInt32, {s.batch});
+    a.num_splits = splits;
+    flashsdpa::core::ValidateOptions options;
+    options.check_index_values = false;
+    problems.push_back(flashsdpa::core::prepare_kvcache(a, options));
+  }
+
+  int call = 0;
+  const double us = time_us(
+      [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], flashsdpa::core::Tier::kCudaDecode, stream); }, stream);
+
+  // Every output finite: a benchmark of a kernel that writes garbage is no benchmark.
+  std::vector<uint16_t> host(size_t(s.batch) * s.hq * s.hd);
+  check(cudaMemcpy(host.data(), out.ptr, host.size() * 2, cudaMemcpyDeviceToHost), "out");
+  int64_t bad = 0;
+  for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
+
+  std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
+              "\"page_size\": %lld, \"num_splits\": %d, \"us\": %.2f, \"gbps\": %.1f, \"nonfinite_out\": %lld}\n",
+              (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits, us, kv_bytes / us * 1e-3,
+              (long long)bad);
+  std::fflush(stdout);
+}
+
+void run_copy(cudaStream_t stream) {
+  const size_t bytes = size_t(2) << 30;
+  DeviceBuffer src(bytes), dst(bytes);
+  fill(src, 3);
+  const double us = time_us(
+      [&] { check(cudaMemcpyAsync(dst.ptr, src.ptr, bytes, cudaMemcpyDeviceToDevice, stream), "copy"); }, stream, 9);
+  std::printf("{\"copy_bytes\": %zu, \"us\": %.2f, \"copy_gbps\": %.1f}\n", bytes, us, 2.0 * bytes / us * 1e-3);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  int splits = 0;
+  for (int n = 1; n < argc; ++n) {
+    const std::string arg = argv[n];
+    if (arg == "--copy") {
+      run_copy(stream);
+    } else if (arg == "--splits" && n + 1 < argc) {
+      splits = std::atoi(argv[++n]);
+    } else {
+      Shape s;
+      if (!parse_shape(argv[n], &s)) {
+        std::fprintf(stderr, "bad shape '%s' (expected B,S,HQ,HKV,HD,dense|paged,PAGE)\n", argv[n]);
+        return 2;
+      }
+      run_shape(s, splits, stream);
+    }
+  }
+  return 0;
+}

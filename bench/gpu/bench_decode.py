@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Decode bandwidth: flashsdpa's cuda-decode vs torch SDPA (flash, cuDNN) and a device copy.
+
+Runs the C++ benchmark (flashsdpa_decode_bench, CUDA-event timings of the kv-cache call on
+dense and paged caches) and times torch's backends here on identically shaped bf16 inputs with
+the same method: CUDA events around loops of calls, median of 15 repetitions. Bandwidth is the
+bytes of K and V one decode step must read (batch x keys x kv heads x head dim x 2 tensors x 2
+bytes) over the time, for every backend alike; the copy is a 2 GiB device-to-device copy
+counted as bytes read plus bytes written.
+
+torch's SDPA has no paged cache: paged rows carry the dense shape's torch numbers. When a torch
+backend refuses grouped-query attention (enable_gqa), it runs on K/V expanded to the query heads
+(expansion not timed) and the row says so.
+
+    python3 bench/gpu/bench_decode.py --bench build/flashsdpa_decode_bench --out bench/results/DATE-GPU-decode
+"""
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+MAIN_SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 16384)]
+MAIN_LAYOUTS = [("dense", 0), ("paged", 16), ("paged", 256)]
+WIDE_BATCHES = [1, 2, 4, 8, 16, 32, 64]
+WIDE_SEQLEN = 8192
+
+
+def time_us(fn, reps=15):
+    """Median per-call time of ~2 ms loops of fn, CUDA events, after warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def loop(iters):
+        start.record()
+        for _ in range(iters):
+            fn()
+        stop.record()
+        stop.synchronize()
+        return 1000.0 * start.elapsed_time(stop) / iters
+
+    once = loop(1)
+    iters = int(min(max(2000.0 / max(once, 1.0), 3), 50))
+    samples = sorted(loop(iters) for _ in range(reps))
+    return samples[len(samples) // 2]
+
+
+def kv_bytes(b, s, hkv, hd):
+    return 2.0 * b * s * hkv * hd * 2
+
+
+def torch_backend_gbps(backend, b, s, hq, hkv, hd):
+    """GB/s of one torch SDPA backend at a decode shape, and a note ('' or 'expanded K/V')."""
+    q = torch.randn(b, 1, hq, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    v = torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    note = ""
+    try:
+        with sdpa_kernel([backend]):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            torch.cuda.synchronize()
+            fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            us = time_us(fn)
+    except RuntimeError:
+        try:
+            k = k.repeat_interleave(hq // hkv, dim=1)
+            v = v.repeat_interleave(hq // hkv, dim=1)
+            note = "expanded K/V"
+            with sdpa_kernel([backend]):
+                fn = lambda: F.scaled_dot_product_attention(q, k, v)
+                us = time_us(fn)
+        except RuntimeError as e:
+            print(f"  {backend} unavailable at {(b, s, hq, hkv, hd)}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return None, "unavailable"
+    del q, k, v
+    torch.cuda.empty_cache()
+    return kv_bytes(b, s, hkv, hd) / us * 1e-3, note
+
+
+def copy_gbps():
+    n = 2 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    us = time_us(lambda: dst.copy_(src), reps=9)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2.0 * n / us * 1e-3
+
+
+def run_flashsdpa(bench, shapes):
+    args = [bench] + [f"{b},{s},{hq},{hkv},{hd},{layout},{page}" for (b, s, hq, hkv, hd, layout, page) in shapes]
+    done = subprocess.run(args, check=True, capture_output=True, text=True)
+    rows = {}
+    for line in done.stdout.splitlines():
+        r = json.loads(line)
+        rows[(r["batch"], r["seqlen_k"], r["hq"], r["hkv"], r["hd"], r["layout"], r["page_size"])] = r
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", required=True, help="path of flashsdpa_decode_bench")
+    ap.add_argument("--out", required=True, help="output path without extension (.json, .md, .png)")
+    args = ap.parse_args()
+
+    shapes = [(b, s, 32, 8, 128, layout, page) for (b, s) in MAIN_SHAPES for (layout, page) in MAIN_LAYOUTS]
+    shapes += [(b, WIDE_SEQLEN, 64, 8, 128, layout, page) for b in WIDE_BATCHES for (layout, page) in MAIN_LAYOUTS[:2]]
+    ours = run_flashsdpa(args.bench, shapes)
+    copy = copy_gbps()
+    print(f"device-to-device copy: {copy:.0f} GB/s (read + write)")
+
+    peers = {}
+    for (b, s, hq, hkv, hd, _, _) in shapes:
+        key = (b, s, hq, hkv, hd)
+        if key not in peers:
+            peers[key] = {
+                "flash": torch_backend_gbps(SDPBackend.FLASH_ATTENTION, b, s, hq, hkv, hd),
+                "cudnn": torch_backend_gbps(SDPBackend.CUDNN_ATTENTION, b, s, hq, hkv, hd),
+            }
+
+    rows = []
+    for shape in shapes:
+        b, s, hq, hkv, hd, layout, page = shape
+        r = ours[shape]
+        (flash, flash_note), (cudnn, cudnn_note) = peers[(b, s, hq, hkv, hd)]["flash"], peers[(b, s, hq, hkv, hd)]["cudnn"]
+        rows.append({
+            "batch": b, "seqlen_k": s, "hq": hq, "hkv": hkv, "hd": hd, "layout": layout, "page_size": page,
+            "flashsdpa_gbps": r["gbps"], "flashsdpa_us": r["us"],
+            "torch_flash_gbps": flash, "cudnn_gbps": cudnn, "copy_gbps": copy,
+            "torch_flash_note": flash_note, "cudnn_note": cudnn_note,
+        })
+
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": datetime.date.today().isoformat(),
+        "dtype": "bfloat16",
+        "method": "CUDA events around ~2 ms loops of calls on one stream, median of 15; flashsdpa through its C++ "
+                  "benchmark (core::prepare_kvcache + cuda::kvcache, no append), torch SDPA on identically shaped "
+                  "random inputs; GB/s = bytes of K and V read / time; copy = (read + write) / time of a 2 GiB copy",
+        "rows": rows,
+    }
+    with open(args.out + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    write_table(meta, args.out + ".md")
+    write_plot(meta, args.out + ".png")
+    print(open(args.out + ".md").read())
+
+
+def fmt(x):
+    return "n/a" if x is None else f"{x:.0f}"
+
+
+def write_table(meta, path):
+    lines = [
+        f"# Decode bandwidth — {meta['device']}, torch {meta['torch']}, CUDA {meta['cuda']}, {meta['date']}",
+        "",
+        meta["method"] + ".",
+        "",
+        "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in meta["rows"]:
+        layout = r["layout"] + (f" {r['page_size']}" if r["layout"] == "paged" else "")
+        flash = fmt(r["torch_flash_gbps"]) + (" (expanded)" if r["torch_flash_note"] == "expanded K/V" else "")
+        cudnn = fmt(r["cudnn_gbps"]) + (" (expanded)" if r["cudnn_note"] == "expanded K/V" else "")
+        vs = "n/a" if not r["cudnn_gbps"] else f"{r['flashsdpa_gbps'] / r['cudnn_gbps']:.2f}x"
+        lines.append(f"| {r['batch']} | {r['seqlen_k']} | {r['hq']}/{r['hkv']} | {layout} | {r['flashsdpa_gbps']:.0f} | "
+                     f"{100 * r['flashsdpa_gbps'] / r['copy_gbps']:.0f}% | {flash} | {cudnn} | {vs} | {r['flashsdpa_us']:.1f} |")
+    lines.append("")
+    lines.append(f"Device-to-device copy: {meta['rows'][0]['copy_gbps']:.0f} GB/s (read + write).")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(meta, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return
+    rows = [r for r in meta["rows"] if r["hq"] == 32]
+    labels = [f"B{r['batch']} S{r['seqlen_k'] // 1024}k\n{r['layout']}{'' if r['layout'] == 'dense' else r['page_size']}"
+              for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.8), 4.5))
+    w = 0.27
+    ax.bar([i - w for i in x], [r["flashsdpa_gbps"] for r in rows], w, label="flashsdpa cuda-decode")
+    ax.bar(list(x), [r["torch_flash_gbps"] or 0 for r in rows], w, label="torch SDPA flash")
+    ax.bar([i + w for i in x], [r["cudnn_gbps"] or 0 for r in rows], w, label="torch SDPA cuDNN")
+    copy = rows[0]["copy_gbps"]
+    ax.axhline(copy, color="k", lw=1, ls="--", label=f"D2D copy {copy:.0f} GB/s")
+    ax.axhline(0.85 * copy, color="gray", lw=1, ls=":", label="85% of copy")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("K/V bytes read per second (GB/s)")
+    ax.set_title(f"Decode, Hq 32 / Hkv 8, hd 128, bf16 — {meta['device']}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,620 @@
+// cuda-decode against the float64 reference (SPEC §6): attention_kvcache over dense and paged
+// caches (append with interleaved / NeoX / partial rotary, cache_batch_idx, cache_leftpad, every
+// mask and modifier, sinks, LSE, forced and heuristic split counts), paged == dense bit for bit,
+// paged_kv_write (batched and varlen), forward over a paged cache with varlen q (continuous
+// batching), and SPEC §5 safety: bad index tensors read and write nothing out of bounds when
+// unchecked and raise in checked mode, with guard regions around every tensor.
+//
+// The tier is driven below the selector (core::prepare_* then cuda::kvcache / decode_forward /
+// paged_kv_write), so these tests do not depend on how the selector routes calls. Tests named
+// Sanitize* are small and also run under compute-sanitizer (scripts/gpu-decode-check.sh).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/select.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/decode_tier.h"
+#include "gpu_test_util.h"
+
+namespace flashsdpa::test {
+namespace {
+
+const std::vector<DType> kHalfTypes = {DType::kFloat16, DType::kBFloat16};
+
+core::ValidateOptions device_options(bool checked) {
+  core::ValidateOptions options;
+  options.check_index_values = checked;
+  options.fetch = [](const int32_t* src, int64_t count, int32_t* dst) {
+    cuda::copy_index_to_host(src, count, dst, nullptr);
+  };
+  return options;
+}
+
+core::ValidateOptions unchecked_host() {
+  core::ValidateOptions options;
+  options.check_index_values = false;
+  return options;
+}
+
+// Runs the decode tier on device mirrors of c's tensors and copies everything back.
+std::string run_kvcache_on_gpu(AttnCase& c, bool checked = false) {
+  DeviceMirror dev(c.tensors());
+  if (!dev.error().empty()) return dev.error();
+  const AttnParams params = device_params(c, dev);
+  std::string failure = run_and_catch([&] {
+    const core::Problem p = core::prepare_kvcache(params, device_options(checked));
+    cuda::kvcache(p, core::Tier::kCudaDecode, nullptr);
+  });
+  if (!failure.empty()) return failure;
+  failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
+  if (!failure.empty()) return failure;
+  return dev.copy_back();
+}
+
+// check_kvcache of test_util.h for the GPU: poisoned out/lse, caches equal to the reference's
+// appended copies except for rotary rounding, out/lse under the SPEC rule, guards and inputs
+// untouched. The reference validates nothing, so bad index tensors are compared against the
+// clamped geometry of core/sequence.h.
+std::string check_kvcache_gpu(AttnCase& c) {
+  c.out.poison();
+  if (c.lse.defined()) c.lse.poison();
+  const HostTensor k_original = c.k, v_original = c.v;
+  HostTensor k64 = c.k, v64 = c.v, k_lowp = c.k, v_lowp = c.v;
+  AttnParams params64 = c.params(), params_lowp = c.params();
+  params64.k = k64.ref();
+  params64.v = v64.ref();
+  params_lowp.k = k_lowp.ref();
+  params_lowp.v = v_lowp.ref();
+  const core::Problem p64 = core::prepare_kvcache(params64, unchecked_host());
+  const core::Problem p_lowp = core::prepare_kvcache(params_lowp, unchecked_host());
+
+  std::vector<std::pair<std::string, HostTensor*>> inputs;
+  for (auto& named : c.tensors())
+    if (named.first != "out" && named.first != "lse" && named.first != "k" && named.first != "v") inputs.push_back(named);
+  const Snapshot before(inputs);
+  std::string failure = run_kvcache_on_gpu(c);
+  if (!failure.empty()) return failure;
+
+  const auto ref64 = reference::kvcache(p64, reference::Precision::kFloat64);
+  const auto lowp = reference::kvcache(p_lowp, reference::Precision::kInputDType);
+  failure = check_cache("k_cache", c.k, k_original, k64);
+  if (failure.empty()) failure = check_cache("v_cache", c.v, v_original, v64);
+  if (failure.empty()) failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
+  if (failure.empty() && c.lse.defined())
+    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
+  if (failure.empty()) failure = check_all_guards(c);
+  if (failure.empty()) failure = before.changed();
+  return failure;
+}
+
+// Forward through cuda-decode (continuous batching: varlen q over a paged cache, or short q).
+std::string check_forward_decode(AttnCase& c) {
+  c.out.poison();
+  if (c.lse.defined()) c.lse.poison();
+  std::vector<std::pair<std::string, HostTensor*>> inputs;
+  for (auto& named : c.tensors())
+    if (named.first != "out" && named.first != "lse") inputs.push_back(named);
+  const Snapshot before(inputs);
+  DeviceMirror dev(c.tensors());
+  if (!dev.error().empty()) return dev.error();
+  const AttnParams params = device_params(c, dev);
+  std::string failure = run_and_catch([&] {
+    const core::Problem p = core::prepare_forward(params, device_options(false));
+    std::string why;
+    if (!cuda::decode_tier_supports(p, false, &why)) throw Error("not served: " + why);
+    cuda::decode_forward(p, nullptr);
+  });
+  if (!failure.empty()) return failure;
+  failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
+  if (failure.empty()) failure = dev.copy_back();
+  if (!failure.empty()) return failure;
+  const core::Problem p = unchecked_problem(c);
+  const auto ref64 = reference::forward(p, reference::Precision::kFloat64);
+  const auto lowp = reference::forward(p, reference::Precision::kInputDType);
+  failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
+  if (failure.empty() && c.lse.defined())
+    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
+  if (failure.empty()) failure = check_all_guards(c);
+  if (failure.empty()) failure = before.changed();
+  return failure;
+}
+
+AttnConfig decode_config(Layout layout, DType dtype) {
+  AttnConfig c;
+  c.layout = layout;
+  c.dtype = dtype;
+  c.batch = 3;
+  c.heads_q = 8;
+  c.heads_kv = 2;
+  c.head_dim_qk = c.head_dim_v = 128;
+  c.seqlen_q = 1;
+  c.cache_capacity = 1100;
+  c.cache_seqlens = {700, 0, 1099};
+  c.block_size = 16;
+  return c;
+}
+
+void expect_kvcache_passes(AttnConfig c, const std::vector<Layout>& layouts = {Layout::kDenseCache, Layout::kPagedCache}) {
+  for (Layout layout : layouts) {
+    for (DType dtype : kHalfTypes) {
+      c.layout = layout;
+      c.dtype = dtype;
+      AttnCase a(c);
+      EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
+    }
+  }
+}
+
+// ---- attention_kvcache --------------------------------------------------------------------------
+
+TEST(DecodeKvcache, PlainDecodeWithEmptySequence) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  expect_kvcache_passes(decode_config(Layout::kDenseCache, DType::kBFloat16));
+}
+
+TEST(DecodeKvcache, AppendWithRotary) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 10;
+  for (bool interleaved : {true, false}) {
+    for (int64_t rotary_dim : {128, 64, 2}) {
+      for (bool causal : {false, true}) {
+        AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
+        c.seqlen_q = c.seqlen_new = 3;
+        c.cache_seqlens = {700, 0, 1097};
+        c.rotary_dim = rotary_dim;
+        c.rotary_interleaved = interleaved;
+        c.causal = causal;
+        c.seed = seed++;
+        expect_kvcache_passes(c);
+      }
+    }
+  }
+}
+
+TEST(DecodeKvcache, SpeculativeRowsWithWindowAndWideGroups) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
+  c.heads_q = 16;  // group 8: 5 query rows x 8 heads = 40 packed rows, three query tiles
+  c.seqlen_q = c.seqlen_new = 5;
+  c.cache_seqlens = {300, 1, 1000};
+  c.causal = true;
+  c.window_left = 64;
+  c.rotary_dim = 96;
+  c.rotary_interleaved = false;
+  expect_kvcache_passes(c);
+  c.window_left = 3;
+  c.window_right = 1;
+  c.causal = false;
+  c.seed = 2;
+  expect_kvcache_passes(c);
+}
+
+TEST(DecodeKvcache, ModifiersSinksLeftpad) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
+  c.seqlen_q = c.seqlen_new = 2;
+  c.cache_seqlens = {500, 17, 900};
+  c.cache_leftpad = {100, 19, 0};  // sequence 1: every key is padding, so only the sink remains
+  c.softcap = 15.0f;
+  c.alibi = Alibi::kPerBatch;
+  c.sinks = true;
+  c.sink_mean = 2.0;
+  for (int splits : {0, 1, 4}) {
+    c.num_splits = splits;
+    c.seed = 30 + splits;
+    expect_kvcache_passes(c);
+  }
+  c.alibi = Alibi::kPerHead;
+  c.causal = true;
+  expect_kvcache_passes(c);
+}
+
+TEST(DecodeKvcache, CacheBatchIdx) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
+  c.cache_batch_idx = true;
+  c.extra_cache_rows = 2;
+  c.seqlen_new = 1;
+  c.cache_seqlens = {5, 400, 1000};
+  c.rotary_dim = 128;
+  expect_kvcache_passes(c, {Layout::kDenseCache});
+}
+
+TEST(DecodeKvcache, HeadDims) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {256, 256}, {59, 59}, {40, 40},
+                                                         {111, 111}, {72, 40}, {128, 64}, {1, 3}};
+  uint64_t seed = 50;
+  for (const auto& [dqk, dv] : dims) {
+    AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
+    c.head_dim_qk = dqk;
+    c.head_dim_v = dv;
+    c.seqlen_q = c.seqlen_new = 2;
+    c.cache_seqlens = {300, 31, 600};
+    c.cache_capacity = 700;
+    if (dqk >= 2) c.rotary_dim = dqk - dqk % 2;
+    c.seed = seed++;
+    expect_kvcache_passes(c);
+  }
+}
+
+TEST(DecodeKvcache, PagedBlockSizes) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int64_t block_size : {1, 5, 16, 256}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+    c.block_size = block_size;
+    c.seqlen_q = c.seqlen_new = 2;
+    c.cache_seqlens = {300, 0, 1000};
+    c.rotary_dim = 128;
+    c.causal = true;
+    c.seed = 60 + block_size;
+    expect_kvcache_passes(c, {Layout::kPagedCache});
+  }
+}
+
+TEST(DecodeKvcache, PaddedStridesAndExtremeLogits) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
+  c.padded_strides = true;  // rows not 16-byte aligned: the element-load path
+  c.seqlen_new = 1;
+  expect_kvcache_passes(c);
+  c.padded_strides = false;
+  c.q_stddev = 300.0;  // |s| ~ 1e4
+  c.seed = 3;
+  expect_kvcache_passes(c);
+}
+
+TEST(DecodeKvcache, MultiQueryAndNoLse) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat16);
+  c.heads_q = 32;
+  c.heads_kv = 1;  // group 32: two query tiles for one row
+  c.with_lse = false;
+  expect_kvcache_passes(c);
+}
+
+// One split and many must both pass the SPEC rule on the same inputs.
+TEST(DecodeKvcache, SplitCountsAgree) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int splits : {1, 2, 7, 64, 0}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+    c.cache_capacity = 4000;
+    c.cache_seqlens = {3999, 1, 2500};
+    c.num_splits = splits;
+    c.sinks = true;
+    expect_kvcache_passes(c);
+  }
+}
+
+// Random configurations over everything at once.
+TEST(DecodeKvcache, SampledGrid) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int n = 0; n < 48; ++n) {
+    Rng rng(0xdec0de00u + n);
+    AttnConfig c;
+    c.seed = 9000 + n;
+    c.dtype = kHalfTypes[n % 2];
+    c.layout = (n / 2) % 2 ? Layout::kPagedCache : Layout::kDenseCache;
+    c.block_size = rng.pick(std::vector<int64_t>{1, 3, 16, 64, 256});
+    c.head_dim_qk = rng.pick(std::vector<int64_t>{64, 128, 256, 96, 40});
+    c.head_dim_v = rng.coin(0.2) ? 64 : c.head_dim_qk;
+    c.heads_kv = rng.uniform_int(1, 3);
+    c.heads_q = c.heads_kv * rng.pick(std::vector<int64_t>{1, 2, 4, 8});
+    c.batch = rng.uniform_int(1, 4);
+    c.cache_capacity = rng.pick(std::vector<int64_t>{16, 97, 600, 2100});
+    c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 4}));
+    c.seqlen_q = rng.coin(0.6) ? 1 : rng.uniform_int(1, 8);
+    for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
+    if (c.seqlen_new > 0 && rng.coin(0.6)) {
+      c.rotary_interleaved = rng.coin();
+      c.rotary_dim = rng.coin() ? c.head_dim_qk : c.head_dim_qk / 2;
+    }
+    if (c.layout == Layout::kDenseCache && rng.coin(0.3)) {
+      c.cache_batch_idx = true;
+      c.extra_cache_rows = 1;
+    }
+    if (rng.coin(0.25))
+      for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b]));
+    c.causal = rng.coin(0.5);
+    if (rng.coin(0.25)) c.window_left = rng.uniform_int(0, 300);
+    if (rng.coin(0.2)) c.softcap = 20.0f;
+    if (rng.coin(0.2)) c.alibi = Alibi::kPerHead;
+    c.sinks = rng.coin(0.3);
+    c.num_splits = static_cast<int>(rng.pick(std::vector<int64_t>{0, 0, 1, 3, 16}));
+    c.with_lse = rng.coin(0.8);
+    AttnCase a(c);
+    EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
+  }
+}
+
+// The same logical cache, dense and paged (block sizes 16 and 7), gives bit-identical results:
+// chunks are logical key ranges, so only the addressing differs.
+TEST(DecodeKvcache, PagedEqualsDenseBitForBit) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int64_t block_size : {16, 7}) {
+    AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
+    c.seqlen_q = c.seqlen_new = 2;
+    c.cache_seqlens = {700, 3, 1090};
+    c.rotary_dim = 128;
+    c.causal = true;
+    c.sinks = true;
+    c.num_splits = 3;
+    AttnCase dense(c);
+    c.layout = Layout::kPagedCache;
+    c.block_size = block_size;
+    AttnCase paged(c);
+    for (auto& [name, tensor] : paged.tensors()) {  // same inputs, byte for byte
+      if (name == "k" || name == "v" || name == "block_table") continue;
+      for (auto& [dense_name, dense_tensor] : dense.tensors())
+        if (dense_name == name) tensor->guarded_bytes() = dense_tensor->guarded_bytes();
+    }
+    const std::vector<int32_t> table = paged.block_table.int_values();
+    const int64_t max_blocks = paged.block_table.shape()[1];
+    const int64_t row_elems = c.heads_kv * c.head_dim_qk;
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t j = 0; j < c.cache_seqlens[b]; ++j) {
+        const int64_t block = table[b * max_blocks + j / block_size];
+        for (int64_t e = 0; e < row_elems; ++e) {
+          const int64_t dense_index = (b * c.cache_capacity + j) * row_elems + e;
+          const int64_t paged_index = (block * block_size + j % block_size) * row_elems + e;
+          paged.k.set(paged_index, dense.k.get(dense_index));
+          paged.v.set(paged_index, dense.v.get(dense_index));
+        }
+      }
+    }
+    ASSERT_EQ(check_kvcache_gpu(dense), "") << c.describe();
+    ASSERT_EQ(check_kvcache_gpu(paged), "") << c.describe();
+    EXPECT_EQ(paged.out.guarded_bytes(), dense.out.guarded_bytes()) << "out differs, block_size " << block_size;
+    EXPECT_EQ(paged.lse.guarded_bytes(), dense.lse.guarded_bytes()) << "lse differs, block_size " << block_size;
+  }
+}
+
+// ---- SPEC §5 -------------------------------------------------------------------------------------
+
+// Out-of-range block ids, cache lengths past the capacity or negative, and cache rows out of
+// range: unchecked, they read and write nothing (guards hold, results follow the clamped
+// geometry); checked, they raise before anything is written.
+AttnCase bad_index_case(DType dtype, Layout layout, uint64_t seed) {
+  AttnConfig c = decode_config(layout, dtype);
+  c.cache_capacity = 200;
+  c.batch = 4;
+  c.cache_seqlens = {150, 199, 50, 10};
+  c.seqlen_q = c.seqlen_new = 2;
+  c.rotary_dim = 64;
+  c.seed = seed;
+  if (layout == Layout::kDenseCache) {
+    c.cache_batch_idx = true;
+    c.extra_cache_rows = 1;
+  }
+  AttnCase a(c);
+  a.cache_seqlens.set_int(1, 199);  // 199 + 2 new tokens: overflows the capacity by one
+  a.cache_seqlens.set_int(3, -7);
+  if (layout == Layout::kPagedCache) {
+    const int64_t num_blocks = a.k.shape()[0];
+    a.block_table.set_int(0 * a.block_table.shape()[1] + 2, static_cast<int32_t>(num_blocks + 5));
+    a.block_table.set_int(2 * a.block_table.shape()[1] + 3, -1);  // the block receiving the append
+    a.block_table.set_int(2 * a.block_table.shape()[1] + 0, std::numeric_limits<int32_t>::min());
+  } else {
+    a.cache_batch_idx.set_int(2, 1000);
+  }
+  return a;
+}
+
+TEST(DecodeSafety, SanitizeBadIndicesReadAndWriteNothing) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
+    AttnCase a = bad_index_case(DType::kFloat16, layout, 77);
+    EXPECT_EQ(check_kvcache_gpu(a), "") << layout_name(layout);
+  }
+}
+
+TEST(DecodeSafety, CheckedModeRaisesAndWritesNothing) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
+    AttnCase a = bad_index_case(DType::kBFloat16, layout, 78);
+    Snapshot before(a.tensors());
+    const std::string failure = run_kvcache_on_gpu(a, /*checked=*/true);
+    EXPECT_NE(failure.find("threw"), std::string::npos) << layout_name(layout) << ": " << failure;
+    EXPECT_EQ(before.changed(), "") << layout_name(layout);
+  }
+  // A bad block id alone, and a cache overflow alone, each raise.
+  for (int which = 0; which < 2; ++which) {
+    AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat16);
+    c.cache_capacity = 64;
+    c.cache_seqlens = {10, 20, 30};
+    c.seqlen_new = 1;
+    AttnCase a(c);
+    if (which == 0) a.block_table.set_int(0, 99999);
+    else a.cache_seqlens.set_int(2, 64);
+    Snapshot before(a.tensors());
+    const std::string failure = run_kvcache_on_gpu(a, true);
+    EXPECT_NE(failure.find(which == 0 ? "block_table" : "cache overflow"), std::string::npos) << failure;
+    EXPECT_EQ(before.changed(), "");
+  }
+}
+
+TEST(DecodeKvcache, SanitizeBasic) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+  c.cache_capacity = 300;
+  c.cache_seqlens = {100, 0, 290};
+  c.seqlen_q = c.seqlen_new = 2;
+  c.rotary_dim = 128;
+  c.sinks = true;
+  c.num_splits = 3;
+  expect_kvcache_passes(c);
+  c.head_dim_qk = c.head_dim_v = 59;
+  c.rotary_dim = 58;
+  expect_kvcache_passes(c, {Layout::kDenseCache});
+}
+
+// ---- paged_kv_write -------------------------------------------------------------------------------
+
+std::string check_kv_write_gpu(KvWriteCase& c) {
+  HostTensor k_expected = c.k_cache, v_expected = c.v_cache;
+  KvWriteParams expected_params = c.params();
+  expected_params.k_cache = k_expected.ref();
+  expected_params.v_cache = v_expected.ref();
+  core::ValidateOptions host;
+  host.check_index_values = false;
+  reference::paged_kv_write(core::prepare_kv_write(expected_params, host));
+
+  std::vector<std::pair<std::string, HostTensor*>> inputs;
+  for (auto& named : c.tensors())
+    if (named.first != "k_cache" && named.first != "v_cache") inputs.push_back(named);
+  const Snapshot before(inputs);
+  DeviceMirror dev(c.tensors());
+  if (!dev.error().empty()) return dev.error();
+  KvWriteParams params = c.params();
+  params.k_cache = dev.ref(c.k_cache);
+  params.v_cache = dev.ref(c.v_cache);
+  params.k_new = dev.ref(c.k_new);
+  params.v_new = dev.ref(c.v_new);
+  params.block_table = dev.ref(c.block_table);
+  params.cache_seqlens = dev.ref(c.cache_seqlens);
+  params.cu_seqlens_new = dev.ref(c.cu_seqlens_new);
+  std::string failure = run_and_catch([&] {
+    cuda::paged_kv_write(core::prepare_kv_write(params, device_options(false)), nullptr);
+  });
+  if (failure.empty()) failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
+  if (failure.empty()) failure = dev.copy_back();
+  if (!failure.empty()) return failure;
+  if (c.k_cache.guarded_bytes() != k_expected.guarded_bytes()) return "k_cache differs from the expected copy";
+  if (c.v_cache.guarded_bytes() != v_expected.guarded_bytes()) return "v_cache differs from the expected copy";
+  return before.changed();
+}
+
+TEST(DecodeKvWrite, SanitizeBatchedAndVarlen) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 1;
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat32}) {
+    for (int64_t block_size : {1, 5, 16}) {
+      KvWriteConfig c;
+      c.dtype = dtype;
+      c.batch = 3;
+      c.heads_kv = 2;
+      c.head_dim_qk = 64;
+      c.head_dim_v = 40;
+      c.block_size = block_size;
+      c.max_blocks_per_seq = 64 / block_size + 1;
+      c.cache_seqlens = {0, 17, 40};
+      c.seqlen_new = 3;
+      c.seed = seed++;
+      KvWriteCase batched(c);
+      EXPECT_EQ(check_kv_write_gpu(batched), "") << c.describe();
+      c.varlen = true;
+      c.new_tokens = {5, 0, 2};
+      KvWriteCase varlen(c);
+      EXPECT_EQ(check_kv_write_gpu(varlen), "") << c.describe();
+    }
+  }
+}
+
+TEST(DecodeKvWrite, SanitizeBadIndicesWriteNothing) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  KvWriteConfig c;
+  c.batch = 3;
+  c.block_size = 4;
+  c.max_blocks_per_seq = 3;
+  c.cache_seqlens = {0, 10, 5};
+  c.seqlen_new = 3;
+  KvWriteCase a(c);
+  a.block_table.set_int(0, -3);        // sequence 0's first block
+  a.block_table.set_int(3 + 2, 1000);  // sequence 1's third block
+  a.cache_seqlens.set_int(2, 11);      // sequence 2 runs past its 12 slots
+  EXPECT_EQ(check_kv_write_gpu(a), "") << c.describe();
+  c.varlen = true;
+  c.new_tokens = {2, 3, 1};
+  KvWriteCase v(c);
+  v.cu_seqlens_new.set_int(2, 100);  // beyond the 6 rows of k_new
+  v.cache_seqlens.set_int(0, -1);
+  // The reference trusts cu_seqlens_new, so compare against a sane copy instead: rows the bad
+  // offset hides must be skipped, and nothing may be read or written out of bounds.
+  HostTensor k_before = v.k_cache, v_before = v.v_cache;
+  DeviceMirror dev(v.tensors());
+  ASSERT_EQ(dev.error(), "");
+  KvWriteParams params = v.params();
+  params.k_cache = dev.ref(v.k_cache);
+  params.v_cache = dev.ref(v.v_cache);
+  params.k_new = dev.ref(v.k_new);
+  params.v_new = dev.ref(v.v_new);
+  params.block_table = dev.ref(v.block_table);
+  params.cache_seqlens = dev.ref(v.cache_seqlens);
+  params.cu_seqlens_new = dev.ref(v.cu_seqlens_new);
+  EXPECT_EQ(run_and_catch([&] { cuda::paged_kv_write(core::prepare_kv_write(params, device_options(false)), nullptr); }), "");
+  ASSERT_EQ(cuda_failure(cudaDeviceSynchronize(), "kernel"), "");
+  ASSERT_EQ(dev.copy_back(), "");
+  EXPECT_EQ(v.k_cache.check_guards("k_cache"), "");
+  EXPECT_EQ(v.v_cache.check_guards("v_cache"), "");
+}
+
+// ---- forward: continuous batching and short queries ----------------------------------------------
+
+TEST(DecodeForward, VarlenQueriesOverPagedCache) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 200;
+  for (int64_t block_size : {16, 256, 3}) {
+    for (bool causal : {true, false}) {
+      AttnConfig c;
+      c.layout = Layout::kPaged;
+      c.dtype = kHalfTypes[seed % 2];
+      c.batch = 5;
+      c.heads_q = 8;
+      c.heads_kv = 2;
+      c.head_dim_qk = c.head_dim_v = 128;
+      c.block_size = block_size;
+      c.seqlens_q = {1, 37, 1, 0, 16};  // decode rows and prefill chunks in one call
+      c.seqlens_k = {300, 500, 1, 40, 1025};
+      c.causal = causal;
+      c.sinks = seed % 3 == 0;
+      c.seed = seed++;
+      AttnCase a(c);
+      EXPECT_EQ(check_forward_decode(a), "") << c.describe();
+    }
+  }
+}
+
+TEST(DecodeForward, ShortBatchedQueries) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (DType dtype : kHalfTypes) {
+    AttnConfig c;
+    c.layout = Layout::kBatched;
+    c.dtype = dtype;
+    c.batch = 2;
+    c.heads_q = 16;
+    c.heads_kv = 4;
+    c.head_dim_qk = c.head_dim_v = 64;
+    c.seqlen_q = 4;
+    c.seqlen_k = 1500;
+    c.causal = true;
+    c.softcap = 30.0f;
+    AttnCase a(c);
+    EXPECT_EQ(check_forward_decode(a), "") << c.describe();
+  }
+}
+
+TEST(DecodeTier, SupportsSaysWhy) {
+  core::Problem p;
+  p.dtype = DType::kFloat32;
+  p.head_dim_qk = p.head_dim_v = 128;
+  std::string why;
+  EXPECT_FALSE(cuda::decode_tier_supports(p, true, &why));
+  EXPECT_NE(why.find("fp16 or bf16"), std::string::npos) << why;
+  p.dtype = DType::kBFloat16;
+  p.heads_q = 32;
+  p.heads_kv = 8;
+  p.group = 4;
+  p.seqlen_q = 1;
+  p.batch = 1;
+  p.kv_layout = core::KvLayout::kPaged;
+  EXPECT_TRUE(cuda::decode_tier_supports(p, true, &why)) << why;
+  p.kv_layout = core::KvLayout::kBatched;
+  p.seqlen_q = 1000;
+  EXPECT_FALSE(cuda::decode_tier_supports(p, false, &why));
+}
+
+}  // namespace
+}  // namespace flashsdpa::test
