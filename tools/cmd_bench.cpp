@@ -134,7 +134,8 @@ int run_bench(const std::vector<std::string>& args) {
     synchronize(backend);
     const auto stop = std::chrono::steady_clock::now();
     ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
-    if (backend == Backend::kCpu) {
+    // The CPU backend reports the scratch of its forward and KV-cache calls.
+    if (backend == Backend::kCpu && w.op != Op::kBackward) {
       if (const auto bytes = cpu_last_scratch_bytes()) scratch = std::max(scratch.value_or(0), *bytes);
     }
   }
@@ -192,14 +193,14 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf("flashsdpa bench: %s\n", config.describe().c_str());
     std::printf("  backend    %s, tier %s\n", backend_name(selection.backend), selection.tier.c_str());
     std::printf("  why        %s\n", selection.reason.c_str());
-    std::printf("  time       median %.3f ms, min %.3f ms, mean %.3f ms  (%lld iterations after %lld warm-up)\n",
+    std::printf("  time       median %.3f ms, min %.3f ms, mean %.3f ms  (%lld timed runs after %lld warm-up)\n",
                 median, sorted.front(), mean, static_cast<long long>(iters), static_cast<long long>(warmup));
     std::printf("  compute    %.4g GFLOP per call (exact, under the mask) -> %.1f GFLOP/s\n", flops / 1e9, gflops);
     std::printf("  memory     scratch %s; materialised fp32 scores would need %s\n",
                 scratch ? format_bytes(static_cast<double>(*scratch)).c_str() : "not reported by this backend",
                 format_bytes(static_cast<double>(w.materialized_bytes())).c_str());
     if (verdict) {
-      std::printf("  check      %s: max |out - ref64| = %.3g, bound %.3g (SPEC §6, %lld elements)\n",
+      std::printf("  check      %s: max |x - ref64| = %.3g, bound %.3g (SPEC §6, %lld elements)\n",
                   verdict->pass ? "pass" : "FAIL", verdict->max_error, verdict->bound,
                   static_cast<long long>(verdict->elements));
       if (!verdict->pass) std::printf("             %s\n", verdict->message.c_str());
