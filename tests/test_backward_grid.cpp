@@ -115,6 +115,34 @@ TEST(Backward, SinksGradient) {
   }
 }
 
+TEST(Backward, ExtremeLogits) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    AttnConfig c = training_shape(dtype);
+    c.seqlen_q = c.seqlen_k = 70;
+    c.q_stddev = 1e4;  // |s| around 1e4: near one-hot rows
+    AttnCase a(c);
+    EXPECT_EQ(check_backward(a, cpu_context(2)), "") << c.describe();
+    c.q_stddev = 30.0;  // |s| in the hundreds: peaked but not one-hot
+    c.softcap = 0.0f;
+    AttnCase b(c);
+    EXPECT_EQ(check_backward(b, cpu_context(2)), "") << c.describe();
+  }
+}
+
+TEST(Backward, VarlenWithSequsedK) {
+  AttnConfig c = training_shape(DType::kFloat16);
+  c.layout = Layout::kVarlen;
+  c.batch = 3;
+  c.seqlens_q = {20, 7, 0};
+  c.seqlens_k = {30, 7, 9};
+  c.seqused_k = {11, 0, 9};
+  c.causal = false;
+  c.window_left = 5;
+  c.window_right = 3;
+  AttnCase a(c);
+  EXPECT_EQ(check_backward(a, cpu_context(2)), "") << c.describe();
+}
+
 TEST(Backward, FullyMaskedRows) {
   AttnConfig c = training_shape(DType::kFloat16);
   c.seqlen_q = 90;

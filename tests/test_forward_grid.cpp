@@ -77,6 +77,9 @@ AttnConfig grid_config(int n) {
       c.seqlens_q.push_back(sq);
       c.seqlens_k.push_back(sk);
     }
+    if (rng.coin(0.3)) {  // seqused_k: sequences use a prefix of their packed keys
+      for (const int64_t sk : c.seqlens_k) c.seqused_k.push_back(rng.uniform_int(0, sk));
+    }
   } else {
     c.layout = Layout::kPaged;
     c.block_size = std::vector<int64_t>{1, 16, 256}[cycle(n, 1, 3)];

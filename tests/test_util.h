@@ -248,7 +248,7 @@ struct AttnConfig {
   int64_t seqlen_q = 1, seqlen_k = 1;   // batched (and kv-cache q) lengths
   std::vector<int64_t> seqlens_q;       // varlen / paged-varlen: per sequence (0 allowed)
   std::vector<int64_t> seqlens_k;       // varlen: per sequence; paged: keys per sequence
-  std::vector<int64_t> seqused_k;       // batched: optional per-sequence key counts (<= seqlen_k)
+  std::vector<int64_t> seqused_k;       // batched / varlen: optional per-sequence key counts
   int64_t block_size = 16;              // paged layouts
   int64_t spare_blocks = 3;             // blocks no sequence uses (paged), filled with garbage
 
@@ -371,6 +371,7 @@ class AttnCase {
         cu_seqlens_k = HostTensor::int32(cu);
         k = operand({cu.back(), Hkv, Dqk});
         v = operand({cu.back(), Hkv, Dv});
+        if (!c.seqused_k.empty()) seqused_k = HostTensor::int32(to_int32(c.seqused_k));
         break;
       }
       case Layout::kPaged:
