@@ -11,6 +11,8 @@ Autograd gives dq, dk, dv and d s_aux; ``flash_attn_with_kvcache`` is inference-
 flash-attn. Dropout is not supported: ``dropout_p > 0`` raises NotImplementedError.
 """
 
+import operator
+
 import torch
 
 from ._ops import ops
@@ -29,11 +31,11 @@ __all__ = [
 def _window(window_size):
     try:
         left, right = window_size
+        if isinstance(left, bool) or isinstance(right, bool):
+            raise TypeError
+        return operator.index(left), operator.index(right)
     except (TypeError, ValueError):
         raise TypeError(f"window_size must be a pair (left, right) of ints; got {window_size!r}") from None
-    if isinstance(left, bool) or isinstance(right, bool) or not isinstance(left, int) or not isinstance(right, int):
-        raise TypeError(f"window_size must be a pair (left, right) of ints; got {window_size!r}")
-    return left, right
 
 
 def _check_dropout(dropout_p):
