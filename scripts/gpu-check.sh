@@ -11,6 +11,8 @@
 #   GPU_CHECK_BENCH         full (default: flashsdpa and torch's backends) | flashsdpa | none
 #   GPU_CHECK_FLEX          1 (default) times compiled FlexAttention too; 0 skips it
 #   GPU_CHECK_TESTS         gtest filter for the test step (default: all)
+#   GPU_CHECK_SWEEP         1 also times candidate tile shapes (sweep.jsonl)
+#   GPU_CHECK_NCU           1 also profiles the hd128 16k bf16 forward with Nsight Compute (ncu.txt)
 # Exit status: non-zero when the build, a test or the sanitizer failed.
 set -u -o pipefail
 
@@ -59,12 +61,14 @@ if [ "$bench_mode" != none ]; then
   {
     "$build/flashsdpa_gpu_bench" && "$build/flashsdpa_gpu_bench" --memory
   } > "$out/flashsdpa.jsonl" 2> "$out/bench.log" || status=1
-  cat "$out/flashsdpa.jsonl" | python3 -c '
+  python3 -c '
 import json, sys
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     r = json.loads(line)
-    if r.get("memory"): print("memory:", line.strip()); continue
-    print(f"{r[\"dtype\"]} hd{r[\"hd\"]:>3} S{r[\"seqlen\"]:>6} {\"causal\" if r[\"causal\"] else \"      \"} {r[\"tflops\"]:7.1f} TFLOP/s  {r[\"ms\"]:.3f} ms")'
+    if r.get("memory"):
+        print("memory:", line.strip())
+        continue
+    print("%s hd%-3d S%-6d %-6s %7.1f TFLOP/s %8.3f ms" % (r["dtype"], r["hd"], r["seqlen"], "causal" if r["causal"] else "", r["tflops"], r["ms"]))' "$out/flashsdpa.jsonl"
   if [ "$bench_mode" = full ]; then
     flex=()
     [ "${GPU_CHECK_FLEX:-1}" = 0 ] && flex=(--no-flex)
@@ -72,6 +76,25 @@ for line in sys.stdin:
       --prefix "$out/prefill" "${flex[@]}" >> "$out/bench.log" 2>&1 || status=1
     [ -f "$out/prefill.md" ] && cat "$out/prefill.md"
   fi
+fi
+if [ "${GPU_CHECK_SWEEP:-0}" = 1 ]; then
+  echo "== tile sweep"
+  "$build/flashsdpa_gpu_bench" --sweep > "$out/sweep.jsonl" 2>&1 || status=1
+  python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        r = json.loads(line)
+        print("hd%-3d S%-6d %-6s %-34s %7.1f TFLOP/s" % (r["hd"], r["seqlen"], "causal" if r["causal"] else "", r["sweep"], r["tflops"]))
+    else:
+        print(line.rstrip())' "$out/sweep.jsonl"
+fi
+if [ "${GPU_CHECK_NCU:-0}" = 1 ]; then
+  echo "== ncu"
+  ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+    --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis --section InstructionStats \
+    -k regex:mma_forward_kernel -c 1 "$build/flashsdpa_gpu_bench" --one bf16 128 16384 1 16 0 > "$out/ncu.txt" 2>&1
+  grep -E "Duration|Throughput|Registers|Achieved Occupancy|Issue Slots|No Eligible|Warp Cycles Per Issued|Executed Ipc|Block Limit" "$out/ncu.txt" | head -40
 fi
 echo "== gpu-check status $status"
 exit $status

@@ -39,7 +39,9 @@ struct Fp32Tile {
   static constexpr int kPPitch = kBlockN + 4;
   static constexpr int kQFloats = kBlockM * kPitch;
   static constexpr int kKvFloats = kBlockN * kPitch;
-  static constexpr int kSmemBytes = (kQFloats + 2 * kKvFloats + kBlockM * kPPitch) * 4 + kBlockN;
+  static constexpr int kStageFloats = 2 * kKvFloats;  // K then V
+  static constexpr int kStages = 2;                    // the copy of tile t + 1 overlaps the math of tile t
+  static constexpr int kSmemBytes = (kQFloats + kStages * kStageFloats + kBlockM * kPPitch) * 4 + kStages * kBlockN;
 };
 
 struct Fp32Args {
@@ -91,9 +93,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
   blk.mask = core::sequence_mask(p, blk.seq);
 
   float* qs = smem_f;
-  float* ks = qs + Tile::kQFloats;
-  float* vs = ks + Tile::kKvFloats;
-  float* ps = vs + Tile::kKvFloats;
+  float* stages = qs + Tile::kQFloats;
+  float* ps = stages + Tile::kStages * Tile::kStageFloats;
   unsigned char* key_valid = reinterpret_cast<unsigned char*>(ps + Tile::kBlockM * Tile::kPPitch);
 
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -125,24 +126,40 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     row_sum[r] = 0.0f;
   }
 
-  for (int kt = 0; kt < num_tiles; ++kt) {
+  // Batched, varlen and dense-cache K/V are linear in the key index: resolve key 0 once.
+  const bool linear_kv = !paged;
+  const int64_t k_key0 = linear_kv ? core::key_offset(p, blk.seq, p.k, blk.b, 0) + blk.kv_head * p.k.head_stride : 0;
+  const int64_t v_key0 = linear_kv ? core::key_offset(p, blk.seq, p.v, blk.b, 0) + blk.kv_head * p.v.head_stride : 0;
+  auto load_kv_tile = [&](int kt) {
     const int64_t n0 = first_key + int64_t(kt) * Tile::kBlockN;
-    auto key_row = [&](const core::Operand& kv, int r) -> int64_t {
+    float* ks = stages + (kt % Tile::kStages) * Tile::kStageFloats;
+    auto key_row = [&](const core::Operand& kv, int64_t key0, int r) -> int64_t {
       const int64_t j = n0 + r;
       if (j >= blk.seq.k_end) return -1;
+      if (linear_kv) return key0 + j * kv.row_stride;
       const int64_t offset = core::key_offset(p, blk.seq, kv, blk.b, j);
       return offset < 0 ? -1 : offset + blk.kv_head * kv.head_stride;
     };
-    __syncthreads();  // the previous tile's K, V and P are no longer read
     load_rows<Tile>(ks, static_cast<const float*>(p.k.ptr), Tile::kBlockN, dqk, args.vector_io,
-                    [&](int r) { return key_row(p.k, r); });
-    load_rows<Tile>(vs, static_cast<const float*>(p.v.ptr), Tile::kBlockN, dv, args.vector_io,
-                    [&](int r) { return key_row(p.v, r); });
+                    [&](int r) { return key_row(p.k, k_key0, r); });
+    load_rows<Tile>(ks + Tile::kKvFloats, static_cast<const float*>(p.v.ptr), Tile::kBlockN, dv, args.vector_io,
+                    [&](int r) { return key_row(p.v, v_key0, r); });
     if (paged)
-      for (int r = threadIdx.x; r < Tile::kBlockN; r += Tile::kThreads) key_valid[r] = key_row(p.k, r) >= 0;
+      for (int r = threadIdx.x; r < Tile::kBlockN; r += Tile::kThreads)
+        key_valid[(kt % Tile::kStages) * Tile::kBlockN + r] = key_row(p.k, 0, r) >= 0;
+  };
+
+  if (num_tiles > 0) load_kv_tile(0);
+  cp_async_commit();
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    const int64_t n0 = first_key + int64_t(kt) * Tile::kBlockN;
+    cp_async_wait<0>();  // tile kt (and Q) have landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's; tile kt - 1's buffer and P are free again
+    if (kt + 1 < num_tiles) load_kv_tile(kt + 1);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
+    const float* ks = stages + (kt % Tile::kStages) * Tile::kStageFloats;
+    const float* vs = ks + Tile::kKvFloats;
+    const unsigned char* valid = key_valid + (kt % Tile::kStages) * Tile::kBlockN;
 
     // S = Q K^T
     float s[Tile::kRows][Tile::kKeys] = {};
@@ -173,8 +190,10 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
       for (int c = 0; c < Tile::kKeys; ++c) {
         const int64_t j = n0 + tx + 16 * c;
         float x = s[r][c] * p.scale;
-        if (has_mod) x = mod.apply(x, i, j, blk.mask.diag);
-        if (needs_mask && (!blk.mask.allowed(i, j) || (paged && !key_valid[tx + 16 * c]))) x = -INFINITY;
+        // In double: tanhf is not correctly rounded, and its error, times softcap, would
+        // exceed fp32 rounding of the score (SPEC §6 holds this tier to the fp32 reference).
+        if (has_mod) x = static_cast<float>(mod.apply(static_cast<double>(x), i, j, blk.mask.diag));
+        if (needs_mask && (!blk.mask.allowed(i, j) || (paged && !valid[tx + 16 * c]))) x = -INFINITY;
         s[r][c] = x;
         tile_max = fmaxf(tile_max, x);
       }
@@ -281,9 +300,9 @@ void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
 
 }  // namespace
 
-// Head dims padded to 64, 128 or 256. Key tiles: 64 keys at D = 64 (68 KB of shared memory, three
-// blocks per SM); 32 at D = 128 (77 KB, two blocks) and D = 256 (142 KB, one block): at 64 keys a
-// D = 128 block needs 119 KB and only one fits an SM.
+// Head dims padded to 64, 128 or 256, two K/V stages each. Key tiles: 64 keys at D = 64 (104 KB
+// of shared memory, two blocks per SM); 32 at D = 128 (111 KB, two blocks); 16 at D = 256 (138 KB,
+// one block; 32 keys would need 209 KB, over the 163 KB an sm_80 block may have).
 void launch_fp32_forward(const core::Problem& p, bool vector_io, cudaStream_t stream) {
   Fp32Args args;
   args.p = p;
@@ -295,7 +314,7 @@ void launch_fp32_forward(const core::Problem& p, bool vector_io, cudaStream_t st
   } else if (d <= 128) {
     launch_fp32_tile<Fp32Tile<128, 32, 2>>(args, stream);
   } else {
-    launch_fp32_tile<Fp32Tile<256, 32, 1>>(args, stream);
+    launch_fp32_tile<Fp32Tile<256, 16, 1>>(args, stream);
   }
 }
 

@@ -11,7 +11,8 @@
 //     O += P V                         (P re-used from the S registers, ldmatrix.trans V)
 // and finally O / Z is staged through shared memory for 16-byte coalesced stores.
 //
-// Every layout (batched, varlen, paged, dense cache) goes through core::key_offset(), every mask
+// Every layout (batched, varlen, paged, dense cache) goes through core::key_offset() (resolved once
+// per block for the layouts that are linear in the key index), every mask
 // through core::Mask, every modifier through core::ScoreMod: one definition for all backends.
 // Shared memory rows are XOR-swizzled in 16-byte chunks (chunk ^ (row & 7)) so that the eight row
 // addresses of one ldmatrix phase, and the cp.async writes, hit eight different bank groups.
@@ -77,6 +78,10 @@ struct BlockView {
   core::Mask mask;
   int64_t b = 0, h = 0, kv_head = 0;
   int64_t row0 = 0, row_end = 0;  // query rows [row0, row_end) of the sequence
+  // Batched, varlen and dense-cache K/V are linear in the key index: key j of this (sequence,
+  // kv head) sits at k_key0 + j * k.row_stride. Resolved once here instead of per loaded row.
+  bool linear_kv = false;
+  int64_t k_key0 = 0, v_key0 = 0;
 };
 
 // Copies rows of one operand into a swizzled tile: `row_base(r)` gives the element offset of tile
@@ -123,18 +128,19 @@ template <class Tile>
 __device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char* key_valid, const MmaArgs& args,
                                              const BlockView& blk, int64_t n0) {
   const core::Problem& p = args.p;
-  auto key_row = [&](const core::Operand& kv, int r) -> int64_t {
+  auto key_row = [&](const core::Operand& kv, int64_t key0, int r) -> int64_t {
     const int64_t j = n0 + r;
     if (j >= blk.seq.k_end) return -1;
+    if (blk.linear_kv) return key0 + j * kv.row_stride;
     const int64_t offset = core::key_offset(p, blk.seq, kv, blk.b, j);
     return offset < 0 ? -1 : offset + blk.kv_head * kv.head_stride;
   };
   load_tile<Tile>(stage, static_cast<const uint16_t*>(p.k.ptr), Tile::kBlockN, static_cast<int>(p.head_dim_qk),
-                  args.vector_io, [&](int r) { return key_row(p.k, r); });
+                  args.vector_io, [&](int r) { return key_row(p.k, blk.k_key0, r); });
   load_tile<Tile>(stage + Tile::kKvTileBytes, static_cast<const uint16_t*>(p.v.ptr), Tile::kBlockN,
-                  static_cast<int>(p.head_dim_v), args.vector_io, [&](int r) { return key_row(p.v, r); });
-  if (p.kv_layout == core::KvLayout::kPaged) {
-    for (int r = threadIdx.x; r < Tile::kBlockN; r += Tile::kThreads) key_valid[r] = key_row(p.k, r) >= 0;
+                  static_cast<int>(p.head_dim_v), args.vector_io, [&](int r) { return key_row(p.v, blk.v_key0, r); });
+  if (!blk.linear_kv) {
+    for (int r = threadIdx.x; r < Tile::kBlockN; r += Tile::kThreads) key_valid[r] = key_row(p.k, 0, r) >= 0;
   }
 }
 
@@ -261,6 +267,7 @@ __device__ __forceinline__ void softmax_step(float (&s)[Tile::kMTiles][Tile::kKe
                                              float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                              float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
                                              float unit) {
+  float row_factor[Tile::kMTiles][2];
 #pragma unroll
   for (int mt = 0; mt < Tile::kMTiles; ++mt)
 #pragma unroll
@@ -285,12 +292,21 @@ __device__ __forceinline__ void softmax_step(float (&s)[Tile::kMTiles][Tile::kKe
           sum += prob;
         }
       row_sum[mt][r] = row_sum[mt][r] * factor + sum;  // per-thread partial; reduced over the quad at the end
-#pragma unroll
-      for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
-        o[mt][dt][2 * r] *= factor;
-        o[mt][dt][2 * r + 1] *= factor;
-      }
+      row_factor[mt][r] = factor;
     }
+  // Past the first tiles a row's max rarely moves: skip the rescale of O (kOutTiles * 4 FMULs per
+  // row) whenever no row of the warp needs it.
+  bool rescale = false;
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt) rescale |= row_factor[mt][0] != 1.0f || row_factor[mt][1] != 1.0f;
+  if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+    for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mt][dt][e] *= row_factor[mt][e >> 1];
+  }
 }
 
 // O += P V. P's accumulator layout is the A-fragment layout of the next mma, so it never leaves
@@ -417,6 +433,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   if (blk.row0 >= blk.seq.sq) return;
   blk.row_end = core::min_i64(blk.row0 + Tile::kBlockM, blk.seq.sq);
   blk.mask = core::sequence_mask(p, blk.seq);
+  blk.linear_kv = p.kv_layout != core::KvLayout::kPaged;
+  if (blk.linear_kv) {
+    blk.k_key0 = core::key_offset(p, blk.seq, p.k, blk.b, 0) + blk.kv_head * p.k.head_stride;
+    blk.v_key0 = core::key_offset(p, blk.seq, p.v, blk.b, 0) + blk.kv_head * p.v.head_stride;
+  }
 
   // Key tiles this block needs: whole tiles outside [tile_begin, tile_end) are never loaded.
   const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
