@@ -54,6 +54,10 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   echo "== benchmark"
   PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$build/flashsdpa_decode_bench" \
     --out "$out/${RESULTS_NAME:-decode}" > "$out/bench.log" 2>&1 || { echo "BENCHMARK FAILED"; status=1; }
-  cat "$out/bench.log" | tail -45
+  # The split heuristic against forced split counts at batch 1 (the shape where splits matter).
+  for splits in 8 16 32 64 128; do
+    "$build/flashsdpa_decode_bench" --splits $splits 1,32768,32,8,128,dense,0 1,8192,64,8,128,dense,0
+  done >> "$out/bench.log" 2>&1
+  tail -60 "$out/bench.log"
 fi
 exit $status

@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 MAIN_SHAPES = [(1, 32768), (8, 8192), (32, 4096), (64, 16384)]
 MAIN_LAYOUTS = [("dense", 0), ("paged", 16), ("paged", 256)]
 WIDE_BATCHES = [1, 2, 4, 8, 16, 32, 64]
-WIDE_SEQLEN = 8192
+WIDE_SEQLENS = [8192, 32768]  # Hq 64 / Hkv 8: dense and paged 16 at 8k keys, dense at 32k
 
 
 def time_us(fn, reps=15):
@@ -110,7 +110,8 @@ def main():
     args = ap.parse_args()
 
     shapes = [(b, s, 32, 8, 128, layout, page) for (b, s) in MAIN_SHAPES for (layout, page) in MAIN_LAYOUTS]
-    shapes += [(b, WIDE_SEQLEN, 64, 8, 128, layout, page) for b in WIDE_BATCHES for (layout, page) in MAIN_LAYOUTS[:2]]
+    shapes += [(b, WIDE_SEQLENS[0], 64, 8, 128, layout, page) for b in WIDE_BATCHES for (layout, page) in MAIN_LAYOUTS[:2]]
+    shapes += [(b, WIDE_SEQLENS[1], 64, 8, 128, "dense", 0) for b in WIDE_BATCHES]
     ours = run_flashsdpa(args.bench, shapes)
     copy = copy_gbps()
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)")

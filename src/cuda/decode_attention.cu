@@ -73,9 +73,7 @@ struct Tile {
   // After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum.
   static constexpr int kOPitch = kHeadDim + 4;
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (kOPitch + 2) * sizeof(float);
-  // Before the loop it holds the fp32 query tile, rotated in place.
-  static constexpr size_t kQStagingBytes = size_t(kRows) * kHeadDim * sizeof(float);
-  static_assert(kMergeBytes <= kPipelineBytes && kQStagingBytes <= kPipelineBytes, "aliases must fit");
+  static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
   static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
 };
 
@@ -169,50 +167,73 @@ __device__ __forceinline__ void query_fragment(const T* q_tile, int kk, int lane
   ldmatrix_x4(a, smem_address(q_tile + row * Tile<kHeadDim>::kPitch + kk * 16 + col));
 }
 
-// Loads the tile's query rows into shared memory as 16-bit A fragments' source, rotated at
+// Element pair t of a query row: the rotary pairs first (core::rotary_pair), then the dims past
+// rotary_dim two by two (rotary_dim = 0: every pair plain).
+__device__ __forceinline__ void query_pair(int t, int rotary_dim, bool interleaved, int* d0, int* d1) {
+  if (t < rotary_dim / 2) {
+    int64_t first, second;
+    core::rotary_pair(t, rotary_dim, interleaved, &first, &second);
+    *d0 = static_cast<int>(first);
+    *d1 = static_cast<int>(second);
+  } else {
+    *d0 = rotary_dim + 2 * (t - rotary_dim / 2);
+    *d1 = *d0 + 1;
+  }
+}
+
+// Loads the tile's query rows into shared memory (16-bit, the A operand), rotated at
 // core::rotary_q_position when the call has rotary (in fp32, like the reference, then rounded).
-// Padded rows and dims past Dqk are zeros. Leaves the A fragments in q_frag when they live in
-// registers (Tile::kQInRegisters).
+// Padded rows and dims past Dqk are zeros. Each thread owns whole element pairs, so rotation
+// needs no staging, and all its loads are issued before the first use: a CTA of a short split
+// must not pay one memory latency per element here. Leaves the A fragments in q_frag when they
+// live in registers (Tile::kQInRegisters).
 template <class E, int kHeadDim>
-__device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* q_tile, float* staging,
+__device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* q_tile,
                                 uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
+  constexpr int kPairsPerRow = kHeadDim / 2;
+  constexpr int kPerThread = kRows * kPairsPerRow / kThreads;
+  static_assert(kPerThread * kThreads == kRows * kPairsPerRow, "pairs must split evenly over the CTA");
   const core::Problem& p = a.p;
   const T* q = static_cast<const T*>(p.q.ptr);
-  for (int idx = threadIdx.x; idx < kRows * kHeadDim; idx += kThreads) {
-    const int r = idx / kHeadDim, d = idx % kHeadDim;
+  const int rotary_dim = a.rotate_q ? static_cast<int>(p.rotary_dim) : 0;
+
+  float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
+  bool rotated[kPerThread];
+#pragma unroll
+  for (int n = 0; n < kPerThread; ++n) {
+    const int idx = n * kThreads + threadIdx.x;
+    const int r = idx / kPairsPerRow, t = idx % kPairsPerRow;
+    int d0, d1;
+    query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
     const int64_t packed = w.row0 + r;
-    float x = 0.0f;
-    if (packed < w.packed_rows && d < p.head_dim_qk) {
-      const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
-      x = to_float(q[core::q_offset(p, w.s, w.b, i, h) + d]);
+    x0[n] = x1[n] = cos_t[n] = sin_t[n] = 0.0f;
+    rotated[n] = false;
+    if (packed >= w.packed_rows) continue;
+    const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
+    const T* row = q + core::q_offset(p, w.s, w.b, i, h);
+    if (d0 < p.head_dim_qk) x0[n] = to_float(row[d0]);
+    if (d1 < p.head_dim_qk) x1[n] = to_float(row[d1]);
+    if (t < rotary_dim / 2) {
+      const int64_t table_row = core::rotary_row(p, core::rotary_q_position(p, w.s, i));
+      if (table_row >= 0) {
+        rotated[n] = true;
+        cos_t[n] = to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]);
+        sin_t[n] = to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]);
+      }
     }
-    staging[idx] = x;
   }
-  __syncthreads();
-  if (a.rotate_q) {
-    const int half = static_cast<int>(p.rotary_dim / 2);
-    for (int idx = threadIdx.x; idx < kRows * half; idx += kThreads) {
-      const int r = idx / half, t = idx % half;
-      const int64_t packed = w.row0 + r;
-      if (packed >= w.packed_rows) continue;
-      const int64_t table_row = core::rotary_row(p, core::rotary_q_position(p, w.s, packed / p.group));
-      if (table_row < 0) continue;
-      const T* cos_row = static_cast<const T*>(p.rotary_cos) + table_row * p.rotary_row_stride;
-      const T* sin_row = static_cast<const T*>(p.rotary_sin) + table_row * p.rotary_row_stride;
-      int64_t i0, i1;
-      core::rotary_pair(t, p.rotary_dim, p.rotary_interleaved, &i0, &i1);
-      float* x = staging + r * kHeadDim;
-      const float x0 = x[i0], x1 = x[i1], c = to_float(cos_row[t]), s = to_float(sin_row[t]);
-      x[i0] = x0 * c - x1 * s;
-      x[i1] = x0 * s + x1 * c;
-    }
-    __syncthreads();
-  }
-  for (int idx = threadIdx.x; idx < kRows * kHeadDim; idx += kThreads) {
-    const int r = idx / kHeadDim, d = idx % kHeadDim;
-    q_tile[r * Cfg::kPitch + d] = from_float<T>(staging[idx]);
+#pragma unroll
+  for (int n = 0; n < kPerThread; ++n) {
+    const int idx = n * kThreads + threadIdx.x;
+    const int r = idx / kPairsPerRow, t = idx % kPairsPerRow;
+    int d0, d1;
+    query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
+    const float y0 = rotated[n] ? x0[n] * cos_t[n] - x1[n] * sin_t[n] : x0[n];
+    const float y1 = rotated[n] ? x0[n] * sin_t[n] + x1[n] * cos_t[n] : x1[n];
+    q_tile[r * Cfg::kPitch + d0] = from_float<T>(y0);
+    q_tile[r * Cfg::kPitch + d1] = from_float<T>(y1);
   }
   __syncthreads();
   if constexpr (Cfg::kQInRegisters) {
@@ -459,17 +480,6 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Cfg::kPipelineBytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
-  uint32_t q_frag[Cfg::kQFragments][4];
-  load_query_tile<E, kHeadDim>(a, w, q_tile, reinterpret_cast<float*>(pipeline), q_frag);
-  __syncthreads();  // the staging area becomes the pipeline
-
-  const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
-  WarpState<kHeadDim> st;
-#pragma unroll
-  for (int n = 0; n < kHeadDim / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
-
   T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
   uint32_t* my_masks = valid_masks + warp * Cfg::kStages;
   auto k_stage = [&](int stage) { return my_stages + size_t(stage) * 2 * Cfg::kChunkElems; };
@@ -484,11 +494,23 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
     if (lane == 0) my_masks[stage] = valid;
   };
 
+  // The first chunks are in flight before the query tile is read, so their DRAM latency and the
+  // query's overlap.
 #pragma unroll
   for (int n = 0; n < Cfg::kStages - 1; ++n) {
     if (n < my_chunks) issue(n);
     cp_async_commit();
   }
+  uint32_t q_frag[Cfg::kQFragments][4];
+  load_query_tile<E, kHeadDim>(a, w, q_tile, q_frag);
+
+  const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
+  WarpState<kHeadDim> st;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
+
   for (int64_t n = 0; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
@@ -507,8 +529,12 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
 }
 
-// Merges the splits of one (query row, head) per warp: the partial lse values are logits of
-// normalised partial outputs, folded in online (core::SoftmaxRow), then the sink, once.
+// Merges the splits of one (query row, head) per warp. The partial lse values are the logits of
+// normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s - M),
+// M their max (one pass of lane-parallel loads), then the sink joins Z once (core::SoftmaxRow).
+// The split loop is unrolled so kCombineUnroll splits' loads are in flight together.
+constexpr int kCombineUnroll = 8;
+
 template <class E, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) {
   using T = typename E::T;
@@ -521,26 +547,41 @@ __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) 
   const int64_t i = item / p.heads_q, h = item % p.heads_q;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
+  auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
   wait_for_primary_grid();  // the partials of every split are written
 
-  core::SoftmaxRow<float> total;
-  float acc[kPerLane];
+  float max = -INFINITY;
+  for (int split = lane; split < a.num_splits; split += 32) max = fmaxf(max, a.partial_lse[slot(split)]);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, offset));
+
+  float sum = 0.0f, acc[kPerLane];
 #pragma unroll
   for (int e = 0; e < kPerLane; ++e) acc[e] = 0.0f;
-  for (int split = 0; split < a.num_splits; ++split) {
-    const int64_t slot = (int64_t(split) * a.q_rows + r) * p.heads_q + h;
-    const float lse = a.partial_lse[slot];
-    if (lse == -INFINITY) continue;  // the split saw no key of this row
-    const float f = total.rescale_to(lse);
-    const float weight = __expf(lse - total.max);
-    total.sum += weight;
-    const float* o = a.partial_out + slot * p.head_dim_v;
+  for (int s0 = 0; s0 < a.num_splits; s0 += kCombineUnroll) {
+    float lse[kCombineUnroll], o[kCombineUnroll][kPerLane];
 #pragma unroll
-    for (int e = 0; e < kPerLane; ++e) {
-      const int d = e * 32 + lane;
-      acc[e] = acc[e] * f + (d < p.head_dim_v ? o[d] * weight : 0.0f);
+    for (int u = 0; u < kCombineUnroll; ++u) {
+      const bool real = s0 + u < a.num_splits;
+      lse[u] = real ? a.partial_lse[slot(s0 + u)] : -INFINITY;
+      const float* partial = a.partial_out + (real ? slot(s0 + u) : 0) * p.head_dim_v;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) {
+        const int d = e * 32 + lane;
+        o[u][e] = real && d < p.head_dim_v ? partial[d] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kCombineUnroll; ++u) {
+      const float weight = lse[u] == -INFINITY ? 0.0f : __expf(lse[u] - max);  // an empty split weighs 0
+      sum += weight;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc[e] += weight * o[u][e];
     }
   }
+  core::SoftmaxRow<float> total;
+  total.max = max;
+  total.sum = sum;
   if (p.sinks != nullptr) {
     const float f = total.add_sink(p.sinks[h]);
 #pragma unroll
@@ -652,7 +693,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
   const int resident = resident_ctas<E, kHeadDim>(device);  // also raises the shared-memory limit
   int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
-  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(65535, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
+  // At most kMaxSplits (as flash-attn), and no more than there are 16-key chunks.
+  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
   a.num_splits = splits;
 
   void* scratch = nullptr;
@@ -697,8 +739,10 @@ void attend(const core::Problem& p, cudaStream_t stream) {
 }
 
 void require_served(const core::Problem& p, bool is_kvcache) {
+  if (decode_tier_supports(p, is_kvcache, nullptr)) return;  // no description text on the hot path
   std::string why;
-  if (!decode_tier_supports(p, is_kvcache, &why)) throw Error(why);
+  decode_tier_supports(p, is_kvcache, &why);
+  throw Error(why);
 }
 
 }  // namespace

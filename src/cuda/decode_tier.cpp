@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <utility>
 
 namespace flashsdpa::cuda {
 
@@ -22,25 +23,35 @@ const char* cache_words(const core::Problem& p) {
 
 int64_t padded(int64_t d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
 
+constexpr int64_t kMaxBatch = 65535;           // the combine's grid y
+constexpr int64_t kMaxCtas = int64_t{1} << 31;  // grid x: sequences x kv heads x query tiles
+
+int64_t ctas(const core::Problem& p) { return p.batch * p.heads_kv * ((p.seqlen_q * p.group + 15) / 16); }
+
+// "" when cuda-decode can serve p, else why not. Text is built only for a refusal: the entry
+// points ask on every call.
+std::string refusal(const core::Problem& p, bool is_kvcache) {
+  using std::to_string;
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return std::string("cuda-decode needs fp16 or bf16 (tensor cores); got ") + dtype_name(p.dtype);
+  if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim)
+    return "head dims must be in 1..256 on the GPU; got Dqk = " + to_string(p.head_dim_qk) +
+           ", Dv = " + to_string(p.head_dim_v);
+  if (p.batch > kMaxBatch) return "batch must be <= " + to_string(kMaxBatch) + " on the GPU; got " + to_string(p.batch);
+  if (ctas(p) >= kMaxCtas)
+    return "batch x kv heads x query tiles = " + to_string(ctas(p)) + " CTAs is beyond the launch grid";
+  if (!is_kvcache && p.kv_layout != core::KvLayout::kPaged && p.seqlen_q > kDecodeMaxQueryLen)
+    return "cuda-decode serves forward calls over a paged cache or with queries of at most " +
+           to_string(kDecodeMaxQueryLen) + " rows; the longest query here may have " + to_string(p.seqlen_q);
+  return {};
+}
+
 }  // namespace
 
 bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* why) {
-  std::ostringstream no;
-  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
-    no << "cuda-decode needs fp16 or bf16 (tensor cores); got " << dtype_name(p.dtype);
-  } else if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim) {
-    no << "head dims must be in 1..256 on the GPU; got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
-  } else if (p.batch > 65535) {
-    no << "batch must be <= 65535 on the GPU; got " << p.batch;
-  } else if (p.batch * p.heads_kv * ((p.seqlen_q * p.group + 15) / 16) >= (int64_t{1} << 31)) {
-    no << "batch x kv heads x query tiles = " << p.batch * p.heads_kv * ((p.seqlen_q * p.group + 15) / 16)
-       << " CTAs is beyond the launch grid";
-  } else if (!is_kvcache && p.kv_layout != core::KvLayout::kPaged && p.seqlen_q > kDecodeMaxQueryLen) {
-    no << "cuda-decode serves forward calls over a paged cache or with queries of at most " << kDecodeMaxQueryLen
-       << " rows; the longest query here may have " << p.seqlen_q;
-  }
-  if (!no.str().empty()) {
-    if (why) *why = no.str();
+  std::string no = refusal(p, is_kvcache);
+  if (!no.empty()) {
+    if (why) *why = std::move(no);
     return false;
   }
   if (why) {
