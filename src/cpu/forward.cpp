@@ -276,6 +276,7 @@ class ItemRunner {
     for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += t_.key_tile) {
       const int64_t n = std::min(t_.key_tile, w.key_end - j0);
       const bool any_invalid = load_key_tile(w, seq, j0, n, s);
+      prefetch_next_tile(w, seq, j0 + n);
       // S^T[n x columns] = K[n x Dqk] · Q^T[Dqk x columns]
       score_product_(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
       apply_score_mods(w, mask, j0, n, s);
@@ -398,6 +399,26 @@ class ItemRunner {
                     p_.head_dim_qk);
     }
     return any_invalid;
+  }
+
+  // Asks for the next tile's K and V rows (into L2) while this tile computes: the rows are
+  // strided by heads x head dim, and a whole tile of them would otherwise miss at once.
+  void prefetch_next_tile(const WorkItem& w, const SeqView& seq, int64_t j0) const {
+    const int64_t n = std::min(t_.key_tile, w.key_end - j0);
+    const int64_t esize = element_bytes(p_.dtype);
+    constexpr int64_t kLine = 64;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t k_offset = core::key_offset(p_, seq, p_.k, w.batch, j0 + r);
+      const int64_t v_offset = core::key_offset(p_, seq, p_.v, w.batch, j0 + r);
+      if (k_offset >= 0) {
+        const char* row = element_ptr(p_.k.ptr, k_offset + w.kv_head * p_.k.head_stride, p_.dtype);
+        for (int64_t byte = 0; byte < p_.head_dim_qk * esize; byte += kLine) __builtin_prefetch(row + byte, 0, 2);
+      }
+      if (v_offset >= 0) {
+        const char* row = element_ptr(p_.v.ptr, v_offset + w.kv_head * p_.v.head_stride, p_.dtype);
+        for (int64_t byte = 0; byte < p_.head_dim_v * esize; byte += kLine) __builtin_prefetch(row + byte, 0, 2);
+      }
+    }
   }
 
   void load_value_tile(const WorkItem& w, const SeqView& seq, int64_t j0, int64_t n, const ItemScratch& s) const {
