@@ -1,9 +1,8 @@
 // The CPU backward: FlashAttention-2's algorithm (Dao 2023, algorithm 2) on the CPU thread pool.
 //
 // Three passes, each parallel over independent work items:
-//   1. row terms     per (sequence, query head): D_i = rowsum(dout_i * out_i) in fp32, the softmax
-//                    statistics P is recomputed against, and the sequence's share of
-//                    d(sink_h) = -sum_i P_sink,i * D_i.
+//   1. row terms     per (sequence, query head): D_i = rowsum(dout_i * out_i) in fp32 and the
+//                    softmax statistics P is recomputed against.
 //   2. key tiles     per (sequence, kv head, key split): for each key tile of the split, recompute
 //                    P for every query head of the group and every query row that can see the
 //                    tile, then
@@ -12,8 +11,17 @@
 //                    dk/dv of a tile belong to one work item and are written once, rounded from
 //                    fp32; K/V are read per kv head, never expanded over the group. dq receives a
 //                    contribution from every key tile, so each split accumulates into its own fp32
-//                    plane shaped like dq.
-//   3. dq reduction  per (sequence, query row chunk): dq = the sum of the split planes, in split order.
+//                    plane shaped like dq. With sinks, each split also sums
+//                    R_i = sum_j P_ij dP_ij and S_i = sum_j P_ij over its keys.
+//   3. reduction     per (sequence, query row chunk): dq = the sum of the split planes, in split
+//                    order; per (sequence, query head): the share of
+//                    d(sink_h) = -sum_i P_sink,i * D_i, as -sum_i P_sink,i * R_i / (S_i + P_sink,i)^2.
+//
+// d(sink) sums over every row, so it is held to a tighter standard than the forward's out and
+// lse offer: out is rounded to the input dtype, and an fp32 lse scales a whole row of P, P_sink
+// included, by one rounding error (1 + e_i). R_i is D_i evaluated through the backward's own P
+// (dO_i . out_i = sum_j P_ij dO_i . v_j), and S_i + P_sink,i, which is exactly 1 but for that
+// factor, measures (1 + e_i) so it can be divided out. Both cost a row sum per tile.
 //
 // Softmax statistics: P_ij = exp((s_ij - m_i) - log Z_i), with m_i = the forward's lse_i and
 // log Z_i = 0 (P = exp(s - lse)) and D_i from the forward's out, as in FlashAttention-2. That
@@ -190,6 +198,9 @@ struct Scratch {
   std::unique_ptr<float[]> row_dot;      // D_i
   // dq_split[((split * rows + row) * Hq + h) * Dqk + d]; pages no split touches stay uncommitted
   std::unique_ptr<float[]> dq_split;
+  // row_pdp[(split * Hq + h) * rows + row] = R_i over the split's keys, row_psum likewise S_i
+  // (sinks only)
+  std::unique_ptr<double[]> row_pdp, row_psum;
   std::vector<double> sink_grad;  // [b * Hq + h]: sequence b's share of d(sink_h)
 };
 
@@ -200,7 +211,8 @@ struct Scratch {
 class TileWorker {
  public:
   TileWorker(const BackwardPlan& plan, Scratch& scratch)
-      : plan_(plan), bp_(plan.bwd()), p_(plan.fwd()), ops_(tile_ops()), scratch_(scratch),
+      : plan_(plan), bp_(plan.bwd()), p_(plan.fwd()), ops_(tile_ops()),
+        score_product_(p_.dtype == DType::kFloat32 ? ops_.matmul_unfused : ops_.matmul), scratch_(scratch),
         dqk_(p_.head_dim_qk), dv_(p_.head_dim_v) {
     auto tile = [](int64_t rows, int64_t cols) { return std::vector<float>(static_cast<size_t>(rows * cols)); };
     k_ = tile(kKeyTile, dqk_);
@@ -215,6 +227,8 @@ class TileWorker {
     score_grads_ = tile(kQueryBlock, kKeyTile);
     softcap_grads_ = tile(kQueryBlock, kKeyTile);
     shift_ = tile(1, kKeyTile);
+    alibi_slope_ = tile(1, kKeyTile);
+    alibi_aligned_ = tile(1, kKeyTile);
     out_rows_ = tile(kQueryBlock, dv_);
     dout_row_ = tile(1, dv_);
     col_begin_.resize(kQueryBlock);
@@ -223,15 +237,13 @@ class TileWorker {
 
   // ---- pass 1 ----
 
-  // D_i, the softmax statistics and the sink gradient share of (sequence b, query head h).
+  // D_i and the softmax statistics of (sequence b, query head h).
   void row_terms(int64_t b, int64_t h) {
     const SequencePlan& s = plan_.sequence(b);
     const float limit = stored_lse_limit(p_.dtype);
     float* row_max = scratch_.row_max.get() + h * plan_.rows() + s.row0;
     float* row_log_sum = scratch_.row_log_sum.get() + h * plan_.rows() + s.row0;
     float* row_dot = scratch_.row_dot.get() + h * plan_.rows() + s.row0;
-    const float sink = p_.sinks != nullptr ? p_.sinks[h] : -INFINITY;
-    double sink_grad = 0.0;
     for (int64_t i0 = 0; i0 < s.seq.sq; i0 += kQueryBlock) {
       const int64_t i1 = std::min(i0 + kQueryBlock, s.seq.sq);
       bool recompute = false;
@@ -255,12 +267,8 @@ class TileWorker {
         float dot = 0.0f;
         ops_.matmul(1, 1, dv_, dout_row_.data(), dv_, 1, out_row, 1, &dot, 1, false);
         row_dot[i] = dot;
-        // d lse_i / d sink = P_sink,i, and out_i depends on the sink only through lse_i.
-        if (sink != -INFINITY && row_max[i] != -INFINITY)
-          sink_grad -= std::exp((static_cast<double>(sink) - row_max[i]) - row_log_sum[i]) * dot;
       }
     }
-    scratch_.sink_grad[static_cast<size_t>(b * p_.heads_q + h)] = sink_grad;
   }
 
   // ---- pass 2 ----
@@ -352,11 +360,21 @@ class TileWorker {
     return scratch_.dq_split.get() + ((split * plan_.rows() + row) * p_.heads_q + h) * dqk_;
   }
 
+  int64_t row_sum_index(int64_t split, int64_t h, int64_t row) const {
+    return (split * p_.heads_q + h) * plan_.rows() + row;
+  }
+
   void zero_dq_plane(const SequencePlan& s, const KeyTileItem& item) {
     for (int64_t i = 0; i < s.seq.sq; ++i) {
       float* row = dq_plane_row(item.split, s.row0 + i, item.kv_head * p_.group);
       std::fill(row, row + p_.group * dqk_, 0.0f);
     }
+    if (scratch_.row_pdp)
+      for (int64_t g = 0; g < p_.group; ++g) {
+        const int64_t first = row_sum_index(item.split, item.kv_head * p_.group + g, s.row0);
+        std::fill(scratch_.row_pdp.get() + first, scratch_.row_pdp.get() + first + s.seq.sq, 0.0);
+        std::fill(scratch_.row_psum.get() + first, scratch_.row_psum.get() + first + s.seq.sq, 0.0);
+      }
   }
 
   // K (and V) rows [j0, j1) of kv head hk, plus their transposes for the score products.
@@ -410,24 +428,47 @@ class TileWorker {
   // Scores with their modifiers, s_ij, for the allowed (i, j) of rows [i0, i1) x keys [j0, j1);
   // each row's allowed columns go to col_begin_/col_end_ (entries outside them are undefined).
   // With softcap, softcap_grads_ receives d s / d s_raw.
+  //
+  // Bit for bit the forward's scores (forward.cpp): the same product kernel (fp32 with separately
+  // rounded products, as plain fp32 arithmetic), accumulated in the same order, and the same
+  // vectorized modifiers, so P = exp(s - lse) is exactly the forward's normalisation. The tile is
+  // query-major where the forward's is key-major; ALiBi's aligned key is expressed accordingly.
   void compute_scores(const core::Mask& mask, const core::ScoreMod& mod, int64_t i0, int64_t i1, int64_t j0,
                       int64_t j1) {
     const int64_t rows = i1 - i0, cols = j1 - j0;
-    ops_.matmul(rows, cols, dqk_, q_.data(), dqk_, 1, k_t_.data(), kKeyTile, probs_.data(), kKeyTile, false);
-    const bool plain = !(mod.softcap > 0.0f) && !mod.has_alibi;
+    score_product_(rows, cols, dqk_, q_.data(), dqk_, 1, k_t_.data(), kKeyTile, probs_.data(), kKeyTile, false);
+    ScoreModTile scale_and_cap;
+    scale_and_cap.scale = p_.scale;
+    scale_and_cap.softcap = mod.softcap;
+    ops_.score_mods(probs_.data(), kKeyTile, rows, cols, scale_and_cap);
+    if (mod.softcap > 0.0f) {
+      // d (c tanh(x / c)) / dx = 1 - tanh^2, read back from the capped score
+      const float inv_cap = 1.0f / mod.softcap;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* score = probs_.data() + r * kKeyTile;
+        float* cap_grad = softcap_grads_.data() + r * kKeyTile;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float t = score[c] * inv_cap;
+          cap_grad[c] = 1.0f - t * t;
+        }
+      }
+    }
+    if (mod.has_alibi) {
+      // |i + diag - j| = |col_aligned_key[c] - r| with col_aligned_key[c] = (j0 + c) - diag - i0
+      for (int64_t c = 0; c < cols; ++c) {
+        alibi_slope_[c] = mod.alibi_slope;
+        alibi_aligned_[c] = static_cast<float>((j0 + c) - mask.diag - i0);
+      }
+      ScoreModTile alibi;
+      alibi.scale = 1.0f;
+      alibi.col_slope = alibi_slope_.data();
+      alibi.col_aligned_key = alibi_aligned_.data();
+      ops_.score_mods(probs_.data(), kKeyTile, rows, cols, alibi);
+    }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
-      const int64_t c0 = core::clamp_i64(mask.row_begin(i) - j0, 0, cols);
-      const int64_t c1 = core::clamp_i64(mask.row_end(i) - j0, c0, cols);
-      col_begin_[r] = c0;
-      col_end_[r] = c1;
-      float* score = probs_.data() + r * kKeyTile;
-      if (plain) {
-        for (int64_t c = c0; c < c1; ++c) score[c] *= p_.scale;
-      } else {
-        float* cap_grad = softcap_grads_.data() + r * kKeyTile;
-        for (int64_t c = c0; c < c1; ++c) score[c] = mod.apply(score[c] * p_.scale, i, j0 + c, mask.diag, &cap_grad[c]);
-      }
+      col_begin_[r] = core::clamp_i64(mask.row_begin(i) - j0, 0, cols);
+      col_end_[r] = core::clamp_i64(mask.row_end(i) - j0, col_begin_[r], cols);
     }
   }
 
@@ -450,7 +491,8 @@ class TileWorker {
   // dS_ij = scale * P_ij * (dP_ij - D_i) * (d s_ij / d s_raw_ij) with dP = dO V^T: the gradient
   // with respect to the raw product <q_i, k_j>, the scale folded in once for both dQ and dK.
   // Exactly 0 outside the allowed columns.
-  void compute_score_grads(int64_t rows, int64_t cols, const float* row_dot, bool softcapped) {
+  void compute_score_grads(int64_t rows, int64_t cols, const float* row_dot, bool softcapped, double* pdp,
+                           double* psum) {
     ops_.matmul(rows, cols, dv_, dout_.data(), dv_, 1, v_t_.data(), kKeyTile, score_grads_.data(), kKeyTile, false);
     for (int64_t r = 0; r < rows; ++r) {
       const float* prob = probs_.data() + r * kKeyTile;
@@ -460,6 +502,15 @@ class TileWorker {
       const float dot = row_dot[r];
       std::fill(grad, grad + c0, 0.0f);
       std::fill(grad + c1, grad + cols, 0.0f);
+      if (pdp != nullptr) {
+        double tile_pdp = 0.0, tile_psum = 0.0;
+        for (int64_t c = c0; c < c1; ++c) {
+          tile_pdp += static_cast<double>(prob[c]) * grad[c];
+          tile_psum += prob[c];
+        }
+        pdp[r] += tile_pdp;
+        psum[r] += tile_psum;
+      }
       for (int64_t c = c0; c < c1; ++c) grad[c] = prob[c] * (grad[c] - dot) * p_.scale;
       if (softcapped)
         for (int64_t c = c0; c < c1; ++c) grad[c] *= cap_grad[c];
@@ -479,7 +530,10 @@ class TileWorker {
       load_query_block(s, item.batch, h, i0, i1, /*with_dout=*/true);
       compute_scores(s.mask, mod, i0, i1, j0, j1);
       compute_probabilities(rows, cols, scratch_.row_max.get() + stats + i0, scratch_.row_log_sum.get() + stats + i0);
-      compute_score_grads(rows, cols, scratch_.row_dot.get() + stats + i0, mod.softcap > 0.0f);
+      const int64_t sums = row_sum_index(item.split, h, s.row0 + i0);
+      compute_score_grads(rows, cols, scratch_.row_dot.get() + stats + i0, mod.softcap > 0.0f,
+                          scratch_.row_pdp ? scratch_.row_pdp.get() + sums : nullptr,
+                          scratch_.row_psum ? scratch_.row_psum.get() + sums : nullptr);
       float* dq_rows = dq_plane_row(item.split, s.row0 + i0, h);
       const int64_t dq_pitch = p_.heads_q * dqk_;
       if (queries_finite_ && keys_finite_) {
@@ -512,12 +566,14 @@ class TileWorker {
   const BwdProblem& bp_;
   const Problem& p_;
   const TileOps& ops_;
+  decltype(TileOps::matmul) score_product_;  // the forward's choice (forward.cpp)
   Scratch& scratch_;
   const int64_t dqk_, dv_;
   std::vector<float> k_, v_, k_t_, v_t_;  // the key tile
   std::vector<float> dk_, dv_acc_;        // its gradients
   std::vector<float> q_, dout_;           // the query block
   std::vector<float> probs_, score_grads_, softcap_grads_, shift_;
+  std::vector<float> alibi_slope_, alibi_aligned_;
   std::vector<float> out_rows_, dout_row_;  // pass 1
   std::vector<int64_t> col_begin_, col_end_;  // allowed columns of each row of the block
   bool keys_finite_ = true, queries_finite_ = true;
@@ -546,6 +602,30 @@ void reduce_dq(const BackwardPlan& plan, const TileOps& ops, int64_t b, int64_t 
   }
 }
 
+// Sequence b's share of d(sink_h) = -sum_i P_sink,i D_i: d lse_i / d sink = P_sink,i, and out_i
+// depends on the sink only through lse_i. See the top of the file for R_i and S_i.
+void sink_gradient_share(const BackwardPlan& plan, int64_t b, int64_t h, Scratch& scratch) {
+  const Problem& p = plan.fwd();
+  const SequencePlan& s = plan.sequence(b);
+  const double sink = p.sinks[h];
+  const int64_t first = h * plan.rows() + s.row0;
+  const int64_t split_stride = p.heads_q * plan.rows();
+  double share = 0.0;
+  for (int64_t i = 0; i < s.seq.sq; ++i) {
+    const float row_max = scratch.row_max[first + i];
+    if (row_max == -INFINITY) continue;
+    double pdp = 0.0, psum = 0.0;  // splits in order
+    for (int64_t split = 0; split < s.splits; ++split) {
+      pdp += scratch.row_pdp[split * split_stride + first + i];
+      psum += scratch.row_psum[split * split_stride + first + i];
+    }
+    const double sink_prob = std::exp((sink - row_max) - scratch.row_log_sum[first + i]);
+    const double norm = psum + sink_prob;
+    share -= sink_prob * pdp / (norm * norm);
+  }
+  scratch.sink_grad[static_cast<size_t>(b * p.heads_q + h)] = share;
+}
+
 template <typename T>
 std::unique_ptr<T[]> uninitialized(int64_t count) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(count, 1))]);
@@ -564,6 +644,11 @@ void backward(const core::BwdProblem& bp, int num_threads) {
   scratch.row_dot = uninitialized<float>(row_terms);
   scratch.dq_split = uninitialized<float>(plan.splits() * row_terms * p.head_dim_qk);
   scratch.sink_grad.assign(static_cast<size_t>(p.batch * p.heads_q), 0.0);
+  const bool sink_gradient = bp.dsinks != nullptr && p.sinks != nullptr;
+  if (sink_gradient) {
+    scratch.row_pdp = uninitialized<double>(plan.splits() * row_terms);
+    scratch.row_psum = uninitialized<double>(plan.splits() * row_terms);
+  }
 
   // Tile buffers per pool worker, made on first use and kept across the passes.
   const int64_t items = static_cast<int64_t>(plan.items().size());
@@ -589,6 +674,10 @@ void backward(const core::BwdProblem& bp, int num_threads) {
     const auto [b, i0] = chunks[static_cast<size_t>(c)];
     reduce_dq(plan, ops, b, i0, std::min(i0 + kReduceRows, plan.sequence(b).seq.sq), scratch);
   });
+
+  if (sink_gradient)
+    parallel_for(p.batch * p.heads_q, num_threads,
+                 [&](int64_t index, int) { sink_gradient_share(plan, index / p.heads_q, index % p.heads_q, scratch); });
 
   if (bp.dsinks != nullptr) {
     for (int64_t h = 0; h < p.heads_q; ++h) {
