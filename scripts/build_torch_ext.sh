@@ -27,7 +27,9 @@ fi
 
 build_dir=${BUILD_DIR:-$root/build-torch}
 jobs=${JOBS:-$(nproc)}
-prefix=$("$PYTHON" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+# torch's CMake config directory, and torch's own prefix so that its libraries (torch/lib) are
+# found before any other libtorch on the system (Debian's, say).
+prefix=$("$PYTHON" -c 'import os, torch.utils; print(torch.utils.cmake_prefix_path + ";" + os.path.dirname(torch.__file__))')
 torch_cuda=$("$PYTHON" -c 'import torch; print("ON" if torch.version.cuda else "OFF")')
 cuda=${FLASHSDPA_CUDA:-$([[ $torch_cuda == ON ]] && echo AUTO || echo OFF)}
 

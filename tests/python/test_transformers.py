@@ -191,7 +191,8 @@ def test_tiny_model_padded_batch_matches_eager(model, tf, device):
     mask[1, :7] = 0  # left padding
     with torch.no_grad():
         expected = eager(input_ids, attention_mask=mask).logits
-        logits = ours(input_ids, attention_mask=mask).logits
+        logits, report = _traced(lambda: ours(input_ids, attention_mask=mask).logits)
+    assert "varlen" in report, f"the padding mask did not become varlen sequences:\n{report}"
     real = mask.bool()
     torch.testing.assert_close(logits[real], expected[real], rtol=1e-4, atol=1e-4)
 

@@ -22,11 +22,13 @@ The ``flashsdpa`` module itself also has the shape of a hub attention kernel: it
 
 import torch
 
-from ..flash_attn_interface import flash_attn_func, flash_attn_varlen_func
+from ..flash_attn_interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 
 __all__ = ["ATTN_IMPLEMENTATION", "flashsdpa_attention_forward", "register"]
 
 ATTN_IMPLEMENTATION = "flashsdpa"
+
+_registered_names = set()
 
 
 def _is_tracing():
@@ -144,11 +146,54 @@ def flashsdpa_attention_forward(module, query, key, value, attention_mask, dropo
     return out.reshape(batch, length_q, heads_q, dim_v), None
 
 
+def _keep_registered_names():
+    """transformers 5 reads meaning into implementation names: one containing "flash" is taken for a
+    flash-attention kernel (imported at model init, from the hub when transformers does not know it,
+    and swapped for another by models that list `_compatible_flash_implementations`), one containing
+    "sdpa" for torch's SDPA (refused by models without SDPA support). "flashsdpa" is neither, so
+    for the names registered here the model-init check accepts the name as it does any other
+    registered backend, and transformers' flash-attention loader resolves them to flashsdpa's
+    flash_attn functions for the code paths that ask it. Versions without these hooks need nothing.
+    """
+    try:
+        from transformers.modeling_utils import PreTrainedModel
+    except ImportError:
+        return
+    check = getattr(PreTrainedModel, "_check_and_adjust_attn_implementation", None)
+    if check is not None and not getattr(check, "__flashsdpa__", False):
+        def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+            if isinstance(attn_implementation, str) and attn_implementation in _registered_names:
+                return attn_implementation
+            return check(self, attn_implementation, *args, **kwargs)
+
+        _check_and_adjust_attn_implementation.__flashsdpa__ = True
+        PreTrainedModel._check_and_adjust_attn_implementation = _check_and_adjust_attn_implementation
+
+    try:
+        import transformers.modeling_flash_attention_utils as fa_utils
+    except ImportError:
+        return
+    lazy_imports = getattr(fa_utils, "_lazy_imports", None)
+    if lazy_imports is not None and not getattr(lazy_imports, "__flashsdpa__", False):
+        def _lazy_imports(implementation, *args, **kwargs):
+            if implementation in _registered_names:
+                from ..bert_padding import pad_input, unpad_input
+
+                return (flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache,
+                        getattr(fa_utils, "_pad_input", pad_input), getattr(fa_utils, "_unpad_input", unpad_input))
+            return lazy_imports(implementation, *args, **kwargs)
+
+        _lazy_imports.__flashsdpa__ = True
+        fa_utils._lazy_imports = _lazy_imports
+
+
 def register(name=ATTN_IMPLEMENTATION):
     """Makes attn_implementation=name (default "flashsdpa") available. Idempotent; returns name."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(name, flashsdpa_attention_forward)
+    _registered_names.add(name)
+    _keep_registered_names()
     try:
         from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
     except ImportError:
