@@ -11,20 +11,18 @@
 namespace flashsdpa::test {
 namespace {
 
-constexpr int kGridCases = 160;
-
-size_t cycle(int n, int stride, size_t size) { return static_cast<size_t>(n * stride) % size; }
+constexpr int kGridCases = 240;
 
 AttnConfig backward_config(int n) {
   Rng rng(0xbacc0000u + static_cast<uint64_t>(n));
   AttnConfig c;
   c.seed = 9000 + static_cast<uint64_t>(n);
   const std::vector<DType> dtypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32};
-  c.dtype = dtypes[cycle(n, 1, dtypes.size())];
+  c.dtype = dtypes[covering_pick(1, n, dtypes.size())];
   const std::vector<int64_t> dims = {40, 59, 111, 128, 256, 64, 1};
-  c.head_dim_qk = dims[cycle(n, 3, dims.size())];
+  c.head_dim_qk = dims[covering_pick(2, n, dims.size())];
   c.head_dim_v = rng.coin(0.3) ? rng.pick(std::vector<int64_t>{8, 40, 64, 128}) : c.head_dim_qk;
-  const int ratio_kind = static_cast<int>(cycle(n, 5, 4));
+  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
   if (ratio_kind == 3) {
     c.heads_kv = 1;
     c.heads_q = rng.uniform_int(3, 4);
@@ -45,8 +43,8 @@ AttnConfig backward_config(int n) {
     if (a == b) b = a + 3;
     return relation == 0 ? std::make_pair(std::min(a, b), std::max(a, b)) : std::make_pair(std::max(a, b), std::min(a, b));
   };
-  const int relation = static_cast<int>(cycle(n, 2, 3));
-  if (cycle(n, 1, 3) == 2) {
+  const int relation = static_cast<int>(covering_pick(4, n, 3));
+  if (covering_pick(5, n, 3) == 2) {
     c.layout = Layout::kVarlen;
     c.batch = rng.uniform_int(2, 4);
     for (int64_t b = 0; b < c.batch; ++b) {
@@ -58,7 +56,7 @@ AttnConfig backward_config(int n) {
     c.batch = rng.uniform_int(1, 2);
     std::tie(c.seqlen_q, c.seqlen_k) = pair(relation);
   }
-  const int mask_kind = static_cast<int>(cycle(n, 3, 4));
+  const int mask_kind = static_cast<int>(covering_pick(6, n, 4));
   if (mask_kind == 1) c.causal = true;
   if (mask_kind == 2) {
     c.window_left = rng.uniform_int(0, 30);
@@ -68,7 +66,7 @@ AttnConfig backward_config(int n) {
     c.causal = true;
     c.window_left = rng.uniform_int(0, 30);
   }
-  const int modifiers = static_cast<int>(cycle(n, 1, 8));
+  const int modifiers = static_cast<int>(covering_pick(7, n, 8));
   if (modifiers & 1) c.softcap = static_cast<float>(rng.pick(std::vector<double>{2.0, 10.0, 50.0}));
   if (modifiers & 2) c.alibi = rng.coin() ? Alibi::kPerHead : Alibi::kPerBatch;
   if (modifiers & 4) {

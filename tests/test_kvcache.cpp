@@ -9,20 +9,18 @@
 namespace flashsdpa::test {
 namespace {
 
-constexpr int kGridCases = 200;
-
-size_t cycle(int n, int stride, size_t size) { return static_cast<size_t>(n * stride) % size; }
+constexpr int kGridCases = 300;
 
 AttnConfig kvcache_config(int n) {
   Rng rng(0xcac4e000u + static_cast<uint64_t>(n));
   AttnConfig c;
   c.seed = 5000 + static_cast<uint64_t>(n);
   const std::vector<DType> dtypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32};
-  c.dtype = dtypes[cycle(n, 1, dtypes.size())];
+  c.dtype = dtypes[covering_pick(1, n, dtypes.size())];
   const std::vector<int64_t> dims = {64, 128, 59, 40, 111, 256};
-  c.head_dim_qk = dims[cycle(n, 5, dims.size())];
+  c.head_dim_qk = dims[covering_pick(2, n, dims.size())];
   c.head_dim_v = rng.coin(0.25) ? rng.pick(std::vector<int64_t>{32, 64, 96}) : c.head_dim_qk;
-  const int ratio_kind = static_cast<int>(cycle(n, 7, 4));
+  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
   if (ratio_kind == 3) {
     c.heads_kv = 1;
     c.heads_q = rng.uniform_int(3, 5);
@@ -33,15 +31,15 @@ AttnConfig kvcache_config(int n) {
   }
   c.batch = rng.uniform_int(1, 3);
 
-  const bool paged = cycle(n, 1, 2) == 1;
+  const bool paged = covering_pick(4, n, 2) == 1;
   c.layout = paged ? Layout::kPagedCache : Layout::kDenseCache;
-  if (paged) c.block_size = std::vector<int64_t>{1, 16, 256}[cycle(n, 1, 6) / 2];
+  if (paged) c.block_size = std::vector<int64_t>{1, 16, 256}[covering_pick(5, n, 3)];
   c.cache_capacity = rng.pick(std::vector<int64_t>{1, 8, 40, 97, 200, 300, 1025});
   c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 3, 16}));
   c.seqlen_q = rng.coin(0.5) ? 1 : rng.uniform_int(1, 24);
   for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
 
-  const int rotary_kind = static_cast<int>(cycle(n, 1, 3));  // none, interleaved, NeoX
+  const int rotary_kind = static_cast<int>(covering_pick(6, n, 3));  // none, interleaved, NeoX
   if (rotary_kind > 0 && c.seqlen_new > 0 && c.head_dim_qk >= 2) {
     c.rotary_interleaved = rotary_kind == 1;
     const int64_t full = c.head_dim_qk - c.head_dim_qk % 2;
@@ -55,7 +53,7 @@ AttnConfig kvcache_config(int n) {
     for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b] + c.seqlen_new));
   }
 
-  const int mask_kind = static_cast<int>(cycle(n, 3, 4));
+  const int mask_kind = static_cast<int>(covering_pick(7, n, 4));
   if (mask_kind == 1) c.causal = true;
   if (mask_kind == 2) {
     c.window_left = rng.uniform_int(0, 50);

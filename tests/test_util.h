@@ -54,6 +54,18 @@ class Rng {
   std::mt19937_64 engine_;
 };
 
+// Grid sampling: value number covering_pick(axis, n, size) of an axis for case n. Every run of
+// `size` consecutive cases visits each value once, in an order reshuffled per run and per axis,
+// so each listed value appears and the axes do not move in lockstep (as n % size would make
+// axes of related sizes do).
+inline size_t covering_pick(uint64_t axis, int n, size_t size) {
+  std::vector<size_t> order(size);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::mt19937_64 engine(axis * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(n) / size);
+  std::shuffle(order.begin(), order.end(), engine);
+  return order[static_cast<size_t>(n) % size];
+}
+
 // ---------------------------------------------------------------------------------------------
 // HostTensor: a strided tensor that owns its storage, with guard regions before and after and a
 // byte pattern in every byte that is not an element (guards and stride gaps), so a write outside
@@ -723,6 +735,24 @@ inline std::string check_gradient(const std::vector<double>& got, const std::vec
   return "";
 }
 
+// dsinks: the SPEC §6 rule, and where it fails, eight units of fp32 rounding of the sum of the
+// magnitudes of its products, 8 u sum|P_sink_i dout_id out_id| with u = 2^-24. dsinks has one
+// element per head, so ref_lowp's largest error is a sample of one or a few and no estimate of
+// the rounding level of a reduction over every row of the head; this states that level directly
+// (two orders of magnitude below Higham's probabilistic bound 3 sqrt(terms) u sum|products|,
+// and above what fp32 backends measure).
+inline std::string check_sink_gradient(const std::vector<double>& got, const reference::BackwardResult& ref64,
+                                       const reference::BackwardResult& lowp) {
+  const std::string failure = reference::check_close(got, ref64.dsinks, lowp.dsinks, 3.0);
+  if (failure.empty() || got.size() != ref64.dsinks.size()) return failure;
+  const double unit = std::ldexp(1.0, -24);
+  for (size_t h = 0; h < got.size(); ++h) {
+    const double bound = 8.0 * unit * ref64.dsinks_magnitude[h];
+    if (!(std::fabs(got[h] - ref64.dsinks[h]) <= std::max(bound, 1e-6))) return failure;
+  }
+  return "";
+}
+
 // Runs the forward (for out and lse) and then attention_backward with poisoned gradients, and
 // checks dq, dk, dv (and dsinks) against the reference with the backward factor 3.
 inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool deterministic = false) {
@@ -748,7 +778,7 @@ inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool dete
   if (failure.empty()) failure = prefixed("dk", check_gradient(c.dk.values(), ref64.dk, lowp.dk, dtype));
   if (failure.empty()) failure = prefixed("dv", check_gradient(c.dv.values(), ref64.dv, lowp.dv, dtype));
   if (failure.empty() && c.dsinks.defined())
-    failure = prefixed("dsinks", check_gradient(c.dsinks.values(), ref64.dsinks, lowp.dsinks, DType::kFloat32));
+    failure = prefixed("dsinks", check_sink_gradient(c.dsinks.values(), ref64, lowp));
   if (failure.empty()) failure = check_all_guards(c);
   if (failure.empty()) failure = before.changed();
   return failure;

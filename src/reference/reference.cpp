@@ -237,6 +237,7 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
   std::vector<T> dk(static_cast<size_t>(k_rows * p.heads_kv * p.head_dim_qk), T(0));
   std::vector<T> dv(static_cast<size_t>(k_rows * p.heads_kv * p.head_dim_v), T(0));
   std::vector<T> dsinks(static_cast<size_t>(p.sinks != nullptr ? p.heads_q : 0), T(0));
+  std::vector<double> dsinks_magnitude(dsinks.size(), 0.0);
   const T scale = static_cast<T>(p.scale);
 
   for (int64_t b = 0; b < p.batch; ++b) {
@@ -249,8 +250,15 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
         const RowAttention<T> row = attend_row(p, a, s, mask, b, i, h, q);
         const std::vector<T> dout = load_row(a, bp.dout.ptr, core::query_side_offset(p, s, bp.dout, b, i, h), p.head_dim_v);
         T delta = 0;
-        for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dout[d] * row.out[d];
-        if (!dsinks.empty()) dsinks[h] -= row.sink_prob * delta;
+        double delta_magnitude = 0;
+        for (int64_t d = 0; d < p.head_dim_v; ++d) {
+          delta += dout[d] * row.out[d];
+          delta_magnitude += std::fabs(static_cast<double>(dout[d]) * static_cast<double>(row.out[d]));
+        }
+        if (!dsinks.empty()) {
+          dsinks[h] -= row.sink_prob * delta;
+          dsinks_magnitude[h] += static_cast<double>(row.sink_prob) * delta_magnitude;
+        }
 
         T* dq_row = &dq[(dense_query_row(p, s, b, i) * p.heads_q + h) * p.head_dim_qk];
         for (const auto& key : row.keys) {
@@ -275,6 +283,7 @@ BackwardResult run_backward(const core::BwdProblem& bp, const Arith<T>& a) {
   result.dk = finish(a, dk, scale);
   result.dv = finish(a, dv, T(1));
   result.dsinks.assign(dsinks.begin(), dsinks.end());
+  result.dsinks_magnitude = dsinks_magnitude;
   return result;
 }
 

@@ -40,6 +40,11 @@ struct BackwardResult {
   std::vector<double> dq;      // dq[(r * Hq + h) * Dqk + d]
   std::vector<double> dk, dv;  // by key-side row and kv head: dk[(row * Hkv + hk) * Dqk + d]
   std::vector<double> dsinks;  // [Hq]; empty when the forward has no sinks
+  // The scale of fp32 rounding in dsinks[h] = -sum_i P_sink_i (dout_i . out_i): the sum of the
+  // magnitudes of its products, sum_i P_sink_i sum_d |dout_id out_id|.
+  // A reduction over a whole head leaves one element per head, too few for max|lowp - ref64| to
+  // estimate the rounding level; the magnitude gives it directly.
+  std::vector<double> dsinks_magnitude;
 };
 
 // Recomputes the forward itself (p.fwd.out / p.fwd.lse are not read); reads p.dout.
