@@ -342,6 +342,25 @@ TEST(CpuForward, LargeLogitsWithNearTies) {
   }
 }
 
+// A sink of -inf contributes exp(-inf) = 0: rows with keys are unaffected, rows without keys
+// give out = 0 and lse = -inf, never NaN; also through the split-KV combine.
+TEST(CpuForward, SinkOfMinusInfinityAddsNothing) {
+  for (int splits : {1, 3}) {
+    AttnConfig c = make(DType::kFloat32, 32, 32, 4, 2, 20, 40);
+    c.sinks = true;
+    c.window_left = 0;
+    c.window_right = 0;
+    c.seqlen_q = 50;  // the first 10 rows see no key (diag = -10)
+    c.num_splits = splits;
+    AttnCase a(c);
+    a.sinks.set(1, -std::numeric_limits<double>::infinity());
+    a.sinks.set(2, -std::numeric_limits<double>::infinity());
+    EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
+    EXPECT_EQ(a.out.count_nan(), 0);
+    EXPECT_EQ(a.lse.count_nan(), 0);
+  }
+}
+
 // A non-finite value row reaches only the query rows allowed to see it, even inside a tile
 // that mixes allowed and masked pairs.
 TEST(CpuForward, NonFiniteValueReachesOnlyRowsThatSeeIt) {

@@ -142,8 +142,10 @@ struct SoftmaxRow {
     max = block_max;
     return factor;
   }
-  // The sink is a logit with no value vector: it joins the normaliser only.
+  // The sink is a logit with no value vector: it joins the normaliser only. A sink of -inf adds
+  // exp(-inf) = 0 (and must not compute (-inf) - (-inf) on a row that has seen nothing).
   FLASHSDPA_HD T add_sink(T sink) {
+    if (sink == -INFINITY) return T(1);
     const T factor = rescale_to(sink);
     sum += exp_t(sink - max);
     return factor;
