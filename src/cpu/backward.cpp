@@ -44,6 +44,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -63,6 +64,7 @@ using core::Problem;
 
 constexpr int64_t kKeyTile = 64;     // keys per tile: the unit of dk/dv ownership
 constexpr int64_t kQueryBlock = 64;  // query rows processed against one key tile at a time
+constexpr size_t kChunkTiles = 4;    // key tiles that share each loaded query block
 constexpr int64_t kReduceRows = 64;  // query rows per dq reduction work item
 
 // Key splits per (sequence, kv head). More splits give more parallel work items when batch * kv
@@ -82,10 +84,16 @@ float stored_lse_limit(DType dtype) {
   }
 }
 
+// On the bit patterns (an integer max the compiler vectorizes): finite means an exponent below
+// all ones.
 bool all_finite(const float* x, int64_t n) {
-  bool finite = true;
-  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(x[i]);
-  return finite;
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    largest = std::max(largest, bits & 0x7fffffffu);
+  }
+  return largest < 0x7f800000u;
 }
 
 // y += a * x
@@ -180,7 +188,8 @@ class BackwardPlan {
     const int64_t plane_bytes =
         std::max<int64_t>(rows_ * p_.heads_q * p_.head_dim_qk, 1) * static_cast<int64_t>(sizeof(float));
     splits = std::min(splits, std::max<int64_t>(kSplitScratchBudgetBytes / plane_bytes, 1));
-    return std::min(splits, std::max<int64_t>(max_tiles, 1));
+    // A split of at least kChunkTiles tiles reuses each loaded query block kChunkTiles times.
+    return std::min(splits, std::max<int64_t>(max_tiles / static_cast<int64_t>(kChunkTiles), 1));
   }
 
   const BwdProblem& bp_;
@@ -204,33 +213,43 @@ struct Scratch {
   std::vector<double> sink_grad;  // [b * Hq + h]: sequence b's share of d(sink_h)
 };
 
-// ---- scores of one query block against one key tile --------------------------------------------
+// ---- the work of passes 1 and 2 ------------------------------------------------------------------
 
-// Buffers and steps shared by pass 1 (statistics) and pass 2 (gradients), so both see
-// bit-identical scores. Tiles are row-major; arrays with a key axis have pitch kKeyTile.
+// One key tile in fp32: K and K^T (scores, dQ), V (pass 1's out) and V^T (pass 2's dP), and the
+// tile's dK / dV accumulators. Arrays with a key axis have pitch kKeyTile.
+struct KeyTile {
+  int64_t j0 = 0, j1 = 0;          // the stored key rows [j0, j1) (dk/dv rows written)
+  int64_t attended_end = 0;        // rows [j0, attended_end) can be attended (seqused_k)
+  int64_t q_begin = 0, q_end = 0;  // the query rows that can see the tile
+  bool finite = true;              // K holds no NaN or infinity
+  std::vector<float> k, k_t, v, v_t, dk, dv;
+};
+
+// The query rows [i0, i0 + rows) of one head, in fp32, as a view into the loaded block.
+struct QueryRows {
+  int64_t i0 = 0, rows = 0;
+  const float* q = nullptr;     // rows x Dqk
+  const float* dout = nullptr;  // rows x Dv (pass 2)
+};
+
+// Buffers and steps shared by pass 1 (row terms) and pass 2 (key tiles), so both see bit-identical
+// scores.
 class TileWorker {
  public:
   TileWorker(const BackwardPlan& plan, Scratch& scratch)
       : plan_(plan), bp_(plan.bwd()), p_(plan.fwd()), ops_(tile_ops()),
         score_product_(p_.dtype == DType::kFloat32 ? ops_.matmul_unfused : ops_.matmul), scratch_(scratch),
         dqk_(p_.head_dim_qk), dv_(p_.head_dim_v) {
-    auto tile = [](int64_t rows, int64_t cols) { return std::vector<float>(static_cast<size_t>(rows * cols)); };
-    k_ = tile(kKeyTile, dqk_);
-    v_ = tile(kKeyTile, dv_);
-    k_t_ = tile(dqk_, kKeyTile);
-    v_t_ = tile(dv_, kKeyTile);
-    dk_ = tile(kKeyTile, dqk_);
-    dv_acc_ = tile(kKeyTile, dv_);
-    q_ = tile(kQueryBlock, dqk_);
-    dout_ = tile(kQueryBlock, dv_);
-    probs_ = tile(kQueryBlock, kKeyTile);
-    score_grads_ = tile(kQueryBlock, kKeyTile);
-    softcap_grads_ = tile(kQueryBlock, kKeyTile);
-    shift_ = tile(1, kKeyTile);
-    alibi_slope_ = tile(1, kKeyTile);
-    alibi_aligned_ = tile(1, kKeyTile);
-    out_rows_ = tile(kQueryBlock, dv_);
-    dout_row_ = tile(1, dv_);
+    q_ = buffer(kQueryBlock * dqk_);
+    dout_ = buffer(kQueryBlock * dv_);
+    probs_ = buffer(kQueryBlock * kKeyTile);
+    score_grads_ = buffer(kQueryBlock * kKeyTile);
+    softcap_grads_ = buffer(kQueryBlock * kKeyTile);
+    shift_ = buffer(kKeyTile);
+    alibi_slope_ = buffer(kKeyTile);
+    alibi_aligned_ = buffer(kKeyTile);
+    out_rows_ = buffer(kQueryBlock * dv_);
+    dout_row_ = buffer(dv_);
     col_begin_.resize(kQueryBlock);
     col_end_.resize(kQueryBlock);
   }
@@ -273,33 +292,76 @@ class TileWorker {
 
   // ---- pass 2 ----
 
+  // The key tiles of one split, kChunkTiles at a time: each query block is loaded once per chunk
+  // and met with every tile of the chunk that it can see.
   void key_tiles(const KeyTileItem& item) {
     const SequencePlan& s = plan_.sequence(item.batch);
-    zero_dq_plane(s, item);
+    zero_split_rows(s, item);
     // Tiles are dealt round robin so that under a causal mask every split gets early (long) and
     // late (short) key tiles alike.
-    for (int64_t tile = item.split; tile < s.key_tiles; tile += s.splits) {
-      const int64_t j0 = tile * kKeyTile;
-      const int64_t j1 = std::min(j0 + kKeyTile, s.stored_keys);
-      std::fill(dk_.begin(), dk_.end(), 0.0f);
-      std::fill(dv_acc_.begin(), dv_acc_.end(), 0.0f);
-      // Keys past k_end (seqused_k) are stored but never attended: their gradients stay zero.
-      const int64_t j_end = std::min(j1, s.mask.k_end);
-      if (j_end > j0) {
-        load_key_tile(s, item.batch, item.kv_head, j0, j_end, /*with_values=*/true);
-        for (int64_t g = 0; g < p_.group; ++g) key_tile_gradients(s, item, item.kv_head * p_.group + g, j0, j_end);
+    std::vector<int64_t> tiles;
+    for (int64_t t = item.split; t < s.key_tiles; t += s.splits) tiles.push_back(t);
+    for (size_t first = 0; first < tiles.size(); first += kChunkTiles) {
+      const size_t count = std::min<size_t>(kChunkTiles, tiles.size() - first);
+      int64_t q_begin = s.seq.sq, q_end = 0;
+      for (size_t n = 0; n < count; ++n) {
+        KeyTile& tile = key_tile(n);
+        start_key_tile(s, item, tiles[first + n], tile);
+        if (tile.q_begin < tile.q_end) {
+          q_begin = std::min(q_begin, tile.q_begin);
+          q_end = std::max(q_end, tile.q_end);
+        }
       }
-      store_key_tile(s, item, j0, j1);
+      for (int64_t g = 0; g < p_.group; ++g) {
+        const int64_t h = item.kv_head * p_.group + g;
+        const core::ScoreMod mod = score_mod(p_, item.batch, h);
+        for (int64_t i0 = q_begin; i0 < q_end; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(i0 + kQueryBlock, q_end);
+          bool loaded = false;
+          for (size_t n = 0; n < count; ++n) {
+            const KeyTile& tile = key_tile(n);
+            const int64_t r0 = std::max(i0, tile.q_begin), r1 = std::min(i1, tile.q_end);
+            if (r0 >= r1) continue;
+            if (!loaded) load_query_block(s, item.batch, h, i0, i1, /*with_dout=*/true);
+            loaded = true;
+            QueryRows rows;
+            rows.i0 = r0;
+            rows.rows = r1 - r0;
+            rows.q = q_.data() + (r0 - i0) * dqk_;
+            rows.dout = dout_.data() + (r0 - i0) * dv_;
+            tile_gradients(s, item, h, mod, rows, key_tile(n));
+          }
+        }
+      }
+      for (size_t n = 0; n < count; ++n) store_key_tile(s, item, key_tile(n));
     }
   }
 
  private:
+  static std::vector<float> buffer(int64_t n) { return std::vector<float>(static_cast<size_t>(n)); }
+
   const void* element(const void* base, int64_t offset) const {
     return static_cast<const char*>(base) + offset * dtype_size(p_.dtype);
   }
   void* mutable_element(void* base, int64_t offset) const {
     return static_cast<char*>(base) + offset * dtype_size(p_.dtype);
   }
+
+  KeyTile& key_tile(size_t n) {
+    while (tiles_.size() <= n) {
+      KeyTile tile;
+      tile.k = buffer(kKeyTile * dqk_);
+      tile.k_t = buffer(dqk_ * kKeyTile);
+      tile.v = buffer(kKeyTile * dv_);
+      tile.v_t = buffer(dv_ * kKeyTile);
+      tile.dk = buffer(kKeyTile * dqk_);
+      tile.dv = buffer(kKeyTile * dv_);
+      tiles_.push_back(std::move(tile));
+    }
+    return tiles_[n];
+  }
+
+  // ---- pass 1 steps ----
 
   // The forward of rows [i0, i1) of head h over the same scores pass 2 computes: online max, sum
   // and out into out_rows_. Rows whose recomputation succeeds get recomputed[r] = true.
@@ -309,13 +371,16 @@ class TileWorker {
     std::vector<core::SoftmaxRow<float>> softmax(static_cast<size_t>(rows));
     std::fill(out_rows_.begin(), out_rows_.begin() + rows * dv_, 0.0f);
     load_query_block(s, b, h, i0, i1, /*with_dout=*/false);
+    const QueryRows query{i0, rows, q_.data(), nullptr};
     const core::ScoreMod mod = score_mod(p_, b, h);
+    KeyTile& tile = key_tile(0);
     const int64_t j_begin = s.mask.row_begin(i0), j_end = s.mask.row_end(i1 - 1);
     for (int64_t j0 = j_begin - (j_begin % kKeyTile); j0 < j_end; j0 += kKeyTile) {
-      const int64_t j1 = std::min(j0 + kKeyTile, j_end);
-      const int64_t cols = j1 - j0;
-      load_key_tile(s, b, h / p_.group, j0, j1, /*with_values=*/true);
-      compute_scores(s.mask, mod, i0, i1, j0, j1);
+      tile.j0 = j0;
+      tile.j1 = tile.attended_end = std::min(j0 + kKeyTile, j_end);
+      const int64_t cols = tile.j1 - j0;
+      load_key_tile(s, b, h / p_.group, tile, /*values_transposed=*/false);
+      compute_scores(s.mask, mod, query, tile);
       for (int64_t r = 0; r < rows; ++r) {
         float* prob = probs_.data() + r * kKeyTile;
         const int64_t c0 = col_begin_[r], c1 = col_end_[r];
@@ -332,12 +397,12 @@ class TileWorker {
           row.sum += prob[c];
         }
       }
-      if (queries_finite_ && all_finite(v_.data(), cols * dv_)) {
-        ops_.matmul(rows, dv_, cols, probs_.data(), kKeyTile, 1, v_.data(), dv_, out_rows_.data(), dv_, true);
+      if (queries_finite_ && all_finite(tile.v.data(), cols * dv_)) {
+        ops_.matmul(rows, dv_, cols, probs_.data(), kKeyTile, 1, tile.v.data(), dv_, out_rows_.data(), dv_, true);
       } else {  // allowed entries only, so a NaN value reaches only the rows that see it
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c)
-            axpy(dv_, probs_[r * kKeyTile + c], v_.data() + c * dv_, out_rows_.data() + r * dv_);
+            axpy(dv_, probs_[r * kKeyTile + c], tile.v.data() + c * dv_, out_rows_.data() + r * dv_);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -356,6 +421,8 @@ class TileWorker {
     }
   }
 
+  // ---- pass 2 steps ----
+
   float* dq_plane_row(int64_t split, int64_t row, int64_t h) const {
     return scratch_.dq_split.get() + ((split * plan_.rows() + row) * p_.heads_q + h) * dqk_;
   }
@@ -364,7 +431,8 @@ class TileWorker {
     return (split * p_.heads_q + h) * plan_.rows() + row;
   }
 
-  void zero_dq_plane(const SequencePlan& s, const KeyTileItem& item) {
+  // This split's dq plane rows and row sums of the sequence and kv head start at zero.
+  void zero_split_rows(const SequencePlan& s, const KeyTileItem& item) {
     for (int64_t i = 0; i < s.seq.sq; ++i) {
       float* row = dq_plane_row(item.split, s.row0 + i, item.kv_head * p_.group);
       std::fill(row, row + p_.group * dqk_, 0.0f);
@@ -377,12 +445,28 @@ class TileWorker {
       }
   }
 
-  // K (and V) rows [j0, j1) of kv head hk, plus their transposes for the score products.
-  void load_key_tile(const SequencePlan& s, int64_t b, int64_t hk, int64_t j0, int64_t j1, bool with_values) {
-    keys_finite_ = true;
-    for (int64_t j = j0; j < j1; ++j) {
-      float* k_row = k_.data() + (j - j0) * dqk_;
-      float* v_row = v_.data() + (j - j0) * dv_;
+  // Key tile `index` of the sequence: bounds, loaded K and V^T, zeroed gradients, and the query
+  // rows that can see it. Keys past k_end (seqused_k) are stored but never attended: their
+  // gradients stay zero.
+  void start_key_tile(const SequencePlan& s, const KeyTileItem& item, int64_t index, KeyTile& tile) {
+    tile.j0 = index * kKeyTile;
+    tile.j1 = std::min(tile.j0 + kKeyTile, s.stored_keys);
+    tile.attended_end = std::min(tile.j1, s.mask.k_end);
+    std::fill(tile.dk.begin(), tile.dk.end(), 0.0f);
+    std::fill(tile.dv.begin(), tile.dv.end(), 0.0f);
+    tile.q_begin = tile.q_end = 0;
+    if (tile.attended_end <= tile.j0) return;
+    tile.q_begin = s.mask.query_begin(tile.j0);
+    tile.q_end = s.mask.query_end(tile.attended_end - 1);
+    if (tile.q_begin < tile.q_end) load_key_tile(s, item.batch, item.kv_head, tile, /*values_transposed=*/true);
+  }
+
+  // K rows [j0, attended_end) of kv head hk and K^T; V, and V^T when pass 2 asks for it.
+  void load_key_tile(const SequencePlan& s, int64_t b, int64_t hk, KeyTile& tile, bool values_transposed) {
+    const int64_t keys = tile.attended_end - tile.j0;
+    for (int64_t j = tile.j0; j < tile.attended_end; ++j) {
+      float* k_row = tile.k.data() + (j - tile.j0) * dqk_;
+      float* v_row = tile.v.data() + (j - tile.j0) * dv_;
       const int64_t k_off = core::key_offset(p_, s.seq, p_.k, b, j);
       const int64_t v_off = core::key_offset(p_, s.seq, p_.v, b, j);
       if (k_off < 0 || v_off < 0) {  // a key that reads nothing (paged block out of range)
@@ -391,27 +475,29 @@ class TileWorker {
         continue;
       }
       ops_.load_row(element(p_.k.ptr, k_off + hk * p_.k.head_stride), p_.dtype, k_row, dqk_);
-      if (with_values) ops_.load_row(element(p_.v.ptr, v_off + hk * p_.v.head_stride), p_.dtype, v_row, dv_);
+      ops_.load_row(element(p_.v.ptr, v_off + hk * p_.v.head_stride), p_.dtype, v_row, dv_);
     }
-    keys_finite_ = all_finite(k_.data(), (j1 - j0) * dqk_);
-    transpose(k_.data(), j1 - j0, dqk_, kKeyTile, k_t_.data());
-    if (with_values) transpose(v_.data(), j1 - j0, dv_, kKeyTile, v_t_.data());
+    tile.finite = all_finite(tile.k.data(), keys * dqk_);
+    transpose(tile.k.data(), keys, dqk_, kKeyTile, tile.k_t.data());
+    if (values_transposed) transpose(tile.v.data(), keys, dv_, kKeyTile, tile.v_t.data());
   }
 
-  void store_key_tile(const SequencePlan& s, const KeyTileItem& item, int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
+  void store_key_tile(const SequencePlan& s, const KeyTileItem& item, const KeyTile& tile) {
+    for (int64_t j = tile.j0; j < tile.j1; ++j) {
       const int64_t dk_off = core::key_offset(p_, s.seq, bp_.dk, item.batch, j);
       const int64_t dv_off = core::key_offset(p_, s.seq, bp_.dv, item.batch, j);
       if (dk_off >= 0)
-        ops_.store_row(dk_.data() + (j - j0) * dqk_, 1.0f,
+        ops_.store_row(tile.dk.data() + (j - tile.j0) * dqk_, 1.0f,
                        mutable_element(bp_.dk.mutable_ptr(), dk_off + item.kv_head * bp_.dk.head_stride), p_.dtype,
                        dqk_);
       if (dv_off >= 0)
-        ops_.store_row(dv_acc_.data() + (j - j0) * dv_, 1.0f,
+        ops_.store_row(tile.dv.data() + (j - tile.j0) * dv_, 1.0f,
                        mutable_element(bp_.dv.mutable_ptr(), dv_off + item.kv_head * bp_.dv.head_stride), p_.dtype,
                        dv_);
     }
   }
+
+  // ---- shared steps ----
 
   void load_query_block(const SequencePlan& s, int64_t b, int64_t h, int64_t i0, int64_t i1, bool with_dout) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -425,18 +511,18 @@ class TileWorker {
                       (!with_dout || all_finite(dout_.data(), (i1 - i0) * dv_));
   }
 
-  // Scores with their modifiers, s_ij, for the allowed (i, j) of rows [i0, i1) x keys [j0, j1);
-  // each row's allowed columns go to col_begin_/col_end_ (entries outside them are undefined).
-  // With softcap, softcap_grads_ receives d s / d s_raw.
+  // Scores with their modifiers, s_ij, for the allowed (i, j) of the query rows x the tile's
+  // attended keys; each row's allowed columns go to col_begin_/col_end_ (entries outside them are
+  // undefined). With softcap, softcap_grads_ receives d s / d s_raw.
   //
   // Bit for bit the forward's scores (forward.cpp): the same product kernel (fp32 with separately
   // rounded products, as plain fp32 arithmetic), accumulated in the same order, and the same
   // vectorized modifiers, so P = exp(s - lse) is exactly the forward's normalisation. The tile is
   // query-major where the forward's is key-major; ALiBi's aligned key is expressed accordingly.
-  void compute_scores(const core::Mask& mask, const core::ScoreMod& mod, int64_t i0, int64_t i1, int64_t j0,
-                      int64_t j1) {
-    const int64_t rows = i1 - i0, cols = j1 - j0;
-    score_product_(rows, cols, dqk_, q_.data(), dqk_, 1, k_t_.data(), kKeyTile, probs_.data(), kKeyTile, false);
+  void compute_scores(const core::Mask& mask, const core::ScoreMod& mod, const QueryRows& query,
+                      const KeyTile& tile) {
+    const int64_t rows = query.rows, cols = tile.attended_end - tile.j0, j0 = tile.j0;
+    score_product_(rows, cols, dqk_, query.q, dqk_, 1, tile.k_t.data(), kKeyTile, probs_.data(), kKeyTile, false);
     ScoreModTile scale_and_cap;
     scale_and_cap.scale = p_.scale;
     scale_and_cap.softcap = mod.softcap;
@@ -457,7 +543,7 @@ class TileWorker {
       // |i + diag - j| = |col_aligned_key[c] - r| with col_aligned_key[c] = (j0 + c) - diag - i0
       for (int64_t c = 0; c < cols; ++c) {
         alibi_slope_[c] = mod.alibi_slope;
-        alibi_aligned_[c] = static_cast<float>((j0 + c) - mask.diag - i0);
+        alibi_aligned_[c] = static_cast<float>((j0 + c) - mask.diag - query.i0);
       }
       ScoreModTile alibi;
       alibi.scale = 1.0f;
@@ -466,7 +552,7 @@ class TileWorker {
       ops_.score_mods(probs_.data(), kKeyTile, rows, cols, alibi);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = i0 + r;
+      const int64_t i = query.i0 + r;
       col_begin_[r] = core::clamp_i64(mask.row_begin(i) - j0, 0, cols);
       col_end_[r] = core::clamp_i64(mask.row_end(i) - j0, col_begin_[r], cols);
     }
@@ -490,10 +576,13 @@ class TileWorker {
 
   // dS_ij = scale * P_ij * (dP_ij - D_i) * (d s_ij / d s_raw_ij) with dP = dO V^T: the gradient
   // with respect to the raw product <q_i, k_j>, the scale folded in once for both dQ and dK.
-  // Exactly 0 outside the allowed columns.
-  void compute_score_grads(int64_t rows, int64_t cols, const float* row_dot, bool softcapped, double* pdp,
-                           double* psum) {
-    ops_.matmul(rows, cols, dv_, dout_.data(), dv_, 1, v_t_.data(), kKeyTile, score_grads_.data(), kKeyTile, false);
+  // Exactly 0 outside the allowed columns. With sinks, also adds each row's sums of P * dP and P
+  // to pdp / psum.
+  void compute_score_grads(const QueryRows& query, const KeyTile& tile, const float* row_dot, bool softcapped,
+                           double* pdp, double* psum) {
+    const int64_t rows = query.rows, cols = tile.attended_end - tile.j0;
+    ops_.matmul(rows, cols, dv_, query.dout, dv_, 1, tile.v_t.data(), kKeyTile, score_grads_.data(), kKeyTile,
+                false);
     for (int64_t r = 0; r < rows; ++r) {
       const float* prob = probs_.data() + r * kKeyTile;
       const float* cap_grad = softcap_grads_.data() + r * kKeyTile;
@@ -517,47 +606,40 @@ class TileWorker {
     }
   }
 
-  // Every query row of head h that can see keys [j0, j1), one block at a time.
-  void key_tile_gradients(const SequencePlan& s, const KeyTileItem& item, int64_t h, int64_t j0, int64_t j1) {
-    const int64_t i_begin = s.mask.query_begin(j0);
-    const int64_t i_end = s.mask.query_end(j1 - 1);
-    const core::ScoreMod mod = score_mod(p_, item.batch, h);
-    const int64_t cols = j1 - j0;
-    const int64_t stats = h * plan_.rows() + s.row0;
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += kQueryBlock) {
-      const int64_t i1 = std::min(i0 + kQueryBlock, i_end);
-      const int64_t rows = i1 - i0;
-      load_query_block(s, item.batch, h, i0, i1, /*with_dout=*/true);
-      compute_scores(s.mask, mod, i0, i1, j0, j1);
-      compute_probabilities(rows, cols, scratch_.row_max.get() + stats + i0, scratch_.row_log_sum.get() + stats + i0);
-      const int64_t sums = row_sum_index(item.split, h, s.row0 + i0);
-      compute_score_grads(rows, cols, scratch_.row_dot.get() + stats + i0, mod.softcap > 0.0f,
-                          scratch_.row_pdp ? scratch_.row_pdp.get() + sums : nullptr,
-                          scratch_.row_psum ? scratch_.row_psum.get() + sums : nullptr);
-      float* dq_rows = dq_plane_row(item.split, s.row0 + i0, h);
-      const int64_t dq_pitch = p_.heads_q * dqk_;
-      if (queries_finite_ && keys_finite_) {
-        // Masked entries of P and dS are exact zeros, so whole-tile products add exactly nothing
-        // for them. (With a NaN among the operands, 0 * NaN would leak: see below.)
-        ops_.matmul(cols, dv_, rows, probs_.data(), 1, kKeyTile, dout_.data(), dv_, dv_acc_.data(), dv_, true);
-        ops_.matmul(cols, dqk_, rows, score_grads_.data(), 1, kKeyTile, q_.data(), dqk_, dk_.data(), dqk_, true);
-        ops_.matmul(rows, dqk_, cols, score_grads_.data(), kKeyTile, 1, k_.data(), dqk_, dq_rows, dq_pitch, true);
-      } else {
-        accumulate_allowed_only(rows, dq_rows, dq_pitch);
-      }
+  // One query-row range of head h against one key tile: P, dS, and the three gradient products.
+  void tile_gradients(const SequencePlan& s, const KeyTileItem& item, int64_t h, const core::ScoreMod& mod,
+                      const QueryRows& query, KeyTile& tile) {
+    const int64_t rows = query.rows, cols = tile.attended_end - tile.j0;
+    const int64_t stats = h * plan_.rows() + s.row0 + query.i0;
+    const int64_t sums = row_sum_index(item.split, h, s.row0 + query.i0);
+    compute_scores(s.mask, mod, query, tile);
+    compute_probabilities(rows, cols, scratch_.row_max.get() + stats, scratch_.row_log_sum.get() + stats);
+    compute_score_grads(query, tile, scratch_.row_dot.get() + stats, mod.softcap > 0.0f,
+                        scratch_.row_pdp ? scratch_.row_pdp.get() + sums : nullptr,
+                        scratch_.row_psum ? scratch_.row_psum.get() + sums : nullptr);
+    float* dq_rows = dq_plane_row(item.split, s.row0 + query.i0, h);
+    const int64_t dq_pitch = p_.heads_q * dqk_;
+    if (queries_finite_ && tile.finite) {
+      // Masked entries of P and dS are exact zeros, so whole-tile products add exactly nothing
+      // for them. (With a NaN among the operands, 0 * NaN would leak: see below.)
+      ops_.matmul(cols, dv_, rows, probs_.data(), 1, kKeyTile, query.dout, dv_, tile.dv.data(), dv_, true);
+      ops_.matmul(cols, dqk_, rows, score_grads_.data(), 1, kKeyTile, query.q, dqk_, tile.dk.data(), dqk_, true);
+      ops_.matmul(rows, dqk_, cols, score_grads_.data(), kKeyTile, 1, tile.k.data(), dqk_, dq_rows, dq_pitch, true);
+    } else {
+      accumulate_allowed_only(query, tile, dq_rows, dq_pitch);
     }
   }
 
   // The three gradient products over allowed entries only: a NaN in a query row, dout row or key
   // reaches exactly the gradients it influences.
-  void accumulate_allowed_only(int64_t rows, float* dq_rows, int64_t dq_pitch) {
-    for (int64_t r = 0; r < rows; ++r) {
+  void accumulate_allowed_only(const QueryRows& query, KeyTile& tile, float* dq_rows, int64_t dq_pitch) {
+    for (int64_t r = 0; r < query.rows; ++r) {
       const float* prob = probs_.data() + r * kKeyTile;
       const float* grad = score_grads_.data() + r * kKeyTile;
       for (int64_t c = col_begin_[r]; c < col_end_[r]; ++c) {
-        axpy(dv_, prob[c], dout_.data() + r * dv_, dv_acc_.data() + c * dv_);
-        axpy(dqk_, grad[c], q_.data() + r * dqk_, dk_.data() + c * dqk_);
-        axpy(dqk_, grad[c], k_.data() + c * dqk_, dq_rows + r * dq_pitch);
+        axpy(dv_, prob[c], query.dout + r * dv_, tile.dv.data() + c * dv_);
+        axpy(dqk_, grad[c], query.q + r * dqk_, tile.dk.data() + c * dqk_);
+        axpy(dqk_, grad[c], tile.k.data() + c * dqk_, dq_rows + r * dq_pitch);
       }
     }
   }
@@ -569,14 +651,13 @@ class TileWorker {
   decltype(TileOps::matmul) score_product_;  // the forward's choice (forward.cpp)
   Scratch& scratch_;
   const int64_t dqk_, dv_;
-  std::vector<float> k_, v_, k_t_, v_t_;  // the key tile
-  std::vector<float> dk_, dv_acc_;        // its gradients
-  std::vector<float> q_, dout_;           // the query block
+  std::vector<KeyTile> tiles_;  // pass 2: one chunk; pass 1: the first
+  std::vector<float> q_, dout_;  // the query block
+  bool queries_finite_ = true;
   std::vector<float> probs_, score_grads_, softcap_grads_, shift_;
   std::vector<float> alibi_slope_, alibi_aligned_;
-  std::vector<float> out_rows_, dout_row_;  // pass 1
   std::vector<int64_t> col_begin_, col_end_;  // allowed columns of each row of the block
-  bool keys_finite_ = true, queries_finite_ = true;
+  std::vector<float> out_rows_, dout_row_;    // pass 1
 };
 
 // ---- pass 3: dq = sum of the split planes, in split order ---------------------------------------
