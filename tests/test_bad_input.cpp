@@ -212,6 +212,13 @@ const std::vector<BadInput>& catalogue() {
        [](Fixture& f) { f.params.sinks = f.tensor(kHalf, {Hq}); }},
       {"sinks_rank", Base::kForwardBatched, "sinks must have rank 1",
        [](Fixture& f) { f.params.sinks = f.tensor(DType::kFloat32, {1, Hq}); }},
+      {"sinks_null_data", Base::kForwardBatched, "sinks has shape [4] but a null data pointer",
+       [](Fixture& f) {
+         f.params.sinks = f.floats({0, 0, 0, 0});
+         f.params.sinks.data = nullptr;
+       }},
+      {"lse_null_data", Base::kForwardBatched, "lse has shape [2, 4, 5] but a null data pointer",
+       [](Fixture& f) { f.params.lse.data = nullptr; }},
       {"alibi_heads", Base::kForwardBatched, "alibi_slopes.shape[0]",
        [](Fixture& f) { f.params.alibi_slopes = f.tensor(DType::kFloat32, {Hq + 1}); }},
       {"alibi_batch", Base::kForwardBatched, "alibi_slopes.shape[0]",
@@ -401,6 +408,8 @@ const std::vector<BadInput>& catalogue() {
        [](Fixture& f) { f.kv_params.cu_seqlens_new = f.ints({0, 6, 5}); }},
       {"kv_write_cu_seqlens_total", Base::kKvWriteVarlen, "cu_seqlens_new[2] must equal k_new.shape[0]",
        [](Fixture& f) { f.kv_params.cu_seqlens_new = f.ints({0, 2, 4}); }},
+      {"kv_write_block_table_null_data", Base::kKvWriteVarlen, "block_table has shape [2, 4] but a null data pointer",
+       [](Fixture& f) { f.kv_params.block_table.data = nullptr; }},
       {"kv_write_cache_seqlens_missing", Base::kKvWriteVarlen, "cache_seqlens is required",
        [](Fixture& f) { f.kv_params.cache_seqlens = TensorRef(); }},
   };

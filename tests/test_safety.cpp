@@ -93,6 +93,19 @@ TEST(FullyMasked, VarlenSequenceWithoutKeys) {
   EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
 }
 
+// Empty tensors may come without storage (a framework's empty tensor can have a null pointer).
+TEST(FullyMasked, EmptyVarlenBatchWithNullPointers) {
+  AttnConfig c = small(DType::kFloat16);
+  c.layout = Layout::kVarlen;
+  c.batch = 2;
+  c.seqlens_q = {0, 0};
+  c.seqlens_k = {0, 0};
+  AttnCase a(c);
+  AttnParams params = a.params();
+  for (TensorRef* t : {&params.q, &params.k, &params.v, &params.out, &params.lse}) t->data = nullptr;
+  EXPECT_EQ(run_and_catch([&] { attention_forward(params, cpu_context(2)); }), "");
+}
+
 // ---- extreme logits -----------------------------------------------------------------------------
 
 TEST(ExtremeLogits, ScoresNearPlusMinus1e4) {

@@ -30,7 +30,8 @@ std::string float_dtypes_string() { return "float16, bfloat16 or float32"; }
 bool is_float_dtype(DType d) { return d == DType::kFloat16 || d == DType::kBFloat16 || d == DType::kFloat32; }
 
 void require_given(const char* name, const TensorRef& t) {
-  if (!t.defined() || t.data == nullptr) fail(std::string(name) + " is required but was not given");
+  // A null pointer is fine for an empty tensor; require_valid_shape rejects it for any other.
+  if (!t.defined()) fail(std::string(name) + " is required but was not given");
 }
 
 void require_dtype(const char* name, const TensorRef& t, DType expected) {
@@ -54,9 +55,15 @@ void require_valid_shape(const char* name, const TensorRef& t) {
   if (t.rank < 1 || t.rank > TensorRef::kMaxRank)
     fail(std::string(name) + " must have rank 1.." + std::to_string(TensorRef::kMaxRank) + "; got rank " +
          std::to_string(t.rank));
-  for (int d = 0; d < t.rank; ++d)
+  int64_t numel = 1;
+  for (int d = 0; d < t.rank; ++d) {
     if (t.shape[d] < 0)
       fail(std::string(name) + ".shape[" + std::to_string(d) + "] must be >= 0; got " + std::to_string(t.shape[d]));
+    numel *= t.shape[d];
+  }
+  // A view with elements but no storage would be dereferenced by a backend.
+  if (numel > 0 && t.data == nullptr)
+    fail(std::string(name) + " has shape " + shape_string(t) + " but a null data pointer");
 }
 
 // The last dimension must be contiguous: kernels read rows as plain vectors.
