@@ -86,7 +86,7 @@ thread_local ScratchArena t_arena;
 // its columns. 128 columns amortise each K/V tile over enough rows for the products to run near
 // peak while Q^T, S and O of one item stay within L2.
 struct Tiling {
-  int64_t heads = 1;      // query heads per item (a divisor-free chunk of the group)
+  int64_t heads = 1;      // query heads per item (the last chunk of a group may have fewer)
   int64_t rows = 1;       // query rows per head per item
   int64_t columns = 1;    // heads * rows
   int64_t key_tile = 64;  // keys per tile
@@ -110,49 +110,51 @@ Tiling make_tiling(const Problem& p) {
 
 // Views of one thread's scratch, carved from its arena.
 struct ItemScratch {
-  float* q_t;          // [Dqk][ld_q]  the item's query rows, transposed
-  float* scores;       // [key_tile][ld_q]
-  float* k_tile;       // [key_tile][ld_k]
-  float* v_tile;       // [key_tile][ld_v]
-  float* out_acc;      // [columns][ld_v]
-  float* col_max;      // [ld_q] online softmax state per column
-  float* col_sum;      // [ld_q]
-  float* col_factor;   // [ld_q]
-  float* col_slope;    // [ld_q] ALiBi slope of the column's head
-  float* col_aligned;  // [ld_q] aligned key of the column relative to the current tile
-  float* row;          // [max(Dqk, Dv, rotary_dim)] one widened row
-  float* rotary;       // [rotary_dim] cos then sin of one position
-  float* key_valid;    // [key_tile] 1 when the key reads something, 0 when its block is out of range
+  float* q_t = nullptr;           // [Dqk][ld_q]  the item's query rows, transposed
+  float* scores = nullptr;        // [key_tile][ld_q]
+  float* k_tile = nullptr;        // [key_tile][ld_k]
+  float* v_tile = nullptr;        // [key_tile][ld_v]
+  float* out_acc = nullptr;       // [columns][ld_v]
+  float* col_max = nullptr;       // [ld_q] online softmax state per column
+  float* col_sum = nullptr;       // [ld_q]
+  float* col_factor = nullptr;    // [ld_q]
+  float* col_slope = nullptr;     // [ld_q] ALiBi slope of the column's head
+  float* col_aligned = nullptr;   // [ld_q] aligned key of the column relative to the current tile
+  float* row = nullptr;           // [max(Dqk, Dv, rotary_dim)] one widened row
+  float* rotary = nullptr;        // [rotary_dim] cos then sin of one position
+  float* key_valid = nullptr;     // [key_tile] 1 when the key reads something, 0 when its block is out of range
 
-  static size_t floats(const Problem& p, const Tiling& t) {
+  // Lays the views out from `base` and returns the floats they span; with base == nullptr only
+  // the size is computed (one layout, so the size and the views cannot disagree).
+  static size_t carve(float* base, const Problem& p, const Tiling& t, ItemScratch* views) {
     const int64_t row_len = round_up(std::max({p.head_dim_qk, p.head_dim_v, p.rotary_dim, int64_t{1}}), kAlign);
-    return static_cast<size_t>(p.head_dim_qk * t.ld_q + t.key_tile * t.ld_q + t.key_tile * t.ld_k +
-                               t.key_tile * t.ld_v + t.columns * t.ld_v + 5 * t.ld_q + row_len +
-                               round_up(std::max<int64_t>(p.rotary_dim, 1), kAlign) + round_up(t.key_tile, kAlign));
-  }
-
-  static ItemScratch carve(float* base, const Problem& p, const Tiling& t) {
-    ItemScratch s;
-    const int64_t row_len = round_up(std::max({p.head_dim_qk, p.head_dim_v, p.rotary_dim, int64_t{1}}), kAlign);
-    float* next = base;
-    auto take = [&next](int64_t n) {
-      float* block = next;
-      next += n;
-      return block;
+    int64_t used = 0;
+    auto take = [&](float** view, int64_t n) {
+      if (base != nullptr) *view = base + used;
+      used += round_up(n, kAlign);
     };
-    s.q_t = take(p.head_dim_qk * t.ld_q);
-    s.scores = take(t.key_tile * t.ld_q);
-    s.k_tile = take(t.key_tile * t.ld_k);
-    s.v_tile = take(t.key_tile * t.ld_v);
-    s.out_acc = take(t.columns * t.ld_v);
-    s.col_max = take(t.ld_q);
-    s.col_sum = take(t.ld_q);
-    s.col_factor = take(t.ld_q);
-    s.col_slope = take(t.ld_q);
-    s.col_aligned = take(t.ld_q);
-    s.row = take(row_len);
-    s.rotary = take(round_up(std::max<int64_t>(p.rotary_dim, 1), kAlign));
-    s.key_valid = take(round_up(t.key_tile, kAlign));
+    ItemScratch ignored;
+    ItemScratch& s = views != nullptr ? *views : ignored;
+    take(&s.q_t, p.head_dim_qk * t.ld_q);
+    take(&s.scores, t.key_tile * t.ld_q);
+    take(&s.k_tile, t.key_tile * t.ld_k);
+    take(&s.v_tile, t.key_tile * t.ld_v);
+    take(&s.out_acc, t.columns * t.ld_v);
+    take(&s.col_max, t.ld_q);
+    take(&s.col_sum, t.ld_q);
+    take(&s.col_factor, t.ld_q);
+    take(&s.col_slope, t.ld_q);
+    take(&s.col_aligned, t.ld_q);
+    take(&s.row, row_len);
+    take(&s.rotary, std::max<int64_t>(p.rotary_dim, 1));
+    take(&s.key_valid, t.key_tile);
+    return static_cast<size_t>(used);
+  }
+  static size_t floats(const Problem& p, const Tiling& t) { return carve(nullptr, p, t, nullptr); }
+  // This thread's views, from its arena.
+  static ItemScratch for_this_thread(const Problem& p, const Tiling& t) {
+    ItemScratch s;
+    carve(t_arena.reserve(floats(p, t)), p, t, &s);
     return s;
   }
 };
@@ -264,7 +266,7 @@ class ItemRunner {
         partials_(partials) {}
 
   void run(const WorkItem& w) const {
-    ItemScratch s = ItemScratch::carve(t_arena.reserve(ItemScratch::floats(p_, t_)), p_, t_);
+    const ItemScratch s = ItemScratch::for_this_thread(p_, t_);
     const SeqView seq = core::sequence(p_, w.batch);
     const Mask mask = core::sequence_mask(p_, seq);
     const int64_t columns = w.heads * w.rows;
@@ -322,7 +324,7 @@ class ItemRunner {
         const float* part = partials_ + g.first_partial + sp * partial_size(p_, columns);
         const float part_max = part[columns * dv + c];
         const float part_sum = part[columns * dv + columns + c];
-        if (!(part_sum != 0.0f)) continue;  // a split that saw no key (NaN sums still merge)
+        if (part_sum == 0.0f) continue;  // a split that saw no key (a NaN sum still merges)
         const float factor = row.rescale_to(part_max);
         const float weight = std::exp(part_max - row.max);
         row.sum += part_sum * weight;
