@@ -72,6 +72,37 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return static_cast<uint32_t>(row * Tile::kRowBytes + ((chunk ^ (row & 7)) << 4));
 }
 
+// Shared-memory addresses of ldmatrix.x4 fragments. Every fragment row a lane addresses is its
+// lane row plus a multiple of 8, so the swizzle term (row & 7) is fixed per lane, and the chunk a
+// lane reads is an even compile-time chunk plus a fixed low bit. Both fold into one per-lane XOR
+// value resolved once per thread: an address is then base + compile-time row offset +
+// ((even_chunk ^ x) << 4), two instructions instead of recomputing rows and swizzles each time.
+struct LaneFragment {
+  uint32_t row_bytes;  // the lane's row within a 16-row fragment, in bytes
+  uint32_t x;          // (chunk low bit) ^ (row & 7)
+
+  // A operands (Q) and transposed B operands (V): matrices ordered (rows 0-7, chunk 0),
+  // (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1).
+  template <class Tile>
+  __device__ __forceinline__ static LaneFragment rows_first() {
+    const int lane = threadIdx.x & 31, quad = lane >> 3;
+    return {static_cast<uint32_t>(((lane & 7) + ((quad & 1) << 3)) * Tile::kRowBytes),
+            static_cast<uint32_t>((quad >> 1) ^ (lane & 7))};
+  }
+  // B operands (K): (rows 0-7, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 0), (rows 8-15, chunk 1).
+  template <class Tile>
+  __device__ __forceinline__ static LaneFragment chunks_first() {
+    const int lane = threadIdx.x & 31, quad = lane >> 3;
+    return {static_cast<uint32_t>(((lane & 7) + ((quad >> 1) << 3)) * Tile::kRowBytes),
+            static_cast<uint32_t>((quad & 1) ^ (lane & 7))};
+  }
+  // Address of the fragment at tile row `row16` (a multiple of 16) and even chunk `chunk`.
+  template <class Tile>
+  __device__ __forceinline__ uint32_t at(uint32_t tile, int row16, int chunk) const {
+    return tile + row16 * Tile::kRowBytes + row_bytes + ((static_cast<uint32_t>(chunk) ^ x) << 4);
+  }
+};
+
 // Per-block view of the problem: which sequence, head and rows this block computes.
 struct BlockView {
   core::SeqView seq;
@@ -112,6 +143,30 @@ __device__ __forceinline__ void load_tile(unsigned char* tile, const uint16_t* b
   }
 }
 
+// The fast copy of K/V rows that are linear in the key index, with 16-byte aligned rows: this
+// thread always moves chunk `chunk` of rows row0 + k * kRowStep, so its shared-memory offsets are
+// compile-time per k and its global address is one multiply-add per row.
+template <class Tile>
+struct LinearRows {
+  static constexpr int kRowStep = Tile::kThreads / Tile::kChunks;
+  static constexpr int kRowsPerThread = Tile::kBlockN / kRowStep;
+  static_assert(Tile::kThreads % Tile::kChunks == 0 && Tile::kBlockN % kRowStep == 0, "whole rows per pass");
+
+  __device__ __forceinline__ static void copy(unsigned char* tile, const uint16_t* base, int64_t key0,
+                                              int64_t row_stride, int64_t n0, int64_t k_end, int dim) {
+    const int row0 = threadIdx.x / Tile::kChunks, chunk = threadIdx.x % Tile::kChunks;
+    const bool col_live = chunk * 8 < dim;
+    const uint16_t* src = base + key0 + (n0 + row0) * row_stride + chunk * 8;
+    const uint32_t dst = smem_address(tile);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int row = row0 + k * kRowStep;
+      const bool live = col_live && n0 + row < k_end;
+      cp_async_16(dst + swizzled<Tile>(row, chunk), live ? src + k * kRowStep * row_stride : base, live ? 16 : 0);
+    }
+  }
+};
+
 template <class Tile>
 __device__ __forceinline__ void load_q_tile(unsigned char* smem_q, const MmaArgs& args, const BlockView& blk) {
   const core::Problem& p = args.p;
@@ -128,6 +183,13 @@ template <class Tile>
 __device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char* key_valid, const MmaArgs& args,
                                              const BlockView& blk, int64_t n0) {
   const core::Problem& p = args.p;
+  if (blk.linear_kv && args.vector_io) {
+    LinearRows<Tile>::copy(stage, static_cast<const uint16_t*>(p.k.ptr), blk.k_key0, p.k.row_stride, n0,
+                           blk.seq.k_end, static_cast<int>(p.head_dim_qk));
+    LinearRows<Tile>::copy(stage + Tile::kKvTileBytes, static_cast<const uint16_t*>(p.v.ptr), blk.v_key0,
+                           p.v.row_stride, n0, blk.seq.k_end, static_cast<int>(p.head_dim_v));
+    return;
+  }
   auto key_row = [&](const core::Operand& kv, int64_t key0, int r) -> int64_t {
     const int64_t j = n0 + r;
     if (j >= blk.seq.k_end) return -1;
@@ -146,10 +208,9 @@ __device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char
 
 // A fragments of Q for one m16 tile and one k16 step, from the swizzled Q tile.
 template <class Tile>
-__device__ __forceinline__ void load_q_fragment(uint32_t (&a)[4], const unsigned char* smem_q, int row0, int step) {
-  const int lane = threadIdx.x & 31, quad = lane >> 3;
-  const int row = row0 + (lane & 7) + ((quad & 1) << 3);
-  ldmatrix_x4(a, smem_address(smem_q + swizzled<Tile>(row, step * 2 + (quad >> 1))));
+__device__ __forceinline__ void load_q_fragment(uint32_t (&a)[4], uint32_t smem_q, const LaneFragment& lanes,
+                                                int row0, int step) {
+  ldmatrix_x4(a, lanes.at<Tile>(smem_q, row0, step * 2));
 }
 
 // Q fragments of one warp: held in registers for the whole key loop when kQInRegisters (small
@@ -161,10 +222,12 @@ template <class Tile>
 struct QFragments<Tile, true> {
   uint32_t a[Tile::kMTiles][Tile::kDimSteps][4];
   __device__ __forceinline__ void init(const unsigned char* smem_q, int warp_row0) {
+    const LaneFragment lanes = LaneFragment::rows_first<Tile>();
 #pragma unroll
     for (int mt = 0; mt < Tile::kMTiles; ++mt)
 #pragma unroll
-      for (int s = 0; s < Tile::kDimSteps; ++s) load_q_fragment<Tile>(a[mt][s], smem_q, warp_row0 + mt * 16, s);
+      for (int s = 0; s < Tile::kDimSteps; ++s)
+        load_q_fragment<Tile>(a[mt][s], smem_address(smem_q), lanes, warp_row0 + mt * 16, s);
   }
   __device__ __forceinline__ void get(uint32_t (&out)[4], int mt, int step) const {
 #pragma unroll
@@ -174,14 +237,14 @@ struct QFragments<Tile, true> {
 
 template <class Tile>
 struct QFragments<Tile, false> {
-  const unsigned char* smem_q;
-  int warp_row0;
+  uint32_t warp_q;  // shared address of the warp's first Q row
+  LaneFragment lanes;
   __device__ __forceinline__ void init(const unsigned char* q, int row0) {
-    smem_q = q;
-    warp_row0 = row0;
+    warp_q = smem_address(q) + row0 * Tile::kRowBytes;
+    lanes = LaneFragment::rows_first<Tile>();
   }
   __device__ __forceinline__ void get(uint32_t (&out)[4], int mt, int step) const {
-    load_q_fragment<Tile>(out, smem_q, warp_row0 + mt * 16, step);
+    load_q_fragment<Tile>(out, warp_q, lanes, mt * 16, step);
   }
 };
 
@@ -190,7 +253,8 @@ template <class Tile, class E>
 __device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
                                                const QFragments<Tile>& q, const unsigned char* smem_k,
                                                int dim_steps) {
-  const int lane = threadIdx.x & 31, quad = lane >> 3;
+  const LaneFragment lanes = LaneFragment::chunks_first<Tile>();
+  const uint32_t tile_k = smem_address(smem_k);
 #pragma unroll
   for (int mt = 0; mt < Tile::kMTiles; ++mt)
 #pragma unroll
@@ -206,9 +270,8 @@ __device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::k
 #pragma unroll
     for (int np = 0; np < Tile::kKeyTiles / 2; ++np) {
       // matrices: (keys 0-7, k 0-7), (keys 0-7, k 8-15), (keys 8-15, k 0-7), (keys 8-15, k 8-15)
-      const int row = np * 16 + (lane & 7) + ((quad >> 1) << 3);
       uint32_t b[4];
-      ldmatrix_x4(b, smem_address(smem_k + swizzled<Tile>(row, step * 2 + (quad & 1))));
+      ldmatrix_x4(b, lanes.at<Tile>(tile_k, np * 16, step * 2));
 #pragma unroll
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
         mma_16816<E>(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -315,7 +378,8 @@ template <class Tile, class E>
 __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                               const float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
                                               const unsigned char* smem_v, int dim_pairs) {
-  const int lane = threadIdx.x & 31, quad = lane >> 3;
+  const LaneFragment lanes = LaneFragment::rows_first<Tile>();
+  const uint32_t tile_v = smem_address(smem_v);
 #pragma unroll
   for (int step = 0; step < Tile::kKeySteps; ++step) {
     uint32_t a[Tile::kMTiles][4];
@@ -330,9 +394,8 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kO
     for (int dp = 0; dp < Tile::kOutTiles / 2; ++dp) {
       if (dp >= dim_pairs) break;
       // matrices: (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15)
-      const int row = step * 16 + (lane & 7) + ((quad & 1) << 3);
       uint32_t b[4];
-      ldmatrix_x4_trans(b, smem_address(smem_v + swizzled<Tile>(row, dp * 2 + (quad >> 1))));
+      ldmatrix_x4_trans(b, lanes.at<Tile>(tile_v, step * 16, dp * 2));
 #pragma unroll
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
         mma_16816<E>(o[mt][2 * dp], a[mt], b[0], b[1]);
