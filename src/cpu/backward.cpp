@@ -107,6 +107,7 @@ void transpose(const float* src, int64_t rows, int64_t cols, int64_t pitch, floa
     for (int64_t c = 0; c < cols; ++c) dst[c * pitch + r] = src[r * cols + c];
 }
 
+// The modifier values of (sequence b, query head h); applying them is tile_math's score_mods.
 core::ScoreMod score_mod(const Problem& p, int64_t b, int64_t h) {
   core::ScoreMod mod;
   mod.softcap = p.softcap;
