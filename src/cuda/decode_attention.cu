@@ -41,6 +41,8 @@ constexpr int kRows = 16;   // packed query rows per CTA: the M of m16n8k16
 constexpr int kChunk = 16;  // keys per warp step: two n8 score tiles, the K of the P V product
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kThreadsPerRow = kThreads / kRows;  // query-tile load and output: 8 threads per row
+constexpr int kMaxSplits = 128;                   // as flash-attn; the combine gives each split a thread
 
 // Shared-memory geometry of one head-dim bucket.
 //
@@ -82,7 +84,7 @@ struct Args {
   int num_splits;
   int64_t m_tiles;         // query tiles per (sequence, kv head)
   int64_t q_rows;          // dense query rows: batch * seqlen_q (batched) or total_q (varlen)
-  float* partial_out;      // [num_splits][q_rows][Hq][Dv] when num_splits > 1
+  float* partial_out;      // [num_splits][q_rows][Hq][kHeadDim] when num_splits > 1
   float* partial_lse;      // [num_splits][q_rows][Hq]
   bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
@@ -183,57 +185,46 @@ __device__ __forceinline__ void query_pair(int t, int rotary_dim, bool interleav
 
 // Loads the tile's query rows into shared memory (16-bit, the A operand), rotated at
 // core::rotary_q_position when the call has rotary (in fp32, like the reference, then rounded).
-// Padded rows and dims past Dqk are zeros. Each thread owns whole element pairs, so rotation
-// needs no staging, and all its loads are issued before the first use: a CTA of a short split
-// must not pay one memory latency per element here. Leaves the A fragments in q_frag when they
-// live in registers (Tile::kQInRegisters).
+// Padded rows and dims past Dqk are zeros. kThreadsPerRow threads share a row, so the row's
+// geometry (integer divisions included) is worked out once per thread; each thread owns whole
+// element pairs, so rotation needs no staging, and all its loads are issued before the first use:
+// a CTA of a short split must not pay one memory latency per element here. Leaves the A
+// fragments in q_frag when they live in registers (Tile::kQInRegisters).
 template <class E, int kHeadDim>
 __device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* q_tile,
                                 uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
-  constexpr int kPairsPerRow = kHeadDim / 2;
-  constexpr int kPerThread = kRows * kPairsPerRow / kThreads;
-  static_assert(kPerThread * kThreads == kRows * kPairsPerRow, "pairs must split evenly over the CTA");
+  constexpr int kPerThread = kHeadDim / 2 / kThreadsPerRow;  // element pairs per thread
   const core::Problem& p = a.p;
-  const T* q = static_cast<const T*>(p.q.ptr);
   const int rotary_dim = a.rotate_q ? static_cast<int>(p.rotary_dim) : 0;
+  const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
+  const int64_t packed = w.row0 + r;
+  const bool real = packed < w.packed_rows;
+  const int64_t i = real ? packed / p.group : 0, h = w.hkv * p.group + (real ? packed % p.group : 0);
+  const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
+  const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
 
   float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
-  bool rotated[kPerThread];
 #pragma unroll
   for (int n = 0; n < kPerThread; ++n) {
-    const int idx = n * kThreads + threadIdx.x;
-    const int r = idx / kPairsPerRow, t = idx % kPairsPerRow;
+    const int t = first_pair + n * kThreadsPerRow;
     int d0, d1;
     query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
-    const int64_t packed = w.row0 + r;
-    x0[n] = x1[n] = cos_t[n] = sin_t[n] = 0.0f;
-    rotated[n] = false;
-    if (packed >= w.packed_rows) continue;
-    const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
-    const T* row = q + core::q_offset(p, w.s, w.b, i, h);
-    if (d0 < p.head_dim_qk) x0[n] = to_float(row[d0]);
-    if (d1 < p.head_dim_qk) x1[n] = to_float(row[d1]);
-    if (t < rotary_dim / 2) {
-      const int64_t table_row = core::rotary_row(p, core::rotary_q_position(p, w.s, i));
-      if (table_row >= 0) {
-        rotated[n] = true;
-        cos_t[n] = to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]);
-        sin_t[n] = to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]);
-      }
-    }
+    x0[n] = real && d0 < p.head_dim_qk ? to_float(row[d0]) : 0.0f;
+    x1[n] = real && d1 < p.head_dim_qk ? to_float(row[d1]) : 0.0f;
+    const bool rotated = t < rotary_dim / 2 && table_row >= 0;
+    cos_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]) : 1.0f;
+    sin_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]) : 0.0f;
   }
 #pragma unroll
   for (int n = 0; n < kPerThread; ++n) {
-    const int idx = n * kThreads + threadIdx.x;
-    const int r = idx / kPairsPerRow, t = idx % kPairsPerRow;
+    const int t = first_pair + n * kThreadsPerRow;
     int d0, d1;
     query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
-    const float y0 = rotated[n] ? x0[n] * cos_t[n] - x1[n] * sin_t[n] : x0[n];
-    const float y1 = rotated[n] ? x0[n] * sin_t[n] + x1[n] * cos_t[n] : x1[n];
-    q_tile[r * Cfg::kPitch + d0] = from_float<T>(y0);
-    q_tile[r * Cfg::kPitch + d1] = from_float<T>(y1);
+    const bool rotated = t < rotary_dim / 2 && table_row >= 0;
+    q_tile[r * Cfg::kPitch + d0] = from_float<T>(rotated ? x0[n] * cos_t[n] - x1[n] * sin_t[n] : x0[n]);
+    q_tile[r * Cfg::kPitch + d1] = from_float<T>(rotated ? x0[n] * sin_t[n] + x1[n] * cos_t[n] : x1[n]);
   }
   __syncthreads();
   if constexpr (Cfg::kQInRegisters) {
@@ -385,16 +376,9 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], cons
 
 // ---- output -------------------------------------------------------------------------------------
 
-// Finishes one row of one head: out = O / Z and lse, with the sink in Z when the call has sinks
-// (only when this CTA is the whole row: with splits, the combine adds it once).
-template <typename T>
-__device__ void store_row_value(const Args& a, const CtaWork& w, int64_t i, int64_t h, int d, float value) {
-  const core::Problem& p = a.p;
-  static_cast<T*>(p.out.mutable_ptr())[core::out_offset(p, w.s, w.b, i, h) + d] = from_float<T>(value);
-}
-
-// Merges the four warps' states through shared memory and writes out / lse, or the split's
-// partials.
+// Merges the four warps' states through shared memory and writes out = O / Z and lse, with the
+// sink in Z when the call has sinks — only when this CTA is the whole row: with splits it writes
+// the split's partials, and the combine adds the sink once.
 template <class E, int kHeadDim>
 __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
                                 int warp) {
@@ -422,40 +406,52 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   }
   __syncthreads();
 
-  const int dv = static_cast<int>(p.head_dim_v);
-  for (int idx = threadIdx.x; idx < kRows * dv; idx += kThreads) {
-    const int row = idx / dv, d = idx % dv;
-    const int64_t packed = w.row0 + row;
-    if (packed >= w.packed_rows) continue;
-    const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
-    core::SoftmaxRow<float> total;
+  // kThreadsPerRow threads finish one row: its geometry and the warps' weights once, then
+  // strided columns (consecutive threads, consecutive columns).
+  const int row = threadIdx.x / kThreadsPerRow, first_col = threadIdx.x % kThreadsPerRow;
+  const int64_t packed = w.row0 + row;
+  if (packed >= w.packed_rows) return;
+  const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
+  core::SoftmaxRow<float> total;
+  for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_all[k * kRows + row]);
+  float weight[kWarps];  // e^(max_k - max): a warp that saw no key of the row weighs 0
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) {
+    const float m = max_all[k * kRows + row];
+    weight[k] = m == -INFINITY ? 0.0f : __expf(m - total.max);
+    total.sum += sum_all[k * kRows + row] * weight[k];
+  }
+  auto merged = [&](int d) {
     float acc = 0.0f;
-    for (int k = 0; k < kWarps; ++k) {
-      const float m = max_all[k * kRows + row];
-      if (m == -INFINITY) continue;  // this warp saw no key of the row
-      const float f = total.rescale_to(m);
-      const float scale = __expf(m - total.max);
-      total.sum += sum_all[k * kRows + row] * scale;
-      acc = acc * f + o_all[(k * kRows + row) * Cfg::kOPitch + d] * scale;
-    }
-    if (a.num_splits == 1) {
-      if (p.sinks != nullptr) acc *= total.add_sink(p.sinks[h]);
-      store_row_value<T>(a, w, i, h, d, acc * total.inv_sum());
-      if (d == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
-    } else {
-      const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
-      const int64_t slot = (int64_t(blockIdx.y) * a.q_rows + r) * p.heads_q + h;
-      a.partial_out[slot * p.head_dim_v + d] = acc * total.inv_sum();
-      if (d == 0) a.partial_lse[slot] = total.lse();
-    }
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) acc += o_all[(k * kRows + row) * Cfg::kOPitch + d] * weight[k];
+    return acc;
+  };
+  const int dv = static_cast<int>(p.head_dim_v);
+  if (a.num_splits == 1) {
+    const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
+    const float scale = sink_factor * total.inv_sum();
+    T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, w.s, w.b, i, h);
+    for (int d = first_col; d < dv; d += kThreadsPerRow) out[d] = from_float<T>(merged(d) * scale);
+    if (first_col == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
+  } else {
+    // Partial rows have a pitch of kHeadDim floats, zero past Dv, so the combine reads float4s.
+    const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
+    const int64_t slot = (int64_t(blockIdx.y) * a.q_rows + r) * p.heads_q + h;
+    const float scale = total.inv_sum();
+    float* partial = a.partial_out + slot * kHeadDim;
+    for (int d = first_col; d < kHeadDim; d += kThreadsPerRow) partial[d] = d < dv ? merged(d) * scale : 0.0f;
+    if (first_col == 0) a.partial_lse[slot] = total.lse();
   }
 }
 
 // ---- the kernels --------------------------------------------------------------------------------
 
-// Programmatic dependent launch (sm_90): the combine is launched while the attention kernel is
-// still running and waits on the device, which hides its launch latency (a few us, several
-// percent of a 50 us decode step). Elsewhere these are no-ops and launches serialise as usual.
+// Programmatic dependent launch (sm_90): each kernel of a decode call is launched while the one
+// before it is still running and waits on the device before reading anything, which hides the
+// launch latency (a few us, several percent of a 50 us decode step). The attention kernel lets
+// the combine launch once its main loop is done. Elsewhere these are no-ops and launches
+// serialise as usual.
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -471,6 +467,7 @@ template <class E, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
+  wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
 
@@ -529,72 +526,96 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
 }
 
-// Merges the splits of one (query row, head) per warp. The partial lse values are the logits of
-// normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s - M),
-// M their max (one pass of lane-parallel loads), then the sink joins Z once (core::SoftmaxRow).
-// The split loop is unrolled so kCombineUnroll splits' loads are in flight together.
-constexpr int kCombineUnroll = 8;
+// Merges the splits of one (query row, head) per CTA. The partial lse values are the logits of
+// normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s - M) and
+// M their max, then the sink joins Z once (core::SoftmaxRow). Every load is independent of the
+// others, so the CTA issues them together — the lse of each split by one thread, the partial
+// rows as float4 columns by groups of threads — and pays about one memory latency, not one per
+// split. Reductions run in a fixed order: the result does not depend on timing.
+constexpr int kCombineBatch = 8;  // partial rows per thread in flight at once
+
+template <typename T>
+__device__ float block_reduce(float x, float* scratch, T op) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  float total = scratch[0];
+#pragma unroll
+  for (int k = 1; k < kWarps; ++k) total = op(total, scratch[k]);
+  __syncthreads();
+  return total;
+}
 
 template <class E, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) {
   using T = typename E::T;
-  constexpr int kPerLane = kHeadDim / 32;
+  constexpr int kColumns = kHeadDim / 4;         // float4 columns of a partial row
+  constexpr int kGroups = kThreads / kColumns;   // threads per column, each taking every kGroups-th split
+  static_assert(kGroups * kColumns == kThreads && kMaxSplits <= kThreads, "combine layout");
+  __shared__ float weight[kMaxSplits];
+  __shared__ float4 columns[kGroups][kColumns];
+  __shared__ float scratch[kWarps];
+
   const core::Problem& p = a.p;
-  const int lane = threadIdx.x % 32;
   const int64_t b = blockIdx.y;
   const core::SeqView s = core::sequence(p, b);
-  const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const int64_t i = item / p.heads_q, h = item % p.heads_q;
+  const int64_t i = blockIdx.x / p.heads_q, h = blockIdx.x % p.heads_q;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
+  const int n = a.num_splits, column = threadIdx.x % kColumns, group = threadIdx.x / kColumns;
   wait_for_primary_grid();  // the partials of every split are written
 
-  float max = -INFINITY;
-  for (int split = lane; split < a.num_splits; split += 32) max = fmaxf(max, a.partial_lse[slot(split)]);
+  float4 o[kCombineBatch];
+  auto load_batch = [&](int first) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, offset));
+    for (int u = 0; u < kCombineBatch; ++u) {
+      const int split = first + u * kGroups;
+      o[u] = split < n ? reinterpret_cast<const float4*>(a.partial_out + slot(split) * kHeadDim)[column]
+                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+  const float lse = threadIdx.x < n ? a.partial_lse[slot(threadIdx.x)] : -INFINITY;
+  load_batch(group);  // in flight while the weights are worked out
 
-  float sum = 0.0f, acc[kPerLane];
-#pragma unroll
-  for (int e = 0; e < kPerLane; ++e) acc[e] = 0.0f;
-  for (int s0 = 0; s0 < a.num_splits; s0 += kCombineUnroll) {
-    float lse[kCombineUnroll], o[kCombineUnroll][kPerLane];
-#pragma unroll
-    for (int u = 0; u < kCombineUnroll; ++u) {
-      const bool real = s0 + u < a.num_splits;
-      lse[u] = real ? a.partial_lse[slot(s0 + u)] : -INFINITY;
-      const float* partial = a.partial_out + (real ? slot(s0 + u) : 0) * p.head_dim_v;
-#pragma unroll
-      for (int e = 0; e < kPerLane; ++e) {
-        const int d = e * 32 + lane;
-        o[u][e] = real && d < p.head_dim_v ? partial[d] : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kCombineUnroll; ++u) {
-      const float weight = lse[u] == -INFINITY ? 0.0f : __expf(lse[u] - max);  // an empty split weighs 0
-      sum += weight;
-#pragma unroll
-      for (int e = 0; e < kPerLane; ++e) acc[e] += weight * o[u][e];
-    }
-  }
   core::SoftmaxRow<float> total;
-  total.max = max;
-  total.sum = sum;
-  if (p.sinks != nullptr) {
-    const float f = total.add_sink(p.sinks[h]);
+  total.max = block_reduce(lse, scratch, [](float x, float y) { return fmaxf(x, y); });
+  const float w = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty split weighs 0
+  if (threadIdx.x < n) weight[threadIdx.x] = w;
+  total.sum = block_reduce(w, scratch, [](float x, float y) { return x + y; });  // also publishes weight[]
+
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int first = group; first < n; first += kGroups * kCombineBatch) {
+    if (first != group) load_batch(first);
 #pragma unroll
-    for (int e = 0; e < kPerLane; ++e) acc[e] *= f;
+    for (int u = 0; u < kCombineBatch; ++u) {
+      const int split = first + u * kGroups;
+      if (split >= n) break;
+      const float ws = weight[split];
+      acc.x += ws * o[u].x;
+      acc.y += ws * o[u].y;
+      acc.z += ws * o[u].z;
+      acc.w += ws * o[u].w;
+    }
   }
-  const float inv = total.inv_sum();
+  columns[group][column] = acc;
+  __syncthreads();
+  if (group != 0) return;
+  for (int g = 1; g < kGroups; ++g) {
+    acc.x += columns[g][column].x;
+    acc.y += columns[g][column].y;
+    acc.z += columns[g][column].z;
+    acc.w += columns[g][column].w;
+  }
+  const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
+  const float scale = sink_factor * total.inv_sum();
   T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, s, b, i, h);
+  const float values[4] = {acc.x, acc.y, acc.z, acc.w};
 #pragma unroll
-  for (int e = 0; e < kPerLane; ++e) {
-    const int d = e * 32 + lane;
-    if (d < p.head_dim_v) out[d] = from_float<T>(acc[e] * inv);
-  }
-  if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
+  for (int e = 0; e < 4; ++e)
+    if (4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
+  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -653,7 +674,6 @@ cudaMemPool_t scratch_pool(int device) {
 // Minimum keys per split: below ~256 keys (128 KB of K/V at head dim 128) the partial write and
 // the combine cost more than the extra parallelism brings.
 constexpr int64_t kMinKeysPerSplit = 256;
-constexpr int kMaxSplits = 128;
 
 // num_splits = 0: enough splits that the grid fills the GPU at small batch. Among the split
 // counts that keep >= kMinKeysPerSplit keys per split, take the smallest whose wave efficiency
@@ -671,6 +691,24 @@ int choose_splits(int64_t work, int64_t max_keys, int resident) {
   for (int64_t n = 1; n <= limit; ++n)
     if (efficiency(n) >= 0.95 * best) return static_cast<int>(n);
   return 1;
+}
+
+// Launches with programmatic dependent launch: the kernel may start while the previous one on
+// the stream drains and waits for it on the device (griddepcontrol.wait), which hides the
+// launch latency between the steps of a decode call.
+void launch_overlapped(void (*kernel)(Args), dim3 grid, size_t smem, cudaStream_t stream, const Args& a,
+                       const char* what) {
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = overlap;
+  config.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, a), what);
 }
 
 template <class E, int kHeadDim>
@@ -700,28 +738,18 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   void* scratch = nullptr;
   if (splits > 1) {
     const size_t slots = size_t(splits) * a.q_rows * p.heads_q;
-    const size_t bytes = slots * (p.head_dim_v + 1) * sizeof(float);
+    const size_t bytes = slots * (kHeadDim + 1) * sizeof(float);
     check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
     a.partial_out = static_cast<float*>(scratch);
-    a.partial_lse = a.partial_out + slots * p.head_dim_v;
+    a.partial_lse = a.partial_out + slots * kHeadDim;
   }
 
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  split_kv_attention_kernel<E, kHeadDim><<<grid, kThreads, Cfg::kSmemBytes, stream>>>(a);
-  check_cuda(cudaGetLastError(), "split_kv_attention_kernel launch");
+  launch_overlapped(split_kv_attention_kernel<E, kHeadDim>, grid, Cfg::kSmemBytes, stream, a,
+                    "split_kv_attention_kernel launch");
   if (splits > 1) {
-    const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kWarps)),
-                            static_cast<unsigned>(p.batch));
-    cudaLaunchAttribute overlap[1];
-    overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    overlap[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = combine_grid;
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    config.attrs = overlap;
-    config.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&config, combine_splits_kernel<E, kHeadDim>, a), "combine_splits_kernel launch");
+    const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
+    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, 0, stream, a, "combine_splits_kernel launch");
     check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
   }
 }
