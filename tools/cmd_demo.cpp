@@ -311,65 +311,58 @@ void print_worst(const std::vector<Outcome>& outcomes) {
   }
 }
 
-}  // namespace
-
-int run_demo(const std::vector<std::string>& args) {
-  std::string backend_flag = "auto";
-  int64_t threads = 0;
-  FlagSet flags("demo", "flashsdpa demo [--backend cpu|cuda|auto] [--threads N]",
-                "Runs a realistic workload (a varlen prefill batch through full-causal and sliding-window\n"
-                "+ sinks layers, then paged-KV decoding with rotary), reports time, throughput and memory,\n"
-                "and checks every result against the float64 reference. Exit status 1 on any mismatch.");
-  flags.add_choice("backend", &backend_flag, {"cpu", "cuda", "auto"},
-                   "auto: CUDA when built with it and a GPU is present, else CPU");
-  flags.add_int("threads", &threads, 0, "CPU worker threads; 0 uses every hardware thread");
-  if (!flags.parse(args)) return 0;
-
-  const Backend backend = resolve_backend(parse_backend(backend_flag));
+// State shared by the stages of one demo run.
+struct DemoRun {
+  Backend backend = Backend::kCpu;
   ExecContext ctx;
-  ctx.backend = backend;
-  ctx.num_threads = static_cast<int>(threads);
-  const int check_threads = threads > 0 ? static_cast<int>(threads)
-                                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  const int64_t batch = static_cast<int64_t>(kPromptLengths.size());
-  const int64_t prompt_tokens = std::accumulate(kPromptLengths.begin(), kPromptLengths.end(), int64_t{0});
-  const auto demo_start = Clock::now();
+  int check_threads = 1;
   double check_seconds = 0;
+  std::vector<Outcome> prefill, kv_write, decode;
+  std::vector<std::string> skipped;  // stages this backend cannot serve, with the selector's reason
+};
 
+// Runs the prefill layers; returns the last one, whose K/V seed the decode cache.
+PrefillLayer run_prefill(DemoRun& run) {
+  const int64_t batch = static_cast<int64_t>(kPromptLengths.size());
   std::string lengths;
   for (int64_t length : kPromptLengths) lengths += (lengths.empty() ? "" : ", ") + std::to_string(length);
-  std::printf("flashsdpa %s demo: backend %s, %s threads, bf16, Hq %lld / Hkv %lld (GQA), head dim %lld\n\n",
-              version(), backend_name(backend),
-              backend == Backend::kCpu ? std::to_string(check_threads).c_str() : "-",
-              static_cast<long long>(kHeadsQ), static_cast<long long>(kHeadsKv), static_cast<long long>(kHeadDim));
-
-  // ---- prefill ---------------------------------------------------------------------------------
   std::printf("Prefill: one varlen batch of %lld prompts (%s = %lld tokens)\n", static_cast<long long>(batch),
-              lengths.c_str(), static_cast<long long>(prompt_tokens));
+              lengths.c_str(),
+              static_cast<long long>(std::accumulate(kPromptLengths.begin(), kPromptLengths.end(), int64_t{0})));
   int64_t materialized = 0;
   for (int64_t length : kPromptLengths) materialized += materialized_score_bytes(kHeadsQ, length, length);
 
-  std::vector<Outcome> prefill_outcomes;
-  PrefillLayer last;  // the last layer's K/V fill the decode cache
+  PrefillLayer last;
   std::optional<int64_t> peak_scratch;
-  double prefill_seconds = 0, prefill_flops = 0;
-  bool scratch_column = false;
+  double total_seconds = 0, total_flops = 0;
+  bool header_printed = false, scratch_column = false;
   for (size_t li = 0; li < kLayers.size(); ++li) {
-    PrefillLayer layer = make_prefill_layer(static_cast<int>(li), kLayers[li], backend);
+    PrefillLayer layer = make_prefill_layer(static_cast<int>(li), kLayers[li], run.backend);
     const AttnParams params = prefill_params(layer);
+    const Selection selection = explain(params, Op::kForward, run.ctx);
+    if (!selection.supported) {
+      std::printf("  %-5zu  %-26s skipped: %s\n", li + 1, layer_mask_name(layer.spec).c_str(),
+                  selection.reason.c_str());
+      run.skipped.push_back("prefill layer " + std::to_string(li + 1) + ": " + selection.reason);
+      if (li + 1 == kLayers.size()) last = std::move(layer);
+      continue;
+    }
+    // A GPU's first launch of a kernel loads its module: keep that out of the timing.
+    if (run.backend == Backend::kCuda) attention_forward(params, run.ctx);
     const auto start = Clock::now();
-    attention_forward(params, ctx);
-    synchronize(backend);
+    attention_forward(params, run.ctx);
+    synchronize(run.backend);
     layer.seconds = seconds_since(start);
-    if (backend == Backend::kCpu) layer.scratch = cpu_last_scratch_bytes();
+    if (run.backend == Backend::kCpu) layer.scratch = cpu_last_scratch_bytes();
     if (layer.scratch) peak_scratch = std::max(peak_scratch.value_or(0), *layer.scratch);
     for (int64_t length : kPromptLengths) {
       layer.flops += forward_flops(attended_pairs(length, 0, length, layer.spec.window_left, 0), kHeadsQ, kHeadDim,
                                    kHeadDim);
     }
-    prefill_seconds += layer.seconds;
-    prefill_flops += layer.flops;
-    if (li == 0) {
+    total_seconds += layer.seconds;
+    total_flops += layer.flops;
+    if (!header_printed) {
+      header_printed = true;
       scratch_column = layer.scratch.has_value();
       std::printf("  %-5s  %-26s %9s  %7s  %8s", "layer", "mask", "time", "GFLOP", "GFLOP/s");
       std::printf(scratch_column ? "  %9s\n" : "\n", "scratch");
@@ -379,10 +372,10 @@ int run_demo(const std::vector<std::string>& args) {
     if (scratch_column) {
       std::printf("  %9s", layer.scratch ? format_bytes(static_cast<double>(*layer.scratch)).c_str() : "-");
     }
-    std::printf("\n");
+    std::printf("    (%s)\n", selection.tier.c_str());
     std::fflush(stdout);
 
-    // Check this layer now: its tensors are replaced by the next layer's.
+    // Checked now: the next layer brings new tensors.
     const auto check_start = Clock::now();
     layer.out.download();
     layer.lse.download();
@@ -398,22 +391,24 @@ int run_demo(const std::vector<std::string>& args) {
         });
       }
     }
-    run_parallel(jobs, check_threads);
+    run_parallel(jobs, run.check_threads);
     for (int64_t b = 0; b < batch; ++b) {
       Comparison out, lse;
       for (const RowBlockResult& r : results[b]) {
         out.append(r.got_out, r.ref64_out, r.lowp_out);
         lse.append(r.got_lse, r.ref64_lse, r.lowp_lse);
       }
-      prefill_outcomes.push_back(
+      run.prefill.push_back(
           {"layer " + std::to_string(li + 1) + ", prompt of " + std::to_string(kPromptLengths[b]) + " tokens",
            combine(out.judge(2.0), lse.judge(2.0))});
     }
-    check_seconds += seconds_since(check_start);
+    run.check_seconds += seconds_since(check_start);
     if (li + 1 == kLayers.size()) last = std::move(layer);
   }
-  std::printf("  all    %-26s %7.3f s  %7.1f  %8.1f\n", "", prefill_seconds, prefill_flops / 1e9,
-              prefill_flops / 1e9 / prefill_seconds);
+  if (total_seconds > 0) {
+    std::printf("  all    %-26s %7.3f s  %7.1f  %8.1f\n", "", total_seconds, total_flops / 1e9,
+                total_flops / 1e9 / total_seconds);
+  }
   std::printf("  memory: materialised attention would hold %s of fp32 scores per layer (Sq x Sk per head);\n",
               format_bytes(static_cast<double>(materialized)).c_str());
   if (peak_scratch) {
@@ -421,56 +416,66 @@ int run_demo(const std::vector<std::string>& args) {
   } else {
     std::printf("          flash attention keeps only O(tokens) state (LSE and per-tile buffers)\n");
   }
+  return last;
+}
 
-  // ---- paged KV write ----------------------------------------------------------------------------
-  PagedCache cache = make_paged_cache(backend);
-  std::vector<Outcome> write_outcomes;
-  {
-    Tensor zero_lengths(DType::kInt32, {batch}, backend);
-    zero_lengths.fill_int32(std::vector<int32_t>(static_cast<size_t>(batch), 0));
-    KvWriteParams write;
-    write.k_cache = cache.k.ref();
-    write.v_cache = cache.v.ref();
-    write.k_new = last.k.ref();
-    write.v_new = last.v.ref();
-    write.block_table = cache.table.ref();
-    write.cache_seqlens = zero_lengths.ref();
-    write.cu_seqlens_new = last.cu_seqlens_k.ref();
+// Writes the prompt's K/V into the paged cache with one paged_kv_write call. When the backend
+// cannot, the cache is filled on the host (by the reference's exact copy) so decoding still runs.
+void run_kv_write(DemoRun& run, const PrefillLayer& last, PagedCache& cache) {
+  const int64_t batch = static_cast<int64_t>(kPromptLengths.size());
+  Tensor zero_lengths(DType::kInt32, {batch}, run.backend);
+  zero_lengths.fill_int32(std::vector<int32_t>(static_cast<size_t>(batch), 0));
+
+  std::vector<uint8_t> expected_k(static_cast<size_t>(cache.k.bytes()), 0);
+  std::vector<uint8_t> expected_v(static_cast<size_t>(cache.v.bytes()), 0);
+  KvWriteParams host_write;
+  host_write.k_cache = TensorRef::contiguous(expected_k.data(), kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
+  host_write.v_cache = TensorRef::contiguous(expected_v.data(), kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
+  host_write.k_new = last.k.host_ref();
+  host_write.v_new = last.v.host_ref();
+  host_write.block_table = cache.table.host_ref();
+  host_write.cache_seqlens = zero_lengths.host_ref();
+  host_write.cu_seqlens_new = last.cu_seqlens_k.host_ref();
+  reference::paged_kv_write(core::prepare_kv_write(host_write, core::ValidateOptions{}));
+
+  KvWriteParams write;
+  write.k_cache = cache.k.ref();
+  write.v_cache = cache.v.ref();
+  write.k_new = last.k.ref();
+  write.v_new = last.v.ref();
+  write.block_table = cache.table.ref();
+  write.cache_seqlens = zero_lengths.ref();
+  write.cu_seqlens_new = last.cu_seqlens_k.ref();
+  std::printf("\nKV write: the last layer's %lld prompt tokens into a paged cache (page %lld, %lld pages,\n"
+              "          shuffled block table) with one paged_kv_write call: ",
+              static_cast<long long>(last.cu_seqlens.back()), static_cast<long long>(kPageSize),
+              static_cast<long long>(cache.num_blocks));
+  try {
     const auto start = Clock::now();
-    paged_kv_write(write, ctx);
-    synchronize(backend);
-    const double seconds = seconds_since(start);
-    std::printf("\nKV write: the last layer's %lld prompt tokens into a paged cache (page %lld, %lld pages,\n"
-                "          shuffled block table) with one paged_kv_write call: %.2f ms\n",
-                static_cast<long long>(prompt_tokens), static_cast<long long>(kPageSize),
-                static_cast<long long>(cache.num_blocks), seconds * 1e3);
-
-    const auto check_start = Clock::now();
-    std::vector<uint8_t> expected_k(static_cast<size_t>(cache.k.bytes()), 0);
-    std::vector<uint8_t> expected_v(static_cast<size_t>(cache.v.bytes()), 0);
-    KvWriteParams host_write;
-    host_write.k_cache = TensorRef::contiguous(expected_k.data(), kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
-    host_write.v_cache = TensorRef::contiguous(expected_v.data(), kDType, {cache.num_blocks, kPageSize, kHeadsKv, kHeadDim});
-    host_write.k_new = last.k.host_ref();
-    host_write.v_new = last.v.host_ref();
-    host_write.block_table = cache.table.host_ref();
-    host_write.cache_seqlens = zero_lengths.host_ref();
-    host_write.cu_seqlens_new = last.cu_seqlens_k.host_ref();
-    reference::paged_kv_write(core::prepare_kv_write(host_write, core::ValidateOptions{}));
-    const std::vector<uint8_t> got_k = cache.k.snapshot(), got_v = cache.v.snapshot();
-    Outcome outcome{"paged_kv_write", Verdict{}};
-    outcome.verdict.pass = got_k == expected_k && got_v == expected_v;
-    outcome.verdict.elements = cache.k.numel() + cache.v.numel();
-    if (!outcome.verdict.pass) outcome.verdict.message = "the paged caches differ from the reference's copy";
-    write_outcomes.push_back(outcome);
-    check_seconds += seconds_since(check_start);
+    paged_kv_write(write, run.ctx);
+    synchronize(run.backend);
+    std::printf("%.2f ms\n", seconds_since(start) * 1e3);
+  } catch (const Error& e) {
+    std::printf("skipped: %s\n          (the cache is filled on the host instead)\n", e.what());
+    run.skipped.push_back(std::string("paged_kv_write: ") + e.what());
+    cache.k.restore(expected_k);
+    cache.v.restore(expected_v);
+    return;
   }
+  const auto check_start = Clock::now();
+  Outcome outcome{"paged_kv_write", Verdict{}};
+  outcome.verdict.pass = cache.k.snapshot() == expected_k && cache.v.snapshot() == expected_v;
+  outcome.verdict.elements = cache.k.numel() + cache.v.numel();
+  if (!outcome.verdict.pass) outcome.verdict.message = "the paged caches differ from the reference's copy";
+  run.kv_write.push_back(outcome);
+  run.check_seconds += seconds_since(check_start);
+}
 
-  // ---- decode ------------------------------------------------------------------------------------
-  // The reference keeps its own two caches (float64 and bf16 runs), starting from the written
-  // prompt and appending each step's tokens itself, so the library's appends are checked too.
-  std::vector<uint8_t> ref64_k = cache.k.snapshot(), ref64_v = cache.v.snapshot();
-  std::vector<uint8_t> lowp_k = ref64_k, lowp_v = ref64_v;
+constexpr int64_t kGroup = kHeadsQ / kHeadsKv;
+
+void run_decode(DemoRun& run, PagedCache& cache) {
+  const int64_t batch = static_cast<int64_t>(kPromptLengths.size());
+  const Backend backend = run.backend;
   const int64_t max_prompt = *std::max_element(kPromptLengths.begin(), kPromptLengths.end());
   const int64_t rotary_positions = max_prompt + kDecodeSteps;
   Tensor rotary_cos(kDType, {rotary_positions, kHeadDim / 2}, backend);
@@ -483,10 +488,7 @@ int run_demo(const std::vector<std::string>& args) {
   Tensor lse(DType::kFloat32, {batch, kHeadsQ, 1}, backend);
   Tensor cache_seqlens(DType::kInt32, {batch}, backend);
   std::vector<int32_t> lengths_now(kPromptLengths.begin(), kPromptLengths.end());
-  Rng rng(0xdec0de);
-  std::vector<Outcome> decode_outcomes;
-  double decode_seconds = 0, decode_flops = 0, kv_bytes_read = 0;
-  std::optional<int64_t> decode_scratch;
+  cache_seqlens.fill_int32(lengths_now);
 
   AttnParams decode;
   decode.q = q.ref();
@@ -503,11 +505,24 @@ int run_demo(const std::vector<std::string>& args) {
   decode.rotary_interleaved = false;
   decode.causal = true;
 
-  // The reference attends with query heads r, r + G, r + 2G, ... (G = Hq / Hkv): one per KV head,
-  // so it still appends every KV head to its cache, at a quarter of the cost. r rotates with the
-  // step, so every query head is checked every G steps.
-  constexpr int64_t kGroup = kHeadsQ / kHeadsKv;
-  const auto reference_params = [&](uint8_t* k_cache, uint8_t* v_cache, int64_t r) {
+  std::printf("\nDecode: %lld steps x %lld sequences with attention_kvcache on the paged cache: each step appends one\n"
+              "        token per sequence (k, v) and rotates q and k with rotary embeddings (NeoX, theta %.0f)\n",
+              static_cast<long long>(kDecodeSteps), static_cast<long long>(batch), kRotaryTheta);
+  const Selection selection = explain(decode, Op::kKvCache, run.ctx);
+  if (!selection.supported) {
+    std::printf("  skipped: %s\n", selection.reason.c_str());
+    run.skipped.push_back("decode: " + selection.reason);
+    return;
+  }
+
+  // The reference keeps its own two caches (float64 and bf16 runs), starting from the written
+  // prompt and appending each step's tokens itself, so the library's appends are checked too.
+  std::vector<uint8_t> ref64_k = cache.k.snapshot(), ref64_v = cache.v.snapshot();
+  std::vector<uint8_t> lowp_k = ref64_k, lowp_v = ref64_v;
+  // It attends with query heads r, r + G, r + 2G, ... (G = Hq / Hkv): one per KV head, so it
+  // still appends every KV head, at 1/G of the cost. r rotates with the step, so every query head
+  // is checked every G steps.
+  const auto reference_problem = [&](uint8_t* k_cache, uint8_t* v_cache, int64_t r) {
     const int64_t q_row = kHeadsQ * kHeadDim;
     AttnParams p;
     p.q = strided(element(q, r * kHeadDim), kDType, {batch, 1, kHeadsKv, kHeadDim},
@@ -527,6 +542,9 @@ int run_demo(const std::vector<std::string>& args) {
     return core::prepare_kvcache(p, core::ValidateOptions{});
   };
 
+  Rng rng(0xdec0de);
+  double seconds = 0, flops = 0, kv_bytes_read = 0;
+  std::optional<int64_t> scratch;
   for (int64_t step = 0; step < kDecodeSteps; ++step) {
     q.fill_normal(rng);
     k_new.fill_normal(rng);
@@ -536,16 +554,16 @@ int run_demo(const std::vector<std::string>& args) {
     cache_seqlens.fill_int32(lengths_now);
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t keys = lengths_now[b] + 1;
-      decode_flops += forward_flops(keys, kHeadsQ, kHeadDim, kHeadDim);
+      flops += forward_flops(keys, kHeadsQ, kHeadDim, kHeadDim);
       kv_bytes_read += static_cast<double>(keys * kHeadsKv * 2 * kHeadDim * dtype_size(kDType));
     }
 
     const auto start = Clock::now();
-    attention_kvcache(decode, ctx);
+    attention_kvcache(decode, run.ctx);
     synchronize(backend);
-    decode_seconds += seconds_since(start);
+    seconds += seconds_since(start);
     if (backend == Backend::kCpu) {
-      if (const auto bytes = cpu_last_scratch_bytes()) decode_scratch = std::max(decode_scratch.value_or(0), *bytes);
+      if (const auto bytes = cpu_last_scratch_bytes()) scratch = std::max(scratch.value_or(0), *bytes);
     }
 
     const auto check_start = Clock::now();
@@ -553,11 +571,15 @@ int run_demo(const std::vector<std::string>& args) {
     lse.download();
     const int64_t r = step % kGroup;
     reference::ForwardResult ref64, lowp;
-    run_parallel({[&] { ref64 = reference::kvcache(reference_params(ref64_k.data(), ref64_v.data(), r),
-                                                   reference::Precision::kFloat64); },
-                  [&] { lowp = reference::kvcache(reference_params(lowp_k.data(), lowp_v.data(), r),
-                                                  reference::Precision::kInputDType); }},
-                 check_threads);
+    run_parallel({[&] {
+                    ref64 = reference::kvcache(reference_problem(ref64_k.data(), ref64_v.data(), r),
+                                               reference::Precision::kFloat64);
+                  },
+                  [&] {
+                    lowp = reference::kvcache(reference_problem(lowp_k.data(), lowp_v.data(), r),
+                                              reference::Precision::kInputDType);
+                  }},
+                 run.check_threads);
     std::vector<double> got_out, got_lse;
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t g = 0; g < kHeadsKv; ++g) {
@@ -569,48 +591,52 @@ int run_demo(const std::vector<std::string>& args) {
     Comparison out_cmp, lse_cmp;
     out_cmp.append(got_out, ref64.out, lowp.out);
     lse_cmp.append(got_lse, ref64.lse, lowp.lse);
-    decode_outcomes.push_back({"decode step " + std::to_string(step + 1), combine(out_cmp.judge(2.0), lse_cmp.judge(2.0))});
-    check_seconds += seconds_since(check_start);
+    run.decode.push_back({"decode step " + std::to_string(step + 1), combine(out_cmp.judge(2.0), lse_cmp.judge(2.0))});
+    run.check_seconds += seconds_since(check_start);
 
     for (int32_t& length : lengths_now) ++length;
   }
 
   const double tokens = static_cast<double>(batch * kDecodeSteps);
-  std::printf("\nDecode: %lld steps x %lld sequences with attention_kvcache on the paged cache: each step appends one\n"
-              "        token per sequence (k, v) and rotates q and k with rotary embeddings (NeoX, theta %.0f)\n",
-              static_cast<long long>(kDecodeSteps), static_cast<long long>(batch), kRotaryTheta);
-  std::printf("  context %lld..%lld keys   %.3f s total   %.2f ms/step   %.0f tokens/s   %.1f GFLOP/s   KV read %.1f GB/s",
-              static_cast<long long>(kPromptLengths.front() + 1),
-              static_cast<long long>(max_prompt + kDecodeSteps), decode_seconds, decode_seconds * 1e3 / kDecodeSteps,
-              tokens / decode_seconds, decode_flops / 1e9 / decode_seconds, kv_bytes_read / 1e9 / decode_seconds);
-  if (decode_scratch) std::printf("   scratch %s", format_bytes(static_cast<double>(*decode_scratch)).c_str());
-  std::printf("\n");
+  std::printf("  context %lld..%lld keys   %.3f s total   %.2f ms/step   %.0f tokens/s\n",
+              static_cast<long long>(*std::min_element(kPromptLengths.begin(), kPromptLengths.end()) + 1),
+              static_cast<long long>(max_prompt + kDecodeSteps), seconds, seconds * 1e3 / kDecodeSteps,
+              tokens / seconds);
+  std::printf("  %.1f GFLOP/s   KV read %.1f GB/s", flops / 1e9 / seconds, kv_bytes_read / 1e9 / seconds);
+  if (scratch) std::printf("   scratch %s", format_bytes(static_cast<double>(*scratch)).c_str());
+  std::printf("    (%s)\n", selection.tier.c_str());
+}
 
-  // ---- summary -------------------------------------------------------------------------------------
+// Prints what was checked and the verdict; returns the exit status.
+int report(const DemoRun& run, Clock::time_point demo_start) {
   std::printf("\nChecks against the float64 reference (SPEC §6: max|x - ref64| <= 2 max|ref_bf16 - ref64| + 1e-6,\n"
               "for out and lse):\n");
-  std::printf("  prefill  %zu results (%zu layers x %lld prompts): per prompt, the last %lld query rows and %lld\n"
-              "           sampled rows with all %lld heads, each computed as an exact sub-problem over the keys\n"
-              "           those rows see (same bottom-right alignment); prompts of <= %lld tokens in full\n",
-              prefill_outcomes.size(), kLayers.size(), static_cast<long long>(batch),
-              static_cast<long long>(kSuffixRows), static_cast<long long>(kSampledRows),
+  std::printf("  prefill  %zu results (layers x prompts): per prompt, the last %lld query rows and %lld sampled\n"
+              "           rows with all %lld heads, each computed as an exact sub-problem over the keys those\n"
+              "           rows see (same bottom-right alignment); prompts of <= %lld tokens in full\n",
+              run.prefill.size(), static_cast<long long>(kSuffixRows), static_cast<long long>(kSampledRows),
               static_cast<long long>(kHeadsQ), static_cast<long long>(kSuffixRows + kSampledRows));
-  print_worst(prefill_outcomes);
-  std::printf("  kv write %zu result: the whole paged cache, bit for bit\n", write_outcomes.size());
+  print_worst(run.prefill);
+  std::printf("  kv write %zu result: the whole paged cache, bit for bit\n", run.kv_write.size());
   std::printf("  decode   %zu results: every step, all sequences, %lld of the %lld query heads (one per KV head,\n"
               "           rotating: each head every %lld steps); the reference appends to its own copy of the cache\n",
-              decode_outcomes.size(), static_cast<long long>(kHeadsKv), static_cast<long long>(kHeadsQ),
+              run.decode.size(), static_cast<long long>(kHeadsKv), static_cast<long long>(kHeadsQ),
               static_cast<long long>(kGroup));
-  print_worst(decode_outcomes);
-  std::printf("  reference checks took %.1f s; the demo %.1f s in all\n\n", check_seconds, seconds_since(demo_start));
+  print_worst(run.decode);
+  std::printf("  reference checks took %.1f s; the demo %.1f s in all\n\n", run.check_seconds, seconds_since(demo_start));
 
   std::vector<const Outcome*> failures;
   size_t total = 0;
-  for (const auto* group : {&prefill_outcomes, &write_outcomes, &decode_outcomes}) {
+  for (const auto* group : {&run.prefill, &run.kv_write, &run.decode}) {
     for (const Outcome& o : *group) {
       ++total;
       if (!o.verdict.pass) failures.push_back(&o);
     }
+  }
+  if (!run.skipped.empty()) {
+    std::printf("%zu stage(s) skipped, not supported by the %s backend:\n", run.skipped.size(),
+                backend_name(run.backend));
+    for (const std::string& why : run.skipped) std::printf("  %s\n", why.c_str());
   }
   if (failures.empty()) {
     std::printf("all %zu results match the float64 reference\n", total);
@@ -619,6 +645,41 @@ int run_demo(const std::vector<std::string>& args) {
   for (const Outcome* o : failures) std::printf("MISMATCH %s: %s\n", o->what.c_str(), o->verdict.message.c_str());
   std::printf("%zu of %zu results do not match the float64 reference\n", failures.size(), total);
   return 1;
+}
+
+}  // namespace
+
+int run_demo(const std::vector<std::string>& args) {
+  std::string backend_flag = "auto";
+  int64_t threads = 0;
+  FlagSet flags("demo", "flashsdpa demo [--backend cpu|cuda|auto] [--threads N]",
+                "Runs a realistic workload (a varlen prefill batch through full-causal and sliding-window\n"
+                "+ sinks layers, then paged-KV decoding with rotary), reports time, throughput and memory,\n"
+                "and checks every result against the float64 reference. Exit status 1 on any mismatch;\n"
+                "stages the backend cannot serve are skipped and listed.");
+  flags.add_choice("backend", &backend_flag, {"cpu", "cuda", "auto"},
+                   "auto: CUDA when built with it and a GPU is present, else CPU");
+  flags.add_int("threads", &threads, 0, "CPU worker threads (and reference-check threads); 0 uses every hardware thread");
+  if (!flags.parse(args)) return 0;
+
+  const auto demo_start = Clock::now();
+  DemoRun run;
+  run.backend = resolve_backend(parse_backend(backend_flag));
+  run.ctx.backend = run.backend;
+  run.ctx.num_threads = static_cast<int>(threads);
+  run.check_threads = threads > 0 ? static_cast<int>(threads)
+                                  : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const std::string where =
+      run.backend == Backend::kCpu ? std::to_string(run.check_threads) + " threads" : std::string("GPU");
+  std::printf("flashsdpa %s demo: backend %s (%s), bf16, Hq %lld / Hkv %lld (GQA), head dim %lld\n\n", version(),
+              backend_name(run.backend), where.c_str(), static_cast<long long>(kHeadsQ),
+              static_cast<long long>(kHeadsKv), static_cast<long long>(kHeadDim));
+
+  PrefillLayer last = run_prefill(run);
+  PagedCache cache = make_paged_cache(run.backend);
+  run_kv_write(run, last, cache);
+  run_decode(run, cache);
+  return report(run, demo_start);
 }
 
 }  // namespace flashsdpa::cli

@@ -20,11 +20,9 @@ void cuda_check(cudaError_t status, const char* what) {
     throw RuntimeError(std::string(what) + " failed: " + cudaGetErrorString(status));
   }
 }
+#else
+[[noreturn]] void no_cuda() { throw RuntimeError("this flashsdpa was built without the CUDA backend"); }
 #endif
-
-[[noreturn]] void no_cuda() {
-  throw RuntimeError("this flashsdpa was built without the CUDA backend");
-}
 
 }  // namespace
 
