@@ -1,7 +1,8 @@
 // Decode benchmark of cuda-decode: bytes of K and V read per second by attention_kvcache over a
 // full cache (no append), dense or paged, timed with CUDA events (median over repetitions of a
-// loop of calls on one stream). One JSON object per line on stdout; bench_decode.py merges them
-// with torch's backends on identically shaped inputs.
+// loop of calls on one stream), eagerly and replayed from a CUDA graph of 10 calls. One JSON
+// object per line on stdout; bench_decode.py merges them with torch's backends on identically
+// shaped inputs.
 //
 //   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
@@ -20,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -95,6 +97,33 @@ double time_us(F&& call, cudaStream_t stream, int reps = 15) {
   return samples[samples.size() / 2];
 }
 
+// The same per-call time with `calls` calls captured into one CUDA graph and the graph replayed:
+// launch gaps and host work leave the measurement, as in a serving engine that replays decode
+// steps from graphs. Returns a negative value when the calls cannot be captured.
+template <typename F>
+double time_graph_us(F&& call, cudaStream_t stream, int calls) {
+  for (int n = 0; n < 3; ++n) call();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return -1.0;
+  bool captured = true;
+  try {
+    for (int n = 0; n < calls; ++n) call();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "graph capture: %s\n", e.what());
+    captured = false;
+  }
+  captured = cudaStreamEndCapture(stream, &graph) == cudaSuccess && captured;
+  captured = captured && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  double us = -1.0;
+  if (captured) us = time_us([&] { check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch"); }, stream) / calls;
+  cudaGetLastError();  // clear what a failed capture left behind; the eager number stands alone then
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  return us;
+}
+
 struct Shape {
   int64_t batch, seqlen, hq, hkv, hd, page;
   bool paged;
@@ -165,8 +194,9 @@ void run_shape(const Shape& s, int splits, cudaStream_t stream) {
   }
 
   int call = 0;
-  const double us = time_us(
-      [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], flashsdpa::core::Tier::kCudaDecode, stream); }, stream);
+  auto step = [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], flashsdpa::core::Tier::kCudaDecode, stream); };
+  const double us = time_us(step, stream);
+  const double graph_us = time_graph_us(step, stream, 10);
 
   // Every output finite: a benchmark of a kernel that writes garbage is no benchmark.
   std::vector<uint16_t> host(size_t(s.batch) * s.hq * s.hd);
@@ -175,10 +205,11 @@ void run_shape(const Shape& s, int splits, cudaStream_t stream) {
   for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
-              "\"page_size\": %lld, \"num_splits\": %d, \"us\": %.2f, \"gbps\": %.1f, \"nonfinite_out\": %lld}\n",
+              "\"page_size\": %lld, \"num_splits\": %d, \"us\": %.2f, \"gbps\": %.1f, \"graph_us\": %.2f, "
+              "\"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
               s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits, us, kv_bytes / us * 1e-3,
-              (long long)bad);
+              graph_us, graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
 }
 

@@ -51,36 +51,55 @@ def time_us(fn, reps=15):
     return samples[len(samples) // 2]
 
 
+def graph_time_us(fn, calls=10):
+    """Per-call time with `calls` calls captured into one CUDA graph and replayed (the launch
+    overhead of eager PyTorch leaves the measurement); None when the calls cannot be captured."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        return time_us(graph.replay) / calls
+    except RuntimeError as e:
+        print(f"  graph capture failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
 def kv_bytes(b, s, hkv, hd):
     return 2.0 * b * s * hkv * hd * 2
 
 
 def torch_backend_gbps(backend, b, s, hq, hkv, hd):
-    """GB/s of one torch SDPA backend at a decode shape, and a note ('' or 'expanded K/V')."""
+    """(eager GB/s, graph GB/s or None, note) of one torch SDPA backend at a decode shape; the
+    note is '' or 'expanded K/V'. (None, None, 'unavailable') when the backend refuses it."""
     q = torch.randn(b, 1, hq, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     k = torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     v = torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    note = ""
-    try:
-        with sdpa_kernel([backend]):
-            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-            torch.cuda.synchronize()
-            fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-            us = time_us(fn)
-    except RuntimeError:
+    note, kwargs = "", {"enable_gqa": True}
+    with sdpa_kernel([backend]):
         try:
-            k = k.repeat_interleave(hq // hkv, dim=1)
-            v = v.repeat_interleave(hq // hkv, dim=1)
-            note = "expanded K/V"
-            with sdpa_kernel([backend]):
-                fn = lambda: F.scaled_dot_product_attention(q, k, v)
-                us = time_us(fn)
-        except RuntimeError as e:
-            print(f"  {backend} unavailable at {(b, s, hq, hkv, hd)}: {str(e).splitlines()[0]}", file=sys.stderr)
-            return None, "unavailable"
+            F.scaled_dot_product_attention(q, k, v, **kwargs)
+        except RuntimeError:
+            k, v = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)
+            note, kwargs = "expanded K/V", {}
+            try:
+                F.scaled_dot_product_attention(q, k, v)
+            except RuntimeError as e:
+                print(f"  {backend} unavailable at {(b, s, hq, hkv, hd)}: {str(e).splitlines()[0]}", file=sys.stderr)
+                return None, None, "unavailable"
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, **kwargs)
+        eager = time_us(fn)
+        graph = graph_time_us(fn)
     del q, k, v
     torch.cuda.empty_cache()
-    return kv_bytes(b, s, hkv, hd) / us * 1e-3, note
+    nbytes = kv_bytes(b, s, hkv, hd)
+    return nbytes / eager * 1e-3, (nbytes / graph * 1e-3 if graph else None), note
 
 
 def copy_gbps():
@@ -125,15 +144,25 @@ def main():
                 "cudnn": torch_backend_gbps(SDPBackend.CUDNN_ATTENTION, b, s, hq, hkv, hd),
             }
 
+    # Primary numbers come from CUDA-graph replays when every backend of the row could be
+    # captured (the same method for all), else from eager loops.
     rows = []
     for shape in shapes:
         b, s, hq, hkv, hd, layout, page = shape
         r = ours[shape]
-        (flash, flash_note), (cudnn, cudnn_note) = peers[(b, s, hq, hkv, hd)]["flash"], peers[(b, s, hq, hkv, hd)]["cudnn"]
+        flash_eager, flash_graph, flash_note = peers[(b, s, hq, hkv, hd)]["flash"]
+        cudnn_eager, cudnn_graph, cudnn_note = peers[(b, s, hq, hkv, hd)]["cudnn"]
+        graphed = r["graph_gbps"] > 0 and all(
+            g is not None for g, e in ((flash_graph, flash_eager), (cudnn_graph, cudnn_eager)) if e is not None)
         rows.append({
             "batch": b, "seqlen_k": s, "hq": hq, "hkv": hkv, "hd": hd, "layout": layout, "page_size": page,
-            "flashsdpa_gbps": r["gbps"], "flashsdpa_us": r["us"],
-            "torch_flash_gbps": flash, "cudnn_gbps": cudnn, "copy_gbps": copy,
+            "flashsdpa_gbps": r["graph_gbps"] if graphed else r["gbps"],
+            "torch_flash_gbps": flash_graph if graphed else flash_eager,
+            "cudnn_gbps": cudnn_graph if graphed else cudnn_eager,
+            "copy_gbps": copy,
+            "timing": "cuda-graph" if graphed else "eager",
+            "flashsdpa_us": r["graph_us"] if graphed else r["us"],
+            "flashsdpa_eager_gbps": r["gbps"], "torch_flash_eager_gbps": flash_eager, "cudnn_eager_gbps": cudnn_eager,
             "torch_flash_note": flash_note, "cudnn_note": cudnn_note,
         })
 
@@ -143,9 +172,11 @@ def main():
         "cuda": torch.version.cuda,
         "date": datetime.date.today().isoformat(),
         "dtype": "bfloat16",
-        "method": "CUDA events around ~2 ms loops of calls on one stream, median of 15; flashsdpa through its C++ "
-                  "benchmark (core::prepare_kvcache + cuda::kvcache, no append), torch SDPA on identically shaped "
-                  "random inputs; GB/s = bytes of K and V read / time; copy = (read + write) / time of a 2 GiB copy",
+        "method": "CUDA events around ~2 ms loops, median of 15, of CUDA-graph replays of 10 calls (timing "
+                  "'cuda-graph'; eager loops of calls where a backend could not be captured, timing 'eager', and "
+                  "the *_eager_gbps fields always); flashsdpa through its C++ benchmark (core::prepare_kvcache + "
+                  "cuda::kvcache, no append), torch SDPA on identically shaped random inputs; GB/s = bytes of K and "
+                  "V read / time; copy = (read + write) / time of a 2 GiB device-to-device copy",
         "rows": rows,
     }
     with open(args.out + ".json", "w") as f:
@@ -165,8 +196,8 @@ def write_table(meta, path):
         "",
         meta["method"] + ".",
         "",
-        "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us | timing | flashsdpa eager GB/s |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in meta["rows"]:
         layout = r["layout"] + (f" {r['page_size']}" if r["layout"] == "paged" else "")
@@ -174,7 +205,8 @@ def write_table(meta, path):
         cudnn = fmt(r["cudnn_gbps"]) + (" (expanded)" if r["cudnn_note"] == "expanded K/V" else "")
         vs = "n/a" if not r["cudnn_gbps"] else f"{r['flashsdpa_gbps'] / r['cudnn_gbps']:.2f}x"
         lines.append(f"| {r['batch']} | {r['seqlen_k']} | {r['hq']}/{r['hkv']} | {layout} | {r['flashsdpa_gbps']:.0f} | "
-                     f"{100 * r['flashsdpa_gbps'] / r['copy_gbps']:.0f}% | {flash} | {cudnn} | {vs} | {r['flashsdpa_us']:.1f} |")
+                     f"{100 * r['flashsdpa_gbps'] / r['copy_gbps']:.0f}% | {flash} | {cudnn} | {vs} | {r['flashsdpa_us']:.1f} | "
+                     f"{r['timing']} | {r['flashsdpa_eager_gbps']:.0f} |")
     lines.append("")
     lines.append(f"Device-to-device copy: {meta['rows'][0]['copy_gbps']:.0f} GB/s (read + write).")
     with open(path, "w") as f:
