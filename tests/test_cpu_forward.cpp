@@ -4,14 +4,17 @@
 // the scratch bound. The broad randomized grid lives in test_forward_grid.cpp.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
 #include "cpu/tile_math.h"
 #include "test_util.h"
 
@@ -243,6 +246,49 @@ TEST_P(TileMath, OnlineSoftmaxKeepsEmptyColumnsAtZero) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, TileMath, ::testing::ValuesIn(available_isas()), isa_label);
+
+// ---- thread pool --------------------------------------------------------------------------------
+
+TEST(ThreadPool, EveryIndexRunsOnceOnAValidWorker) {
+  for (int threads : {1, 2, 3, 7}) {
+    for (int64_t count : {0, 1, 5, 1000}) {
+      std::vector<std::atomic<int>> runs(static_cast<size_t>(count));
+      std::atomic<int> bad_worker{0};
+      const int expected_workers = cpu::workers_for(count, threads);
+      EXPECT_EQ(expected_workers, std::min<int64_t>(count, threads));
+      const int used = cpu::parallel_for(count, threads, [&](int64_t index, int worker) {
+        runs[static_cast<size_t>(index)].fetch_add(1);
+        if (worker < 0 || worker >= expected_workers) bad_worker.fetch_add(1);
+      });
+      EXPECT_EQ(used, expected_workers);
+      EXPECT_EQ(bad_worker.load(), 0);
+      for (auto& r : runs) ASSERT_EQ(r.load(), 1) << "threads=" << threads << " count=" << count;
+    }
+  }
+}
+
+TEST(ThreadPool, ExceptionsReachTheCallerAndThePoolStaysUsable) {
+  EXPECT_THROW(cpu::parallel_for(100, 3,
+                                 [](int64_t index, int) {
+                                   if (index == 37) throw std::runtime_error("item 37");
+                                 }),
+               std::runtime_error);
+  std::atomic<int64_t> sum{0};
+  cpu::parallel_for(100, 3, [&](int64_t index, int) { sum.fetch_add(index); });
+  EXPECT_EQ(sum.load(), 4950);
+}
+
+TEST(ThreadPool, NestedJobsRunInline) {
+  std::atomic<int64_t> inner{0};
+  cpu::parallel_for(8, 4, [&](int64_t, int) {
+    const int used = cpu::parallel_for(10, 4, [&](int64_t, int worker) {
+      EXPECT_EQ(worker, 0);
+      inner.fetch_add(1);
+    });
+    EXPECT_EQ(used, 1);
+  });
+  EXPECT_EQ(inner.load(), 80);
+}
 
 // ---- the forward under each instruction set ------------------------------------------------------
 

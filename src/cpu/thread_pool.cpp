@@ -50,17 +50,22 @@ class ThreadPool {
   }
 
  private:
-  // Spawns helper threads until there are at least n.
+  // Spawns helper threads until there are at least n. A new helper starts from the current
+  // generation, so the first job it sees is the one it was spawned for.
   void grow_to(int n) {
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      generation = generation_;
+    }
     while (static_cast<int>(threads_.size()) < n) {
       const int helper_index = static_cast<int>(threads_.size());
-      threads_.emplace_back([this, helper_index] { helper_loop(helper_index); });
+      threads_.emplace_back([this, helper_index, generation] { helper_loop(helper_index, generation); });
     }
   }
 
-  void helper_loop(int helper_index) {
+  void helper_loop(int helper_index, uint64_t seen_generation) {
     t_inside_pool_worker = true;
-    uint64_t seen_generation = 0;
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(state_mutex_);
