@@ -38,12 +38,14 @@ using OptTensor = c10::optional<at::Tensor>;
 bool contains(const std::string& text, const char* word) { return text.find(word) != std::string::npos; }
 
 // flashsdpa::Error is a single C++ type; Python callers expect the built-in kind that says whether
-// to fix the values, the types, or to fall back to another implementation.
+// to fix the values (ValueError), the dtypes (TypeError), or to fall back to another implementation
+// because nothing here serves the call (NotImplementedError). The library's messages say which.
 [[noreturn]] void raise_from_library(const std::string& message) {
-  if (contains(message, "not supported") || contains(message, "unsupported") ||
-      contains(message, "not implemented") || contains(message, "no tier") ||
-      contains(message, "No tier") || contains(message, "built without")) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, message);
+  static const char* const kUnserved[] = {"not supported", "unsupported", "not implemented", "cannot serve",
+                                          "tier serves", "no tier", "built without", "no CUDA device",
+                                          "compute capability"};
+  for (const char* phrase : kUnserved) {
+    if (contains(message, phrase)) TORCH_CHECK_NOT_IMPLEMENTED(false, message);
   }
   if (contains(message, "dtype")) TORCH_CHECK_TYPE(false, message);
   TORCH_CHECK_VALUE(false, message);
