@@ -19,7 +19,6 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>

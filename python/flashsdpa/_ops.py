@@ -82,32 +82,35 @@ def _register_fakes():
         return
 
     @register_fake("flashsdpa::fwd")
-    def _fwd_fake(q, k, v, *args):
+    def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, block_table,
+                  softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, s_aux, dropout_p, check):
         out = q.new_empty(tuple(q.shape[:-1]) + (v.shape[-1],))
         lse = q.new_empty(_lse_shape(q), dtype=torch.float32)
         return out, lse
 
     @register_fake("flashsdpa::fwd_out")
-    def _fwd_out_fake(out, q, k, v, *args):
+    def _fwd_out_fake(out, q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, block_table,
+                      softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, s_aux, dropout_p,
+                      check):
         return None
 
     @register_fake("flashsdpa::bwd")
-    def _bwd_fake(dout, q, k, v, out, softmax_lse, *args):
-        s_aux = args[-3]
-        dq = q.new_empty(q.shape)
-        dk = k.new_empty(k.shape)
-        dv = v.new_empty(v.shape)
+    def _bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
+                  max_seqlen_k, block_table, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+                  s_aux, deterministic, check):
         ds_aux = q.new_empty((q.shape[-2] if s_aux is not None else 0,), dtype=torch.float32)
-        return dq, dk, dv, ds_aux
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), ds_aux
 
     @register_fake("flashsdpa::fwd_kvcache")
-    def _fwd_kvcache_fake(q, k_cache, v_cache, *args):
+    def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_seqlen,
+                          cache_batch_idx, cache_leftpad, block_table, softmax_scale, causal, window_left,
+                          window_right, softcap, rotary_interleaved, alibi_slopes, num_splits, s_aux, check):
         out = q.new_empty(tuple(q.shape[:-1]) + (v_cache.shape[-1],))
         lse = q.new_empty(_lse_shape(q), dtype=torch.float32)
         return out, lse
 
     @register_fake("flashsdpa::paged_kv_write")
-    def _paged_kv_write_fake(*args):
+    def _paged_kv_write_fake(k_cache, v_cache, k_new, v_new, block_table, cache_seqlens, cu_seqlens_new, check):
         return None
 
 
