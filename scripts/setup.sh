@@ -33,7 +33,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "setup: installing ${missing[*]}"
-apt-get update -qq
+apt-get update -qq || echo "setup: apt-get update failed; going on with the package lists already here" >&2
 
 # A package without an install candidate (a distribution that lacks python3-torch, say) is
 # fatal only when it is required.
