@@ -10,6 +10,7 @@
 #   FLASHSDPA_CUDA_GENCODE  nvcc -gencode flags (default: the project's, sm_80 + sm_90a + PTX)
 #   GPU_CHECK_BENCH         full (default: flashsdpa and torch's backends) | flashsdpa | none
 #   GPU_CHECK_FLEX          1 (default) times compiled FlexAttention too; 0 skips it
+#   GPU_CHECK_FLEX_BUDGET   seconds of the torch benchmark after which FlexAttention is skipped
 #   GPU_CHECK_TESTS         gtest filter for the test step (default: all; "-" skips the tests)
 #   GPU_CHECK_SANITIZER     0 skips compute-sanitizer
 #   GPU_CHECK_SWEEP         1 also times candidate tile shapes (sweep.jsonl)
@@ -77,6 +78,7 @@ for line in open(sys.argv[1]):
   if [ "$bench_mode" = full ]; then
     flex=()
     [ "${GPU_CHECK_FLEX:-1}" = 0 ] && flex=(--no-flex)
+    [ -n "${GPU_CHECK_FLEX_BUDGET:-}" ] && flex+=(--flex-budget "$GPU_CHECK_FLEX_BUDGET")
     PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_prefill.py" --flashsdpa-jsonl "$out/flashsdpa.jsonl" \
       --prefix "$out/prefill" "${flex[@]}" >> "$out/bench.log" 2>&1 || status=1
     [ -f "$out/prefill.md" ] && cat "$out/prefill.md"
