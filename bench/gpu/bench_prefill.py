@@ -71,7 +71,11 @@ def flex_runner(q, k, v, causal):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     if "fn" not in _flex_cache:
-        # dynamic shapes: one compile per head dim, dtype and mask rather than per sequence length
+        # Dynamic shapes: one compile per head dim, dtype and mask rather than per sequence length.
+        # The grid still needs more than dynamo's default 8 recompiles; past that limit flex_attention
+        # silently runs unfused (and materialises the scores), which is not the number we want.
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 1024
         _flex_cache["fn"] = torch.compile(flex_attention, dynamic=True)
     fn = _flex_cache["fn"]
     block_mask = None
