@@ -7,6 +7,7 @@
 
 #include "core/problem.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_tier.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/launch.h"
 #include "cuda/tiers.h"
@@ -84,6 +85,9 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
     case core::Tier::kCudaFp32:
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
       launch_fp32_forward(p, rows_are_16_byte_aligned(p), as_stream(stream));
+      return;
+    case core::Tier::kCudaDecode:
+      decode_forward(p, stream);  // short queries, paged continuous batching (decode_tier.h)
       return;
     default:
       no_tier("forward");
