@@ -4,6 +4,7 @@
 
 #include "cuda/cuda_backend.h"
 #if defined(FLASHSDPA_WITH_CUDA)
+#include "cuda/decode_tier.h"
 #include "cuda/tiers.h"
 #endif
 
@@ -47,23 +48,33 @@ TierChoice select_cuda(const Problem& p, Op op) {
 #if defined(FLASHSDPA_WITH_CUDA)
   std::string why;
   switch (op) {
-    case Op::kForward:
+    case Op::kForward: {
       if (p.dtype == DType::kFloat32) {
         if (cuda::fp32_tier_supports(p, &why)) return TierChoice{Tier::kCudaFp32, Backend::kCuda, why};
         return none(Backend::kCuda, "cuda-fp32 cannot serve this call: " + why);
       }
       if (cuda::device_capability() < 80)
-        return none(Backend::kCuda, "cuda-mma-sm80 needs compute capability 8.0 or newer; this device is " +
+        return none(Backend::kCuda, "the fp16/bf16 tiers need compute capability 8.0 or newer; this device is " +
                                         std::to_string(cuda::device_capability() / 10) + "." +
                                         std::to_string(cuda::device_capability() % 10));
+      // Short queries are memory-bound: cuda-decode packs a kv head's query heads into one tile
+      // and splits the keys so K/V stream once at full bandwidth. Longer queries are
+      // compute-bound and go to the 128-row tensor-core tiles.
+      if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::decode_tier_supports(p, false, &why))
+        return TierChoice{Tier::kCudaDecode, Backend::kCuda,
+                          "longest query has at most " + std::to_string(cuda::kDecodeMaxQueryLen) + " rows: " + why};
       if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, why};
       return none(Backend::kCuda, "cuda-mma-sm80 cannot serve this call: " + why);
+    }
     case Op::kKvCache:
-      return none(Backend::kCuda, "no CUDA tier serves attention_kvcache yet (split-KV decoding is in progress)");
+      if (cuda::device_capability() < 80)
+        return none(Backend::kCuda, "cuda-decode needs compute capability 8.0 or newer");
+      if (cuda::decode_tier_supports(p, true, &why)) return TierChoice{Tier::kCudaDecode, Backend::kCuda, why};
+      return none(Backend::kCuda, "cuda-decode cannot serve this KV-cache call: " + why);
     case Op::kBackward:
-      return none(Backend::kCuda, "no CUDA tier serves the backward yet");
+      return none(Backend::kCuda, "no CUDA tier serves the backward yet (the CPU backend does)");
     case Op::kPagedKvWrite:
-      return none(Backend::kCuda, "no CUDA tier serves paged_kv_write yet");
+      return TierChoice{Tier::kCudaDecode, Backend::kCuda, "paged_kv_write: one launch writes every new token"};
   }
 #else
   (void)p;

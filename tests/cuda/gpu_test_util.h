@@ -149,6 +149,12 @@ inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_t
   return failure;
 }
 
-inline const char* tier_for(DType dtype) { return dtype == DType::kFloat32 ? "cuda-fp32" : "cuda-mma-sm80"; }
+// The tier the selector must name for a case: fp32 runs exact SIMT; fp16/bf16 queries of at most
+// 16 rows (the longest the unchecked device path can assume) are decoding, longer ones prefill.
+inline std::string tier_for(AttnCase& c) {
+  const core::Problem p = unchecked_problem(c);
+  if (p.dtype == DType::kFloat32) return "cuda-fp32";
+  return p.seqlen_q <= 16 ? "cuda-decode" : "cuda-mma-sm80";
+}
 
 }  // namespace flashsdpa::test

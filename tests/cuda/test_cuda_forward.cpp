@@ -24,7 +24,7 @@ void expect_passes(AttnConfig config) {
   for (DType dtype : kAllDtypes) {
     config.dtype = dtype;
     AttnCase c(config);
-    EXPECT_EQ(check_forward_cuda(c, tier_for(dtype)), "") << config.describe();
+    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
   }
 }
 
@@ -278,7 +278,7 @@ TEST(CudaForward, SanitizeBlockTableOutOfRange) {
     // Every entry out of range, both ways: no key reads anything, every row sees no key.
     const std::vector<int32_t> bad = {std::numeric_limits<int32_t>::max(), -1, 1 << 30, std::numeric_limits<int32_t>::min()};
     for (int64_t n = 0; n < c.block_table.numel(); ++n) c.block_table.set_int(n, bad[static_cast<size_t>(n) % bad.size()]);
-    EXPECT_EQ(check_forward_cuda(c, tier_for(dtype)), "") << config.describe();
+    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
     for (double x : c.out.values()) ASSERT_EQ(x, 0.0) << config.describe();
   }
 }
@@ -327,7 +327,7 @@ TEST(CudaForward, SanitizeSequsedKOutOfRange) {
     AttnCase c(config);
     const std::vector<int32_t> bad = {1 << 30, -100, 49};
     for (int64_t n = 0; n < 3; ++n) c.seqused_k.set_int(n, bad[static_cast<size_t>(n)]);
-    EXPECT_EQ(check_forward_cuda(c, tier_for(dtype)), "") << config.describe();
+    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
   }
 }
 
