@@ -143,27 +143,67 @@ __device__ __forceinline__ void load_tile(unsigned char* tile, const uint16_t* b
   }
 }
 
-// The fast copy of K/V rows that are linear in the key index, with 16-byte aligned rows: this
-// thread always moves chunk `chunk` of rows row0 + k * kRowStep, so its shared-memory offsets are
-// compile-time per k and its global address is one multiply-add per row.
+// The fast copy of K/V rows that are linear in the key index, with 16-byte aligned rows. This
+// thread always moves chunk `chunk` of rows row0 + k * kRowStep of every tile, so its shared-memory
+// offsets are compile-time per k, and its global addresses are one running pointer per operand that
+// steps by a fixed byte count per row and per tile: two integer adds per 16-byte copy. Rows are
+// checked against the sequence's end only in the last, partial tile.
 template <class Tile>
-struct LinearRows {
+struct LinearKv {
   static constexpr int kRowStep = Tile::kThreads / Tile::kChunks;
   static constexpr int kRowsPerThread = Tile::kBlockN / kRowStep;
   static_assert(Tile::kThreads % Tile::kChunks == 0 && Tile::kBlockN % kRowStep == 0, "whole rows per pass");
 
-  __device__ __forceinline__ static void copy(unsigned char* tile, const uint16_t* base, int64_t key0,
-                                              int64_t row_stride, int64_t n0, int64_t k_end, int dim) {
+  const unsigned char* k;  // this thread's chunk of its first row in the next tile to load
+  const unsigned char* v;
+  bool k_live, v_live;     // the chunk holds real columns (head dims padded up to kHeadDim read none)
+
+  __device__ __forceinline__ void init(const core::Problem& p, const BlockView& blk, int64_t first_key) {
     const int row0 = threadIdx.x / Tile::kChunks, chunk = threadIdx.x % Tile::kChunks;
-    const bool col_live = chunk * 8 < dim;
-    const uint16_t* src = base + key0 + (n0 + row0) * row_stride + chunk * 8;
-    const uint32_t dst = smem_address(tile);
+    k = reinterpret_cast<const unsigned char*>(static_cast<const uint16_t*>(p.k.ptr) + blk.k_key0 +
+                                               (first_key + row0) * p.k.row_stride + chunk * 8);
+    v = reinterpret_cast<const unsigned char*>(static_cast<const uint16_t*>(p.v.ptr) + blk.v_key0 +
+                                               (first_key + row0) * p.v.row_stride + chunk * 8);
+    k_live = chunk * 8 < p.head_dim_qk;
+    v_live = chunk * 8 < p.head_dim_v;
+  }
+
+  // Copies one operand's tile; `rows_left` keys remain in the sequence from the tile's first key.
+  template <bool kFull>
+  __device__ __forceinline__ static void copy(unsigned char* tile, const unsigned char* src, const void* base,
+                                              int64_t row_stride, bool col_live, int rows_left) {
+    const int row0 = threadIdx.x / Tile::kChunks, chunk = threadIdx.x % Tile::kChunks;
+    const uint32_t tile_address = smem_address(tile);
+    const int64_t step = row_stride * (2 * kRowStep);
+    // With kRowStep a multiple of 8, (row0 + r * kRowStep) & 7 == row0 & 7: one swizzle per thread
+    // and compile-time offsets; otherwise each row is swizzled on its own.
+    auto dst = [&](int r) -> uint32_t {
+      if constexpr (kRowStep % 8 == 0) return tile_address + swizzled<Tile>(row0, chunk) + r * kRowStep * Tile::kRowBytes;
+      return tile_address + swizzled<Tile>(row0 + r * kRowStep, chunk);
+    };
+    if (kFull && col_live) {
 #pragma unroll
-    for (int k = 0; k < kRowsPerThread; ++k) {
-      const int row = row0 + k * kRowStep;
-      const bool live = col_live && n0 + row < k_end;
-      cp_async_16(dst + swizzled<Tile>(row, chunk), live ? src + k * kRowStep * row_stride : base, live ? 16 : 0);
+      for (int r = 0; r < kRowsPerThread; ++r) cp_async_16(dst(r), src + r * step, 16);
+      return;
     }
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const bool live = col_live && row0 + r * kRowStep < rows_left;
+      cp_async_16(dst(r), live ? src + r * step : base, live ? 16 : 0);
+    }
+  }
+
+  // Copies the next K and V tiles and moves on to the one after.
+  __device__ __forceinline__ void copy_next(unsigned char* stage, const core::Problem& p, bool full, int rows_left) {
+    if (full) {
+      copy<true>(stage, k, p.k.ptr, p.k.row_stride, k_live, rows_left);
+      copy<true>(stage + Tile::kKvTileBytes, v, p.v.ptr, p.v.row_stride, v_live, rows_left);
+    } else {
+      copy<false>(stage, k, p.k.ptr, p.k.row_stride, k_live, rows_left);
+      copy<false>(stage + Tile::kKvTileBytes, v, p.v.ptr, p.v.row_stride, v_live, rows_left);
+    }
+    k += p.k.row_stride * (2 * Tile::kBlockN);
+    v += p.v.row_stride * (2 * Tile::kBlockN);
   }
 };
 
@@ -178,16 +218,15 @@ __device__ __forceinline__ void load_q_tile(unsigned char* smem_q, const MmaArgs
 }
 
 // Loads keys [n0, n0 + kBlockN) of K and V. Keys past the sequence's end, and paged keys whose
-// block_table entry is out of range, read nothing and are flagged invalid for the mask.
+// block_table entry is out of range, read nothing and are flagged invalid for the mask. Linear,
+// aligned layouts take LinearKv's running pointers (`lin`, advanced one tile per call).
 template <class Tile>
 __device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char* key_valid, const MmaArgs& args,
-                                             const BlockView& blk, int64_t n0) {
+                                             const BlockView& blk, LinearKv<Tile>& lin, int64_t n0) {
   const core::Problem& p = args.p;
   if (blk.linear_kv && args.vector_io) {
-    LinearRows<Tile>::copy(stage, static_cast<const uint16_t*>(p.k.ptr), blk.k_key0, p.k.row_stride, n0,
-                           blk.seq.k_end, static_cast<int>(p.head_dim_qk));
-    LinearRows<Tile>::copy(stage + Tile::kKvTileBytes, static_cast<const uint16_t*>(p.v.ptr), blk.v_key0,
-                           p.v.row_stride, n0, blk.seq.k_end, static_cast<int>(p.head_dim_v));
+    const int64_t left = blk.seq.k_end - n0;
+    lin.copy_next(stage, p, left >= Tile::kBlockN, static_cast<int>(core::clamp_i64(left, 0, Tile::kBlockN)));
     return;
   }
   auto key_row = [&](const core::Operand& kv, int64_t key0, int r) -> int64_t {
@@ -248,11 +287,12 @@ struct QFragments<Tile, false> {
   }
 };
 
-// S = Q K^T for the warp's rows against one key tile. Steps past the real head dim are skipped.
+// S = Q K^T for the warp's rows against one key tile. All kDimSteps steps run: columns past the
+// real head dim are zero in both Q and K (the loads zero-fill them), so they add nothing, and a
+// loop with a compile-time trip count keeps branches out of the mma stream.
 template <class Tile, class E>
 __device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
-                                               const QFragments<Tile>& q, const unsigned char* smem_k,
-                                               int dim_steps) {
+                                               const QFragments<Tile>& q, const unsigned char* smem_k) {
   const LaneFragment lanes = LaneFragment::chunks_first<Tile>();
   const uint32_t tile_k = smem_address(smem_k);
 #pragma unroll
@@ -263,7 +303,6 @@ __device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::k
       for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
 #pragma unroll
   for (int step = 0; step < Tile::kDimSteps; ++step) {
-    if (step >= dim_steps) break;
     uint32_t a[Tile::kMTiles][4];
 #pragma unroll
     for (int mt = 0; mt < Tile::kMTiles; ++mt) q.get(a[mt], mt, step);
@@ -373,11 +412,12 @@ __device__ __forceinline__ void softmax_step(float (&s)[Tile::kMTiles][Tile::kKe
 }
 
 // O += P V. P's accumulator layout is the A-fragment layout of the next mma, so it never leaves
-// registers; V comes from shared memory through ldmatrix.trans.
+// registers; V comes from shared memory through ldmatrix.trans. Output columns past the real
+// head dim come from zero-filled V columns and are never stored.
 template <class Tile, class E>
 __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                               const float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
-                                              const unsigned char* smem_v, int dim_pairs) {
+                                              const unsigned char* smem_v) {
   const LaneFragment lanes = LaneFragment::rows_first<Tile>();
   const uint32_t tile_v = smem_address(smem_v);
 #pragma unroll
@@ -392,7 +432,6 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kO
     }
 #pragma unroll
     for (int dp = 0; dp < Tile::kOutTiles / 2; ++dp) {
-      if (dp >= dim_pairs) break;
       // matrices: (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15)
       uint32_t b[4];
       ldmatrix_x4_trans(b, lanes.at<Tile>(tile_v, step * 16, dp * 2));
@@ -513,22 +552,39 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   unsigned char* key_valid = smem + Tile::kFlagsOffset;
 
   // Prologue: Q, then the first kStages - 1 key tiles, one commit group each.
+  LinearKv<Tile> lin;
+  if (blk.linear_kv && args.vector_io) lin.init(p, blk, first_key);
   load_q_tile<Tile>(smem_q, args, blk);
   cp_async_commit();
 #pragma unroll
   for (int st = 0; st < Tile::kStages - 1; ++st) {
     if (st < num_tiles)
-      load_kv_tile<Tile>(smem_kv + st * Tile::kStageBytes, key_valid + st * Tile::kBlockN, args, blk,
+      load_kv_tile<Tile>(smem_kv + st * Tile::kStageBytes, key_valid + st * Tile::kBlockN, args, blk, lin,
                          first_key + int64_t(st) * Tile::kBlockN);
     cp_async_commit();
   }
 
+  // The warp's key tiles, as tile indices: it computes tiles [kt_begin, kt_end) (its rows see no
+  // key outside: causal diagonal, windows), and of those, [kt_full_begin, kt_full_end) need no
+  // mask at all. Resolved once here so that the loop compares small integers only.
   const int warp = threadIdx.x >> 5;
   const int64_t warp_row0 = blk.row0 + warp * Tile::kWarpRows;
   const bool warp_active = warp_row0 < blk.row_end;
-  const int64_t warp_row_last = core::min_i64(warp_row0 + Tile::kWarpRows, blk.row_end) - 1;
-  const int64_t warp_key_begin = warp_active ? blk.mask.row_begin(warp_row0) : 0;
-  const int64_t warp_key_end = warp_active ? blk.mask.row_end(warp_row_last) : 0;
+  int kt_begin = 0, kt_end = 0, kt_full_begin = 0, kt_full_end = 0;
+  if (warp_active) {
+    const int64_t warp_row_last = core::min_i64(warp_row0 + Tile::kWarpRows, blk.row_end) - 1;
+    const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
+    auto local = [&](int64_t key) { return core::clamp_i64(key - first_key, 0, span); };
+    kt_begin = static_cast<int>(local(blk.mask.row_begin(warp_row0)) / Tile::kBlockN);
+    kt_end = static_cast<int>((local(blk.mask.row_end(warp_row_last)) + Tile::kBlockN - 1) / Tile::kBlockN);
+    // A tile is unmasked when all its keys lie in every row's range: the last row's begin and the
+    // first row's end bound the intersection (core::Mask::tile_unmasked).
+    const int64_t full_lo = blk.mask.row_begin(warp_row_last), full_hi = blk.mask.row_end(warp_row0);
+    if (full_hi > full_lo && p.kv_layout != core::KvLayout::kPaged) {
+      kt_full_begin = static_cast<int>((local(full_lo) + Tile::kBlockN - 1) / Tile::kBlockN);
+      kt_full_end = static_cast<int>(local(full_hi) / Tile::kBlockN);
+    }
+  }
 
   cp_async_wait<Tile::kStages - 1>();  // the Q group
   __syncthreads();
@@ -547,10 +603,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
     row_sum[mt][0] = row_sum[mt][1] = 0.0f;
   }
 
-  const int dim_steps = static_cast<int>((p.head_dim_qk + 15) / 16);
-  const int dim_pairs = static_cast<int>((p.head_dim_v + 15) / 16);
   const float unit = args.has_score_mod ? kLog2e : args.score_scale_log2;
-  const bool paged = p.kv_layout == core::KvLayout::kPaged;
 
   for (int kt = 0; kt < num_tiles; ++kt) {
     cp_async_wait<Tile::kStages - 2>();  // tile kt has landed (this thread's copies) ...
@@ -558,23 +611,21 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
     const int next = kt + Tile::kStages - 1;
     if (next < num_tiles)
       load_kv_tile<Tile>(smem_kv + (next % Tile::kStages) * Tile::kStageBytes,
-                         key_valid + (next % Tile::kStages) * Tile::kBlockN, args, blk,
+                         key_valid + (next % Tile::kStages) * Tile::kBlockN, args, blk, lin,
                          first_key + int64_t(next) * Tile::kBlockN);
     cp_async_commit();
 
-    const int64_t n0 = first_key + int64_t(kt) * Tile::kBlockN;
-    // Warps whose rows see no key of this tile (causal diagonal, windows) skip it whole.
-    if (!warp_active || n0 >= warp_key_end || n0 + Tile::kBlockN <= warp_key_begin) continue;
+    if (kt < kt_begin || kt >= kt_end) continue;
     const unsigned char* stage = smem_kv + (kt % Tile::kStages) * Tile::kStageBytes;
 
     float s[Tile::kMTiles][Tile::kKeyTiles][4];
-    compute_scores<Tile, E>(s, q, stage, dim_steps);
-    const bool needs_mask =
-        paged || !blk.mask.tile_unmasked(warp_row0, warp_row_last + 1, n0, n0 + Tile::kBlockN);
+    compute_scores<Tile, E>(s, q, stage);
+    const bool needs_mask = kt < kt_full_begin || kt >= kt_full_end;
     if (needs_mask || args.has_score_mod)
-      mask_and_modify<Tile>(s, args, blk, warp_row0, n0, needs_mask, key_valid + (kt % Tile::kStages) * Tile::kBlockN);
+      mask_and_modify<Tile>(s, args, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN, needs_mask,
+                            key_valid + (kt % Tile::kStages) * Tile::kBlockN);
     softmax_step<Tile>(s, o, row_max, row_sum, unit);
-    accumulate_pv<Tile, E>(o, s, stage + Tile::kKvTileBytes, dim_pairs);
+    accumulate_pv<Tile, E>(o, s, stage + Tile::kKvTileBytes);
   }
   cp_async_wait<0>();
 
