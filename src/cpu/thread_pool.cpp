@@ -40,7 +40,14 @@ class ThreadPool {
     }
     wake_.notify_all();
 
-    drain(0);
+    {
+      // The caller is worker 0 now: a job it starts from inside a body must run inline, as on
+      // the helpers, or it would wait on job_mutex_, which this job holds.
+      const bool was_inside = t_inside_pool_worker;
+      t_inside_pool_worker = true;
+      drain(0);
+      t_inside_pool_worker = was_inside;
+    }
 
     std::unique_lock<std::mutex> lock(state_mutex_);
     done_.wait(lock, [&] { return helpers_running_ == 0; });
