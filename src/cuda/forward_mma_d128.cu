@@ -7,8 +7,8 @@ namespace flashsdpa::cuda {
 // two m16 tiles, halving shared-memory traffic per mma against 16 rows per warp. Q stays in shared
 // memory (in registers it would need 64 more next to the 128 of O). 64-key tiles, two stages:
 // 32 KB Q + 2 x 32 KB K/V = 96 KB, two blocks per SM. Measured on an H100 (bench --sweep, bf16,
-// 16k tokens): 173 TFLOP/s against 157 with 32-key tiles and 143 with 8 warps x 16 rows and Q in
-// registers, although ptxas spills a few registers at 64 keys.
+// 16k tokens, v4 kernel): 335 TFLOP/s against 307 with 8 warps x 16 rows and Q in registers and
+// 301 with 64-row blocks; 32-key tiles measure the same (340), see docs/perf-log.md.
 using MmaTileD128 = MmaTile<128, 4, 2, 64, 2, false, 2>;
 
 void launch_mma_forward_d128(const MmaArgs& args, cudaStream_t stream) {
