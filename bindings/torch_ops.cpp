@@ -34,19 +34,16 @@ using OptTensor = c10::optional<at::Tensor>;
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-bool contains(const std::string& text, const char* word) { return text.find(word) != std::string::npos; }
-
-// flashsdpa::Error is a single C++ type; Python callers expect the built-in kind that says whether
-// to fix the values (ValueError), the dtypes (TypeError), or to fall back to another implementation
-// because nothing here serves the call (NotImplementedError). The library's messages say which.
-[[noreturn]] void raise_from_library(const std::string& message) {
-  static const char* const kUnserved[] = {"not supported", "unsupported", "not implemented", "cannot serve",
-                                          "tier serves", "no tier", "built without", "no CUDA device",
-                                          "compute capability"};
-  for (const char* phrase : kUnserved) {
-    if (contains(message, phrase)) TORCH_CHECK_NOT_IMPLEMENTED(false, message);
+// flashsdpa::Error carries its kind; Python callers get the built-in error that says whether to fix
+// the values (ValueError), the dtypes (TypeError), or to fall back to another implementation
+// because nothing here serves the call (NotImplementedError).
+[[noreturn]] void raise_from_library(const flashsdpa::Error& error) {
+  const std::string message = error.what();
+  switch (error.kind()) {
+    case flashsdpa::ErrorKind::kNotSupported: TORCH_CHECK_NOT_IMPLEMENTED(false, message);
+    case flashsdpa::ErrorKind::kType: TORCH_CHECK_TYPE(false, message);
+    case flashsdpa::ErrorKind::kValue: break;
   }
-  if (contains(message, "dtype")) TORCH_CHECK_TYPE(false, message);
   TORCH_CHECK_VALUE(false, message);
 }
 
@@ -55,7 +52,7 @@ void call_library(Fn&& fn) {
   try {
     fn();
   } catch (const flashsdpa::Error& e) {
-    raise_from_library(e.what());
+    raise_from_library(e);
   } catch (const flashsdpa::RuntimeError& e) {
     TORCH_CHECK(false, "flashsdpa: ", e.what());
   }

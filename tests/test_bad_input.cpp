@@ -429,6 +429,7 @@ TEST_P(BadInputCatalogue, ThrowsNamingTheArgumentAndWritesNothing) {
 
   const ExecContext ctx = cpu_context(2);
   std::string message;
+  ErrorKind kind = ErrorKind::kValue;
   try {
     switch (op_of(bad.base)) {
       case Op::kForward: attention_forward(f->params, ctx); break;
@@ -439,11 +440,17 @@ TEST_P(BadInputCatalogue, ThrowsNamingTheArgumentAndWritesNothing) {
     FAIL() << bad.name << ": no error was raised";
   } catch (const Error& e) {
     message = e.what();
+    kind = e.kind();
   } catch (const std::exception& e) {
     FAIL() << bad.name << ": threw something other than flashsdpa::Error: " << e.what();
   }
   EXPECT_NE(message.find(bad.expected), std::string::npos)
       << bad.name << ": the message should contain \"" << bad.expected << "\"; got \"" << message << "\"";
+  // Bindings map the kind to their error types (Python: TypeError / NotImplementedError / ValueError).
+  const ErrorKind expected_kind = message.find("dtype") != std::string::npos         ? ErrorKind::kType
+                                  : message.find("not supported") != std::string::npos ? ErrorKind::kNotSupported
+                                                                                       : ErrorKind::kValue;
+  EXPECT_EQ(static_cast<int>(kind), static_cast<int>(expected_kind)) << bad.name << ": " << message;
   EXPECT_EQ(before.changed(), "") << bad.name;
 }
 

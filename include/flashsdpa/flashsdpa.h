@@ -24,11 +24,24 @@ namespace flashsdpa {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
+// What kind of precondition failed, so bindings raise the matching error without parsing the
+// message (Python: ValueError, TypeError, NotImplementedError).
+enum class ErrorKind : int32_t {
+  kValue = 0,         // a shape, stride, index or option value is wrong
+  kType = 1,          // a dtype is wrong
+  kNotSupported = 2,  // valid, but nothing here serves it (a feature, a backend, a tier)
+};
+
 // Thrown for every violated precondition. The message names the argument, the expected value and
 // the received value. Nothing has been written when it is thrown.
 class Error : public std::invalid_argument {
  public:
-  using std::invalid_argument::invalid_argument;
+  explicit Error(const std::string& message, ErrorKind kind = ErrorKind::kValue)
+      : std::invalid_argument(message), kind_(kind) {}
+  ErrorKind kind() const { return kind_; }
+
+ private:
+  ErrorKind kind_;
 };
 
 // A kernel or runtime failure that is not the caller's fault (CUDA launch failure, out of memory).

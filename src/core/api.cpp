@@ -88,7 +88,7 @@ core::ValidateOptions options_for(Backend backend, const ExecContext& ctx) {
 
 core::TierChoice choose(const core::Problem& p, Op op, Backend backend) {
   core::TierChoice choice = core::select_tier(p, op, backend);
-  if (choice.tier == core::Tier::kNone) throw Error(choice.reason);
+  if (choice.tier == core::Tier::kNone) throw Error(choice.reason, ErrorKind::kNotSupported);
   return choice;
 }
 

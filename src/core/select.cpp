@@ -31,7 +31,8 @@ Backend resolve_backend(Backend requested, const void* data) {
       return Backend::kCpu;
     case Backend::kCuda:
       if (!cuda::built())
-        throw Error("backend: the CUDA backend was requested but this flashsdpa was built without CUDA");
+        throw Error("backend: the CUDA backend was requested but this flashsdpa was built without CUDA",
+                    ErrorKind::kNotSupported);
       if (data != nullptr && !on_device)
         throw Error("backend: the CUDA backend was requested but q is host memory (expected CUDA device memory)");
       return Backend::kCuda;

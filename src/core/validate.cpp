@@ -16,6 +16,7 @@ namespace {
 constexpr int64_t kMaxHeadDim = 512;  // the CPU backend's bound; GPU tiers narrow it in select.cpp
 
 [[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail_dtype(const std::string& message) { throw Error(message, ErrorKind::kType); }
 
 std::string shape_string(const TensorRef& t) {
   std::ostringstream os;
@@ -36,7 +37,7 @@ void require_given(const char* name, const TensorRef& t) {
 
 void require_dtype(const char* name, const TensorRef& t, DType expected) {
   if (t.dtype != expected)
-    fail(std::string(name) + " must have dtype " + dtype_name(expected) + "; got " + dtype_name(t.dtype));
+    fail_dtype(std::string(name) + " must have dtype " + dtype_name(expected) + "; got " + dtype_name(t.dtype));
 }
 
 void require_rank(const char* name, const TensorRef& t, int expected, const char* layout) {
@@ -74,13 +75,14 @@ void require_last_contiguous(const char* name, const TensorRef& t) {
 }
 
 // A float operand shared by q/k/v/out: given, dtype, rank, strides.
-void require_operand(const char* name, const TensorRef& t, DType dtype, int rank, const char* layout) {
+void require_operand(const char* name, const TensorRef& t, DType dtype, int rank, const char* layout,
+                     const char* dtype_source = "q") {
   require_given(name, t);
   require_valid_shape(name, t);
   if (!is_float_dtype(t.dtype))
-    fail(std::string(name) + " must have dtype " + float_dtypes_string() + "; got " + dtype_name(t.dtype));
+    fail_dtype(std::string(name) + " must have dtype " + float_dtypes_string() + "; got " + dtype_name(t.dtype));
   if (t.dtype != dtype)
-    fail(std::string(name) + " must have the same dtype as q (" + dtype_name(dtype) + "); got " +
+    fail_dtype(std::string(name) + " must have the same dtype as " + dtype_source + " (" + dtype_name(dtype) + "); got " +
          dtype_name(t.dtype));
   require_rank(name, t, rank, layout);
   require_last_contiguous(name, t);
@@ -163,7 +165,8 @@ void check_scalars(const AttnParams& a) {
   if (a.dropout_p != 0.0f) {
     if (!(a.dropout_p >= 0.0f && a.dropout_p <= 1.0f))
       fail("dropout_p must be in [0, 1]; got " + std::to_string(a.dropout_p));
-    fail("dropout_p: dropout is not supported; got dropout_p = " + std::to_string(a.dropout_p) + ", expected 0");
+    throw Error("dropout_p: dropout is not supported; got dropout_p = " + std::to_string(a.dropout_p) + ", expected 0",
+                ErrorKind::kNotSupported);
   }
   if (a.num_splits < 0) fail("num_splits must be >= 0 (0 = heuristic); got " + std::to_string(a.num_splits));
 }
@@ -501,7 +504,7 @@ Problem prepare_kvcache(const AttnParams& a, const ValidateOptions& options) {
       const TensorRef& t = name[7] == 'c' ? a.rotary_cos : a.rotary_sin;
       require_valid_shape(name, t);
       if (t.dtype != q.dtype)
-        fail(std::string(name) + " must have the same dtype as q (" + dtype_name(q.dtype) + "); got " + dtype_name(t.dtype));
+        fail_dtype(std::string(name) + " must have the same dtype as q (" + dtype_name(q.dtype) + "); got " + dtype_name(t.dtype));
       require_rank(name, t, 2, "[S_ro, rotary_dim / 2]");
       require_last_contiguous(name, t);
     }
@@ -567,7 +570,8 @@ Problem prepare_kvcache(const AttnParams& a, const ValidateOptions& options) {
 }
 
 BwdProblem prepare_backward(const AttnBwdParams& a, const ValidateOptions& options) {
-  if (a.fwd.block_table.defined()) fail("block_table: backward over a paged KV cache is not supported");
+  if (a.fwd.block_table.defined())
+    throw Error("block_table: backward over a paged KV cache is not supported", ErrorKind::kNotSupported);
   BwdProblem bp;
   bp.fwd = prepare_forward(a.fwd, options);
   const Problem& p = bp.fwd;
@@ -600,7 +604,7 @@ KvWriteProblem prepare_kv_write(const KvWriteParams& a, const ValidateOptions& o
   require_valid_shape("k_cache", a.k_cache);
   const DType dtype = a.k_cache.dtype;
   require_operand("k_cache", a.k_cache, dtype, 4, "[num_blocks, block_size, Hkv, Dqk]");
-  require_operand("v_cache", a.v_cache, dtype, 4, "[num_blocks, block_size, Hkv, Dv]");
+  require_operand("v_cache", a.v_cache, dtype, 4, "[num_blocks, block_size, Hkv, Dv]", "k_cache");
   require_dim("v_cache", a.v_cache, 0, a.k_cache.shape[0], "num_blocks, as k_cache");
   require_dim("v_cache", a.v_cache, 1, a.k_cache.shape[1], "block_size, as k_cache");
   require_dim("v_cache", a.v_cache, 2, a.k_cache.shape[2], "kv heads, as k_cache");
@@ -616,8 +620,10 @@ KvWriteProblem prepare_kv_write(const KvWriteParams& a, const ValidateOptions& o
 
   const bool varlen = a.k_new.rank == 3;
   const int rank = varlen ? 3 : 4;
-  require_operand("k_new", a.k_new, dtype, rank, varlen ? "[T, Hkv, Dqk] with cu_seqlens_new" : "[B, Snew, Hkv, Dqk]");
-  require_operand("v_new", a.v_new, dtype, rank, varlen ? "[T, Hkv, Dv] with cu_seqlens_new" : "[B, Snew, Hkv, Dv]");
+  require_operand("k_new", a.k_new, dtype, rank, varlen ? "[T, Hkv, Dqk] with cu_seqlens_new" : "[B, Snew, Hkv, Dqk]",
+                  "k_cache");
+  require_operand("v_new", a.v_new, dtype, rank, varlen ? "[T, Hkv, Dv] with cu_seqlens_new" : "[B, Snew, Hkv, Dv]",
+                  "k_cache");
   require_dim("k_new", a.k_new, rank - 2, p.heads_kv, "kv heads, as k_cache");
   require_dim("k_new", a.k_new, rank - 1, p.head_dim_qk, "head dim, as k_cache");
   require_dim("v_new", a.v_new, rank - 2, p.heads_kv, "kv heads, as v_cache");

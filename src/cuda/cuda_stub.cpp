@@ -6,7 +6,8 @@ namespace flashsdpa::cuda {
 
 namespace {
 [[noreturn]] void not_built() {
-  throw Error("backend: CUDA was requested but this flashsdpa was built without the CUDA backend");
+  throw Error("backend: CUDA was requested but this flashsdpa was built without the CUDA backend",
+              ErrorKind::kNotSupported);
 }
 }  // namespace
 
