@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything a GPU machine checks, in two parts that each fit a 10-minute window:
+#   bash scripts/gpu-all.sh native OUT   build (all cores), every GPU test, compute-sanitizer
+#                                        memcheck + racecheck on the forward and decode subsets,
+#                                        the CPU backend against torch's CPU SDPA on all cores
+#   bash scripts/gpu-all.sh torch OUT    the PyTorch suite on CPU and CUDA, torch.compile and
+#                                        CUDA graphs, tiny transformers models (scripts/torch-check.sh)
+# The GPU benchmarks themselves are scripts/gpu-check.sh (prefill) and scripts/gpu-decode-check.sh
+# (decode). Logs go to OUT as one archive plus the result files, so OUT holds few files.
+# Debian's googletest packages may be unpacked from .deb/ first (the GPU machine has no gtest).
+set -u -o pipefail
+part=${1:?usage: scripts/gpu-all.sh native|torch OUT}
+out=${2:?usage: scripts/gpu-all.sh native|torch OUT}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+status=0
+
+if [ -d "$root/.deb" ] && ! ls /usr/include/gtest/gtest.h >/dev/null 2>&1; then
+  for f in "$root"/.deb/*.deb; do dpkg -x "$f" /; done
+fi
+
+case "$part" in
+  native)
+    BUILD_DIR="$root/build-gpu" GPU_CHECK_BENCH=none bash "$root/scripts/gpu-check.sh" "$work/forward" || status=1
+    echo "== compute-sanitizer (Decode*.Sanitize*)"
+    for tool in memcheck racecheck; do
+      compute-sanitizer --tool "$tool" --error-exitcode 3 "$root/build-gpu/flashsdpa_cuda_tests" \
+        --gtest_filter='Decode*.Sanitize*' > "$work/decode-$tool.log" 2>&1 || status=1
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$work/decode-$tool.log"
+    done
+    echo "== CPU backend against torch's CPU SDPA ($(nproc) threads)"
+    cmake --build "$root/build-gpu" -j"$(nproc)" --target flashsdpa_cli > "$work/cli-build.log" 2>&1 || status=1
+    lscpu > "$work/lscpu.txt" 2>&1
+    PYTHONUNBUFFERED=1 python3 "$root/bench/cpu_vs_torch.py" --flashsdpa "$root/build-gpu/flashsdpa" \
+      --threads "$(nproc)" --out-dir "$out" 2>&1 | tee "$work/cpu-bench.log" || status=1
+    ;;
+  torch)
+    bash "$root/scripts/torch-check.sh" "$work/torch" || status=1
+    cat "$work/torch/summary.txt" 2>/dev/null
+    ;;
+  *)
+    echo "unknown part: $part (native or torch)"; exit 2 ;;
+esac
+
+tar -C "$work" -czf "$out/$part-logs.tgz" . && rm -rf "$work"
+echo "== gpu-all $part status $status"
+exit $status
