@@ -26,7 +26,7 @@ using cpu::TileOps;
 
 std::vector<Isa> available_isas() {
   std::vector<Isa> isas;
-  for (Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512})
+  for (Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx})
     if (cpu::tile_ops_for(isa) != nullptr) isas.push_back(isa);
   return isas;
 }

@@ -9,6 +9,11 @@
 // Per key tile: load K, S^T = K · Q^T, score modifiers, mask (boundary tiles only), online
 // softmax, rescale O, load V, O += P · V. Key tiles outside the item's band are skipped whole.
 //
+// bf16 inputs on a CPU with a bf16 product (AMX or AVX512-BF16, see Bf16Ops) skip the widening:
+// Q is packed into bf16 pairs once per item, K is copied as bf16, V is packed into pairs per tile,
+// and P is rounded to bf16 (as the bf16 reference does) for O += P · V. Scores, softmax and O stay
+// fp32 and in the same layouts.
+//
 // Memory is O(tokens): per-thread scratch is sized by the tile shape, and split-KV partials by
 // (query rows x heads x splits).
 #include <algorithm>
@@ -93,9 +98,15 @@ struct Tiling {
   int64_t ld_q = 0;       // row stride of Q^T and of the score tile
   int64_t ld_k = 0;       // row stride of the K tile
   int64_t ld_v = 0;       // row stride of the V tile and of the O accumulator
+  bool bf16 = false;      // the bf16 product path (Bf16Ops) runs this call
+  int64_t ld_k16 = 0;     // bf16 path: Dqk padded to the product's depth step, row stride of the bf16 K tile
+  int64_t ld_p = 0;       // bf16 path: pairs per row of the packed probabilities
 };
 
-Tiling make_tiling(const Problem& p) {
+// The bf16 product pads its depth to multiples of 32 and its rows and columns to 16.
+constexpr int64_t kBf16Depth = 32;
+
+Tiling make_tiling(const Problem& p, bool bf16) {
   const int64_t target_columns = p.head_dim_qk + p.head_dim_v > 512 ? 64 : 128;
   Tiling t;
   t.heads = std::min<int64_t>(p.group, target_columns);
@@ -105,6 +116,9 @@ Tiling make_tiling(const Problem& p) {
   t.ld_q = round_up(t.columns, kAlign);
   t.ld_k = round_up(p.head_dim_qk, kAlign);
   t.ld_v = round_up(p.head_dim_v, kAlign);
+  t.bf16 = bf16;
+  t.ld_k16 = round_up(p.head_dim_qk, kBf16Depth);
+  t.ld_p = t.key_tile / 2;
   return t;
 }
 
@@ -123,6 +137,11 @@ struct ItemScratch {
   float* row = nullptr;           // [max(Dqk, Dv, rotary_dim)] one widened row
   float* rotary = nullptr;        // [rotary_dim] cos then sin of one position
   float* key_valid = nullptr;     // [key_tile] 1 when the key reads something, 0 when its block is out of range
+  // bf16 path only (see Bf16Ops for the pair layout):
+  uint32_t* q_pairs = nullptr;    // [ld_k16 / 2][ld_q]    Q^T as pairs along the head dim
+  uint16_t* k_bf16 = nullptr;     // [key_tile][ld_k16]   the K tile, zero-padded
+  uint32_t* p_pairs = nullptr;    // [ld_q][ld_p]         P as pairs along the keys
+  uint32_t* v_pairs = nullptr;    // [key_tile / 2][ld_v]  the V tile as pairs along the keys
 
   // Lays the views out from `base` and returns the floats they span; with base == nullptr only
   // the size is computed (one layout, so the size and the views cannot disagree).
@@ -139,7 +158,7 @@ struct ItemScratch {
     take(&s.scores, t.key_tile * t.ld_q);
     take(&s.k_tile, t.key_tile * t.ld_k);
     take(&s.v_tile, t.key_tile * t.ld_v);
-    take(&s.out_acc, t.columns * t.ld_v);
+    take(&s.out_acc, t.ld_q * t.ld_v);  // ld_q rows: the bf16 product writes whole 16-row tiles
     take(&s.col_max, t.ld_q);
     take(&s.col_sum, t.ld_q);
     take(&s.col_factor, t.ld_q);
@@ -148,6 +167,20 @@ struct ItemScratch {
     take(&s.row, row_len);
     take(&s.rotary, std::max<int64_t>(p.rotary_dim, 1));
     take(&s.key_valid, t.key_tile);
+    if (t.bf16) {
+      // 32-bit pairs take one float each, bf16 values half of one.
+      auto take_u32 = [&](uint32_t** view, int64_t n) {
+        float* f = nullptr;
+        take(&f, n);
+        *view = reinterpret_cast<uint32_t*>(f);
+      };
+      take_u32(&s.q_pairs, t.ld_k16 / 2 * t.ld_q);
+      float* k = nullptr;
+      take(&k, t.key_tile * t.ld_k16 / 2);
+      s.k_bf16 = reinterpret_cast<uint16_t*>(k);
+      take_u32(&s.p_pairs, t.ld_q * t.ld_p);
+      take_u32(&s.v_pairs, t.key_tile / 2 * t.ld_v);
+    }
     return static_cast<size_t>(used);
   }
   static size_t floats(const Problem& p, const Tiling& t) { return carve(nullptr, p, t, nullptr); }
@@ -263,6 +296,7 @@ class ItemRunner {
         t_(t),
         ops_(ops),
         score_product_(p.dtype == DType::kFloat32 ? ops.matmul_unfused : ops.matmul),
+        bf16_(t.bf16 ? ops.bf16 : nullptr),
         partials_(partials) {}
 
   void run(const WorkItem& w) const {
@@ -271,30 +305,54 @@ class ItemRunner {
     const Mask mask = core::sequence_mask(p_, seq);
     const int64_t columns = w.heads * w.rows;
 
-    load_queries(w, seq, s);
+    if (bf16_ != nullptr) {
+      bf16_->begin();
+      pack_queries_bf16(w, seq, s);
+    } else {
+      load_queries(w, seq, s);
+    }
     init_columns(w, s);
 
     bool first_tile = true;
     for (int64_t j0 = w.key_begin; j0 < w.key_end; j0 += t_.key_tile) {
       const int64_t n = std::min(t_.key_tile, w.key_end - j0);
-      const bool any_invalid = load_key_tile(w, seq, j0, n, s);
-      prefetch_next_tile(w, seq, j0 + n);
-      // S^T[n x columns] = K[n x Dqk] · Q^T[Dqk x columns]
-      score_product_(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
+      // The bf16 product runs on whole tiles: keys up to a multiple of 32, columns up to ld_q.
+      const int64_t n_pad = round_up(n, kBf16Depth);
+      bool any_invalid = false;
+      if (bf16_ != nullptr) {
+        any_invalid = load_key_tile_bf16(w, seq, j0, n, n_pad, s);
+        prefetch_next_tile(w, seq, j0 + n);
+        // S^T[n_pad x ld_q] = K[n_pad x Dqk] · Q^T[Dqk x ld_q]; padded rows and columns read zeros
+        bf16_->matmul(n_pad, t_.ld_q, t_.ld_k16, s.k_bf16, t_.ld_k16, s.q_pairs, t_.ld_q, s.scores, t_.ld_q, false);
+      } else {
+        any_invalid = load_key_tile(w, seq, j0, n, s);
+        prefetch_next_tile(w, seq, j0 + n);
+        // S^T[n x columns] = K[n x Dqk] · Q^T[Dqk x columns]
+        score_product_(n, columns, p_.head_dim_qk, s.k_tile, t_.ld_k, 1, s.q_t, t_.ld_q, s.scores, t_.ld_q, false);
+      }
       apply_score_mods(w, mask, j0, n, s);
       const bool masked = any_invalid || !mask.tile_unmasked(w.row0, w.row0 + w.rows, j0, j0 + n);
       if (masked) mask_tile(w, mask, j0, n, s);
       ops_.online_softmax(s.scores, t_.ld_q, n, columns, s.col_max, s.col_sum, s.col_factor);
       if (!first_tile) ops_.scale_rows(s.out_acc, t_.ld_v, columns, p_.head_dim_v, s.col_factor);
-      load_value_tile(w, seq, j0, n, s);
       std::vector<IsolatedRow> isolated;
-      if (masked) isolated = isolate_nonfinite_values(n, s);
-      // O[columns x Dv] += P[columns x n] · V[n x Dv], P read transposed from the score tile
-      ops_.matmul(columns, p_.head_dim_v, n, s.scores, 1, t_.ld_q, s.v_tile, t_.ld_v, s.out_acc, t_.ld_v,
-                  !first_tile);
+      if (bf16_ != nullptr) {
+        isolated = pack_value_tile_bf16(w, seq, j0, n, n_pad, masked, s);
+        bf16_->pack_probabilities(s.scores, t_.ld_q, n, n_pad, t_.ld_q, s.p_pairs, t_.ld_p);
+        // O[ld_q x ld_v] += P[ld_q x n_pad] · V[n_pad x ld_v] (padding adds zeros)
+        bf16_->matmul(t_.ld_q, t_.ld_v, n_pad, reinterpret_cast<const uint16_t*>(s.p_pairs), 2 * t_.ld_p, s.v_pairs,
+                      t_.ld_v, s.out_acc, t_.ld_v, !first_tile);
+      } else {
+        load_value_tile(w, seq, j0, n, s);
+        if (masked) isolated = isolate_nonfinite_values(n, s);
+        // O[columns x Dv] += P[columns x n] · V[n x Dv], P read transposed from the score tile
+        ops_.matmul(columns, p_.head_dim_v, n, s.scores, 1, t_.ld_q, s.v_tile, t_.ld_v, s.out_acc, t_.ld_v,
+                    !first_tile);
+      }
       if (!isolated.empty()) add_isolated_rows(w, mask, j0, isolated, s);
       first_tile = false;
     }
+    if (bf16_ != nullptr) bf16_->end();
     if (first_tile) {  // no key tile: the output is zero (or the sink alone)
       for (int64_t c = 0; c < columns; ++c) std::fill_n(s.out_acc + c * t_.ld_v, p_.head_dim_v, 0.0f);
     }
@@ -339,6 +397,14 @@ class ItemRunner {
   }
 
  private:
+  // In a masked tile P = 0 for forbidden pairs, but 0 * inf or 0 * NaN from a value row would
+  // still reach those rows through the product. A value row that is not finite is zeroed for the
+  // product and added back afterwards to the columns allowed to see it (a rare path).
+  struct IsolatedRow {
+    int64_t key;
+    std::vector<float> values;
+  };
+
   // Widens the item's query rows (rotated in a KV-cache call with rotary) and stores them
   // transposed: q_t[d][c] for column c = head offset * rows + row offset.
   void load_queries(const WorkItem& w, const SeqView& seq, const ItemScratch& s) const {
@@ -351,6 +417,27 @@ class ItemRunner {
         ops_.load_row(element_ptr(p_.q.ptr, offset, p_.dtype), p_.dtype, s.row, dqk);
         if (p_.rotary_dim > 0) rotate(core::rotary_q_position(p_, seq, i), s);
         for (int64_t d = 0; d < dqk; ++d) s.q_t[d * t_.ld_q + c] = s.row[d];
+      }
+    }
+  }
+
+  // bf16 path: q_pairs[t][c] = pair (q_c[2t], q_c[2t + 1]) for column c; zero past Dqk and for
+  // the padding columns up to ld_q. (Calls with rotary take the fp32 path: see forward().)
+  void pack_queries_bf16(const WorkItem& w, const SeqView& seq, const ItemScratch& s) const {
+    const int64_t pairs = t_.ld_k16 / 2;
+    const int64_t columns = w.heads * w.rows;
+    uint16_t* row = reinterpret_cast<uint16_t*>(s.row);  // row_len floats hold ld_k16 bf16 values
+    for (int64_t c = 0; c < t_.ld_q; ++c) {
+      std::fill_n(row, t_.ld_k16, uint16_t{0});
+      if (c < columns) {
+        const int64_t hh = c / w.rows, r = c % w.rows;
+        const int64_t offset = core::q_offset(p_, seq, w.batch, w.row0 + r, w.head0 + hh);
+        std::memcpy(row, element_ptr(p_.q.ptr, offset, p_.dtype), p_.head_dim_qk * sizeof(uint16_t));
+      }
+      for (int64_t t = 0; t < pairs; ++t) {
+        uint32_t pair;
+        std::memcpy(&pair, row + 2 * t, sizeof(pair));
+        s.q_pairs[t * t_.ld_q + c] = pair;
       }
     }
   }
@@ -401,6 +488,60 @@ class ItemRunner {
                     p_.head_dim_qk);
     }
     return any_invalid;
+  }
+
+  // bf16 path: copies keys [j0, j0 + n) into the bf16 K tile, zero past Dqk and for the rows up
+  // to n_pad; out-of-range keys become zero rows as in load_key_tile.
+  bool load_key_tile_bf16(const WorkItem& w, const SeqView& seq, int64_t j0, int64_t n, int64_t n_pad,
+                          const ItemScratch& s) const {
+    bool any_invalid = false;
+    const int64_t dqk = p_.head_dim_qk;
+    for (int64_t r = 0; r < n_pad; ++r) {
+      uint16_t* dst = s.k_bf16 + r * t_.ld_k16;
+      const int64_t offset = r < n ? core::key_offset(p_, seq, p_.k, w.batch, j0 + r) : -1;
+      if (offset < 0) {
+        std::fill_n(dst, t_.ld_k16, uint16_t{0});
+        if (r < n) {
+          s.key_valid[r] = 0.0f;
+          any_invalid = true;
+        }
+        continue;
+      }
+      s.key_valid[r] = 1.0f;
+      std::memcpy(dst, element_ptr(p_.k.ptr, offset + w.kv_head * p_.k.head_stride, p_.dtype), dqk * sizeof(uint16_t));
+      std::fill(dst + dqk, dst + t_.ld_k16, uint16_t{0});
+    }
+    return any_invalid;
+  }
+
+  // bf16 path: packs values [j0, j0 + n) into pairs of rows, zero rows up to n_pad and for keys
+  // that read nothing. In a masked tile a row holding inf or NaN is packed as zeros and returned
+  // for add_isolated_rows (see isolate_nonfinite_values).
+  std::vector<IsolatedRow> pack_value_tile_bf16(const WorkItem& w, const SeqView& seq, int64_t j0, int64_t n,
+                                                int64_t n_pad, bool masked, const ItemScratch& s) const {
+    std::vector<IsolatedRow> isolated;
+    const int64_t dv = p_.head_dim_v;
+    auto value_row = [&](int64_t r) -> const uint16_t* {
+      if (r >= n) return nullptr;
+      const int64_t offset = core::key_offset(p_, seq, p_.v, w.batch, j0 + r);
+      if (offset < 0) return nullptr;
+      const auto* row = reinterpret_cast<const uint16_t*>(
+          element_ptr(p_.v.ptr, offset + w.kv_head * p_.v.head_stride, p_.dtype));
+      if (!masked) return row;
+      bool finite = true;
+      for (int64_t d = 0; d < dv; ++d) finite &= (row[d] & 0x7f80u) != 0x7f80u;  // exponent all ones: inf, NaN
+      if (finite) return row;
+      IsolatedRow kept{r, std::vector<float>(static_cast<size_t>(dv))};
+      for (int64_t d = 0; d < dv; ++d) kept.values[d] = core::bf16_to_float(row[d]);
+      isolated.push_back(std::move(kept));
+      return nullptr;
+    };
+    for (int64_t r = 0; r < n_pad; r += 2) {
+      uint32_t* dst = s.v_pairs + (r / 2) * t_.ld_v;
+      bf16_->pack_row_pair(value_row(r), value_row(r + 1), dv, dst);
+      std::fill(dst + dv, dst + t_.ld_v, 0u);
+    }
+    return isolated;
   }
 
   // Asks for the next tile's K and V rows (into L2) while this tile computes: the rows are
@@ -469,14 +610,6 @@ class ItemRunner {
     }
   }
 
-  // In a masked tile P = 0 for forbidden pairs, but 0 * inf or 0 * NaN from a value row would
-  // still reach those rows through the product. A value row that is not finite is zeroed for the
-  // product and added back afterwards to the columns allowed to see it (a rare path).
-  struct IsolatedRow {
-    int64_t key;
-    std::vector<float> values;
-  };
-
   std::vector<IsolatedRow> isolate_nonfinite_values(int64_t n, const ItemScratch& s) const {
     std::vector<IsolatedRow> isolated;
     const int64_t dv = p_.head_dim_v;
@@ -537,6 +670,7 @@ class ItemRunner {
   const Tiling& t_;
   const TileOps& ops_;
   decltype(TileOps::matmul) score_product_;
+  const Bf16Ops* bf16_;  // the bf16 product, or null when this call widens to fp32
   float* partials_;
 };
 
@@ -546,7 +680,10 @@ size_t last_scratch_bytes() { return g_last_scratch_bytes.load(std::memory_order
 
 void forward(const Problem& p, int num_threads) {
   const TileOps& ops = tile_ops();
-  const Tiling tiling = make_tiling(p);
+  // The bf16 product only for bf16 inputs (fp16 would lose mantissa bits) and not with rotary,
+  // whose rotated queries are kept in fp32.
+  const bool bf16 = ops.bf16 != nullptr && p.dtype == DType::kBFloat16 && p.rotary_dim == 0;
+  const Tiling tiling = make_tiling(p, bf16);
   const int threads = resolve_num_threads(num_threads);
   const Plan plan = make_plan(p, tiling, threads);
 

@@ -359,5 +359,5 @@ FLASHSDPA_ISA static void scale_rows(float* x, int64_t ld, int64_t rows, int64_t
 
 // The operation table of this instruction set.
 static const TileOps kTileOps = {
-    kThisIsa, &matmul, &matmul_unfused, &load_row, &store_row, &score_mods, &online_softmax, &exp_shifted, &scale_rows,
+    kThisIsa, &matmul, &matmul_unfused, &load_row, &store_row, &score_mods, &online_softmax, &exp_shifted, &scale_rows, nullptr,
 };

@@ -17,7 +17,9 @@
 
 namespace flashsdpa::cpu {
 
-enum class Isa : int32_t { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+// Ordered: each level adds to the one before. kAvx512Bf16 and kAmx run the AVX-512 fp32 kernels
+// plus a bf16 product (Bf16Ops) for bf16 inputs.
+enum class Isa : int32_t { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 const char* isa_name(Isa isa);
 
 // Per-column score modifiers of one tile, the vector form of core::ScoreMod::apply:
@@ -30,6 +32,27 @@ struct ScoreModTile {
   float softcap = 0.0f;
   const float* col_slope = nullptr;
   const float* col_aligned_key = nullptr;
+};
+
+// Products on bf16 operands with fp32 accumulation, for bf16 inputs (fp16 and fp32 stay on the
+// fp32 kernels: bf16 would drop their mantissa bits). The product C[m x n] (+)= A[m x k] · B reads
+//   A(i, t) = a[i * lda + t]                 bf16, row-major
+//   B(t, j) = half (t % 2) of b[(t / 2) * ldb + j]   bf16 pairs along the depth ("VNNI" packing)
+// and needs m and n to be multiples of 16 and k a multiple of 32 (callers pad with zeros). Products
+// of bf16 values are exact in fp32; only the order of the fp32 sums differs from a plain loop.
+struct Bf16Ops {
+  // Bracket a thread's run of products (AMX: load the tile configuration, release the tiles).
+  void (*begin)();
+  void (*end)();
+  void (*matmul)(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda, const uint32_t* b, int64_t ldb,
+                 float* c, int64_t ldc, bool accumulate);
+  // Key-major fp32 probabilities s[rows][lds] (rows from `rows` up to rows_pad read as 0) to the
+  // A operand of O += P·V: p[c][t] = pair (bf16(s[2t][c]), bf16(s[2t + 1][c])), c < cols.
+  // rows_pad is a multiple of 32 and cols of 16; rounding is to nearest even, as core::float_to_bf16.
+  void (*pack_probabilities)(const float* s, int64_t lds, int64_t rows, int64_t rows_pad, int64_t cols, uint32_t* p,
+                             int64_t ldp);
+  // dst[j] = pair (even[j], odd[j]) for j < n, a null row reading as zeros: two rows of B.
+  void (*pack_row_pair)(const uint16_t* even, const uint16_t* odd, int64_t n, uint32_t* dst);
 };
 
 struct TileOps {
@@ -70,10 +93,14 @@ struct TileOps {
 
   // x[r][0..cols) *= row_factor[r] for every row whose factor is not 1.
   void (*scale_rows)(float* x, int64_t ld, int64_t rows, int64_t cols, const float* row_factor);
+
+  // The bf16 product of this set, or null (the bf16 forward then widens to fp32 and uses matmul).
+  const Bf16Ops* bf16;
 };
 
-// The set in use: the best this CPU supports, capped by FLASHSDPA_CPU_ISA=generic|avx2|avx512 in
-// the environment or by set_isa_cap(); an unsupported request falls back to the next best.
+// The set in use: the best this CPU supports, capped by FLASHSDPA_CPU_ISA=generic|avx2|avx512|
+// avx512bf16|amx in the environment or by set_isa_cap(); an unsupported request falls back to the
+// next best.
 const TileOps& tile_ops();
 // A specific set, or null when this CPU or build cannot run it.
 const TileOps* tile_ops_for(Isa isa);
