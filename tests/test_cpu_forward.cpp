@@ -4,7 +4,11 @@
 // the scratch bound. The broad randomized grid lives in test_forward_grid.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -247,6 +251,156 @@ TEST_P(TileMath, OnlineSoftmaxKeepsEmptyColumnsAtZero) {
 
 INSTANTIATE_TEST_SUITE_P(Isa, TileMath, ::testing::ValuesIn(available_isas()), isa_label);
 
+TEST(TileMathDispatch, BestSetIsInUseByDefault) {
+  const std::vector<Isa> isas = available_isas();
+  // Printed so that a log shows which set the suite ran on (the bf16 product with AMX or AVX512-BF16).
+  std::cout << "[ cpu isa ] in use: " << cpu::isa_name(cpu::tile_ops().isa)
+            << ", bf16 product: " << (cpu::tile_ops().bf16 != nullptr ? "yes" : "no") << "\n";
+  if (std::getenv("FLASHSDPA_CPU_ISA") == nullptr) {
+    EXPECT_EQ(cpu::tile_ops().isa, isas.back());
+  }
+}
+
+// ---- bf16 products ------------------------------------------------------------------------------
+
+std::vector<Isa> bf16_isas() {
+  std::vector<Isa> isas;
+  for (Isa isa : available_isas())
+    if (cpu::tile_ops_for(isa)->bf16 != nullptr) isas.push_back(isa);
+  return isas;
+}
+
+class Bf16Product : public ::testing::TestWithParam<Isa> {
+ protected:
+  const cpu::Bf16Ops& ops() const { return *cpu::tile_ops_for(GetParam())->bf16; }
+
+  // C (+)= A · B with B given row-major as bf16 and packed into pairs here; returns C.
+  std::vector<float> product(int64_t m, int64_t n, int64_t k, const std::vector<uint16_t>& a,
+                             const std::vector<uint16_t>& b, const std::vector<float>& c0, bool accumulate) const {
+    const int64_t ldb = n + 16, ldc = n + 16;  // padded strides
+    std::vector<uint32_t> packed(static_cast<size_t>(k / 2 * ldb), 0xdeadu);
+    for (int64_t t = 0; t < k; t += 2)
+      ops().pack_row_pair(&b[t * n], &b[(t + 1) * n], n, &packed[t / 2 * ldb]);
+    std::vector<float> c(static_cast<size_t>(m * ldc), -7.0f);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = c0[i * n + j];
+    ops().begin();
+    ops().matmul(m, n, k, a.data(), k, packed.data(), ldb, c.data(), ldc, accumulate);
+    ops().end();
+    std::vector<float> out(static_cast<size_t>(m * n));
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) out[i * n + j] = c[i * ldc + j];
+      for (int64_t j = n; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], -7.0f) << "wrote past column " << n;
+    }
+    return out;
+  }
+};
+
+// With small integers every product and every partial sum is exact in fp32, so any summation
+// order gives the exact result: the layouts, the pair packing and the tile edges are checked
+// bit for bit against a double loop.
+TEST_P(Bf16Product, ExactOnIntegersForEveryShape) {
+  Rng rng(5);
+  for (int64_t m : {16, 32, 48, 64, 128}) {
+    for (int64_t n : {16, 32, 48, 128}) {
+      for (int64_t k : {32, 64, 96, 128}) {
+        for (bool accumulate : {false, true}) {
+          std::vector<uint16_t> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n));
+          std::vector<float> c0(static_cast<size_t>(m * n));
+          for (auto& x : a) x = core::float_to_bf16(static_cast<float>(std::lround(rng.normal(0, 40))));
+          for (auto& x : b) x = core::float_to_bf16(static_cast<float>(std::lround(rng.normal(0, 40))));
+          for (auto& x : c0) x = static_cast<float>(std::lround(rng.normal(0, 1000)));
+          const std::vector<float> c = product(m, n, k, a, b, c0, accumulate);
+          for (int64_t i = 0; i < m; ++i) {
+            for (int64_t j = 0; j < n; ++j) {
+              double want = accumulate ? c0[i * n + j] : 0.0;
+              for (int64_t t = 0; t < k; ++t)
+                want += double{core::bf16_to_float(a[i * k + t])} * core::bf16_to_float(b[t * n + j]);
+              ASSERT_EQ(c[i * n + j], static_cast<float>(want))
+                  << "m " << m << " n " << n << " k " << k << " acc " << accumulate << " at " << i << "," << j;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// On random values the products are still exact; only the fp32 sums round, so each element is
+// within k rounding steps of the sum of magnitudes of the exact result.
+TEST_P(Bf16Product, RandomValuesWithinSummationBound) {
+  Rng rng(6);
+  const int64_t m = 64, n = 128, k = 128;
+  std::vector<uint16_t> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n));
+  for (auto& x : a) x = core::float_to_bf16(static_cast<float>(rng.normal(0, 3)));
+  for (auto& x : b) x = core::float_to_bf16(static_cast<float>(rng.normal(0, 0.5)));
+  const std::vector<float> c = product(m, n, k, a, b, std::vector<float>(static_cast<size_t>(m * n)), false);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double want = 0, magnitude = 0;
+      for (int64_t t = 0; t < k; ++t) {
+        const double term = double{core::bf16_to_float(a[i * k + t])} * core::bf16_to_float(b[t * n + j]);
+        want += term;
+        magnitude += std::fabs(term);
+      }
+      ASSERT_LE(std::fabs(c[i * n + j] - want), k * std::ldexp(magnitude, -24)) << i << "," << j;
+    }
+  }
+}
+
+TEST_P(Bf16Product, PackedProbabilitiesRoundAndTranspose) {
+  Rng rng(7);
+  const int64_t lds = 48, cols = 48, rows_pad = 64, ldp = 40;
+  for (int64_t rows : {64, 50, 33, 1}) {
+    std::vector<float> s(static_cast<size_t>(rows_pad * lds));
+    for (auto& x : s) x = static_cast<float>(rng.uniform(0, 1));
+    s[0] = 1.00390625f;  // a tie: rounds to even (1.0)
+    s[lds + 1] = 1.01171875f;  // a tie: rounds up
+    s[2] = std::numeric_limits<float>::quiet_NaN();
+    s[3] = 1e-40f;  // subnormal, kept
+    std::vector<uint32_t> p(static_cast<size_t>(cols * ldp), 0xdeadu);
+    ops().pack_probabilities(s.data(), lds, rows, rows_pad, cols, p.data(), ldp);
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t t = 0; t < rows_pad / 2; ++t) {
+        const uint32_t pair = p[c * ldp + t];
+        for (int half = 0; half < 2; ++half) {
+          const int64_t r = 2 * t + half;
+          const uint16_t got = static_cast<uint16_t>(pair >> (16 * half));
+          if (r >= rows) {
+            EXPECT_EQ(got, 0u) << "row " << r << " col " << c;
+          } else if (std::isnan(s[r * lds + c])) {
+            EXPECT_TRUE(std::isnan(core::bf16_to_float(got)));
+          } else {
+            EXPECT_EQ(got, core::float_to_bf16(s[r * lds + c])) << "row " << r << " col " << c;
+          }
+        }
+      }
+      for (int64_t t = rows_pad / 2; t < ldp; ++t) EXPECT_EQ(p[c * ldp + t], 0xdeadu);
+    }
+  }
+}
+
+TEST_P(Bf16Product, RowPairsPackEveryLengthAndNullRows) {
+  for (int64_t n : {1, 15, 16, 17, 40, 128}) {
+    std::vector<uint16_t> even(static_cast<size_t>(n)), odd(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      even[j] = static_cast<uint16_t>(0x1000 + j);
+      odd[j] = static_cast<uint16_t>(0x8000 + j);
+    }
+    std::vector<uint32_t> dst(static_cast<size_t>(n + 16), 0xdeadu);
+    ops().pack_row_pair(even.data(), odd.data(), n, dst.data());
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(dst[j], (uint32_t{odd[j]} << 16) | even[j]);
+    for (int64_t j = n; j < n + 16; ++j) EXPECT_EQ(dst[j], 0xdeadu) << "wrote past " << n;
+    ops().pack_row_pair(nullptr, odd.data(), n, dst.data());
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(dst[j], uint32_t{odd[j]} << 16);
+    ops().pack_row_pair(even.data(), nullptr, n, dst.data());
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(dst[j], uint32_t{even[j]});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, Bf16Product, ::testing::ValuesIn(bf16_isas()), isa_label);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(Bf16Product);
+
 // ---- thread pool --------------------------------------------------------------------------------
 
 TEST(ThreadPool, EveryIndexRunsOnceOnAValidWorker) {
@@ -350,6 +504,26 @@ TEST_P(ForwardIsa, FeaturesMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, ForwardIsa, ::testing::ValuesIn(available_isas()), isa_label);
+
+// The forward's bf16 product against the widened fp32 kernels of the same CPU: both are within
+// the SPEC rule (the grid checks that); here they must also agree closely with each other.
+TEST_P(Bf16Product, ForwardAgreesWithTheFp32Kernels) {
+  AttnConfig c = make(DType::kBFloat16, 128, 128, 4, 2, 300, 333);
+  c.causal = true;
+  AttnCase a(c);
+  EXPECT_EQ(check_forward(a, cpu_context(2)), "");
+  const std::vector<double> with_bf16 = a.out.values();
+  {
+    ScopedIsa fp32_only(Isa::kAvx512);
+    AttnCase b(c);
+    EXPECT_EQ(check_forward(b, cpu_context(2)), "");
+    const std::vector<double> with_fp32 = b.out.values();
+    ASSERT_EQ(with_bf16.size(), with_fp32.size());
+    double worst = 0;
+    for (size_t i = 0; i < with_fp32.size(); ++i) worst = std::max(worst, std::fabs(with_bf16[i] - with_fp32[i]));
+    EXPECT_LT(worst, 0.02);  // outputs are O(1) bf16 values: a few bf16 steps at most
+  }
+}
 
 // ---- split-KV -----------------------------------------------------------------------------------
 
