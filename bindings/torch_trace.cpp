@@ -7,7 +7,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <sstream>
+#include "core/text.h"
 #include <utility>
 #include <vector>
 
@@ -105,7 +105,7 @@ void trace_record(const char* op_name, const AttnParams& params, Op op, const Ex
   // unless the caller asked for it), so tracing never adds a host synchronisation.
   const Selection selection = explain(params, op, ctx);
   const Lengths len = lengths_of(params, op);
-  std::ostringstream key;
+  core::Text key;
   key << op_name << ' ' << dtype_name(params.q.dtype) << " Dqk=" << params.q.shape[params.q.rank - 1]
       << " Dv=" << params.v.shape[params.v.rank - 1] << " Sq=" << len.sq << " Sk=" << len.sk << ' '
       << features_of(params, op) << " -> " << backend_name(selection.backend) << '/'
@@ -115,7 +115,7 @@ void trace_record(const char* op_name, const AttnParams& params, Op op, const Ex
 
 void trace_record_kv_write(const KvWriteParams& params, const ExecContext& ctx) {
   if (!trace_enabled()) return;
-  std::ostringstream key;
+  core::Text key;
   key << "paged_kv_write " << dtype_name(params.k_new.dtype)
       << " Dqk=" << params.k_new.shape[params.k_new.rank - 1]
       << " Dv=" << params.v_new.shape[params.v_new.rank - 1]
@@ -139,7 +139,7 @@ std::string trace_report() {
   if (rows.empty()) return "";
   std::stable_sort(rows.begin(), rows.end(),
                    [](const auto& a, const auto& b) { return a.second > b.second; });
-  std::ostringstream out;
+  core::Text out;
   out << "[FLASHSDPA_TRACE] " << total << " call(s), " << rows.size()
       << " distinct op/shape/tier combination(s):\n";
   for (const auto& row : rows) {

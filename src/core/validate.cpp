@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
+#include "core/text.h"
 #include <string>
 #include <vector>
 
@@ -19,7 +19,7 @@ constexpr int64_t kMaxHeadDim = 512;  // the CPU backend's bound; GPU tiers narr
 [[noreturn]] void fail_dtype(const std::string& message) { throw Error(message, ErrorKind::kType); }
 
 std::string shape_string(const TensorRef& t) {
-  std::ostringstream os;
+  Text os;
   os << '[';
   for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.shape[d];
   os << ']';

@@ -2,7 +2,7 @@
 #include "cuda/decode_tier.h"
 
 #include <algorithm>
-#include <sstream>
+#include "core/text.h"
 #include <utility>
 
 namespace flashsdpa::cuda {
@@ -55,7 +55,7 @@ bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* 
     return false;
   }
   if (why) {
-    std::ostringstream os;
+    core::Text os;
     const int64_t rows = p.seqlen_q * p.group;
     os << "cuda-decode serves this " << dtype_name(p.dtype) << (is_kvcache ? " KV-cache call" : " forward")
        << ": split-KV flash decoding over the " << cache_words(p) << ", one CTA per (sequence, kv head, query tile of 16 "

@@ -3,7 +3,7 @@
 #include "cuda/tiers.h"
 
 #include <algorithm>
-#include <sstream>
+#include "core/text.h"
 
 namespace flashsdpa::cuda {
 
@@ -24,7 +24,7 @@ const char* layout_words(const core::Problem& p) {
 
 // Shape limits shared by both tiers; "" when the problem fits.
 std::string shape_problem(const core::Problem& p) {
-  std::ostringstream os;
+  core::Text os;
   if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim) {
     os << "head dims must be in 1..256 on the GPU; got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
   } else if (p.batch > kMaxGridDim) {
@@ -38,7 +38,7 @@ std::string shape_problem(const core::Problem& p) {
 }
 
 std::string features(const core::Problem& p) {
-  std::ostringstream os;
+  core::Text os;
   os << layout_words(p) << (p.q_layout == core::QLayout::kVarlen ? ", varlen q" : "");
   if (p.group > 1) os << ", GQA " << p.heads_q << "/" << p.heads_kv << " without K/V expansion";
   if (p.window_left >= 0 || p.window_right >= 0)
@@ -72,7 +72,7 @@ bool mma_tier_supports(const core::Problem& p, std::string* why) {
     return false;
   }
   if (why) {
-    std::ostringstream os;
+    core::Text os;
     os << "cuda-mma-sm80 serves this " << dtype_name(p.dtype)
        << " forward: mma.sync m16n8k16 tensor cores with fp32 accumulation, head dims Dqk = " << p.head_dim_qk
        << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; " << features(p);
@@ -93,7 +93,7 @@ bool fp32_tier_supports(const core::Problem& p, std::string* why) {
     return false;
   }
   if (why) {
-    std::ostringstream os;
+    core::Text os;
     os << "cuda-fp32 serves this fp32 forward exactly (FFMA, no TF32), head dims Dqk = " << p.head_dim_qk
        << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; " << features(p);
     *why = os.str();
