@@ -37,9 +37,8 @@ using OptTensor = c10::optional<at::Tensor>;
 // flashsdpa::Error carries its kind; Python callers get the built-in error that says whether to fix
 // the values (ValueError), the dtypes (TypeError), or to fall back to another implementation
 // because nothing here serves the call (NotImplementedError).
-[[noreturn]] void raise_from_library(const flashsdpa::Error& error) {
-  const std::string message = error.what();
-  switch (error.kind()) {
+[[noreturn]] void raise_from_library(flashsdpa::ErrorKind kind, const std::string& message) {
+  switch (kind) {
     case flashsdpa::ErrorKind::kNotSupported: TORCH_CHECK_NOT_IMPLEMENTED(false, message);
     case flashsdpa::ErrorKind::kType: TORCH_CHECK_TYPE(false, message);
     case flashsdpa::ErrorKind::kValue: break;
@@ -47,15 +46,28 @@ using OptTensor = c10::optional<at::Tensor>;
   TORCH_CHECK_VALUE(false, message);
 }
 
+// The library's exception is fully handled (its catch block left) before torch's is thrown. A
+// throw from inside the handler would end that handler during torch's unwinding, and where the
+// extension carries its own copy of the C++ runtime (a toolchain that links it statically) the
+// two copies disagree about which exception is being handled: seen as a crash on an H100
+// machine's toolchain, on the second error raised.
 template <typename Fn>
 void call_library(Fn&& fn) {
+  enum class Failure { kNone, kPrecondition, kRuntime } failure = Failure::kNone;
+  flashsdpa::ErrorKind kind = flashsdpa::ErrorKind::kValue;
+  std::string message;
   try {
     fn();
   } catch (const flashsdpa::Error& e) {
-    raise_from_library(e);
+    failure = Failure::kPrecondition;
+    kind = e.kind();
+    message = e.what();
   } catch (const flashsdpa::RuntimeError& e) {
-    TORCH_CHECK(false, "flashsdpa: ", e.what());
+    failure = Failure::kRuntime;
+    message = e.what();
   }
+  if (failure == Failure::kPrecondition) raise_from_library(kind, message);
+  TORCH_CHECK(failure == Failure::kNone, "flashsdpa: ", message);
 }
 
 // ---------------------------------------------------------------------------------------------
