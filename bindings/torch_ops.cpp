@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/text.h"
 #include "flashsdpa/flashsdpa.h"
 #include "torch_trace.h"
 
@@ -33,6 +34,24 @@ using OptTensor = c10::optional<at::Tensor>;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
+
+// Messages are built with core::Text and handed to TORCH_CHECK as one string: TORCH_CHECK's own
+// formatting goes through std::ostringstream inside this extension, which crashes where the
+// toolchain links part of its C++ runtime statically (seen on an H100 machine's GCC 13 build).
+template <typename... Parts>
+std::string text(const Parts&... parts) {
+  flashsdpa::core::Text t;
+  (t << ... << parts);
+  return t.str();
+}
+
+std::string shape_text(c10::IntArrayRef sizes) {
+  flashsdpa::core::Text t;
+  t << '[';
+  for (size_t d = 0; d < sizes.size(); ++d) t << (d ? ", " : "") << sizes[d];
+  t << ']';
+  return t.str();
+}
 
 // flashsdpa::Error carries its kind; Python callers get the built-in error that says whether to fix
 // the values (ValueError), the dtypes (TypeError), or to fall back to another implementation
@@ -67,7 +86,7 @@ void call_library(Fn&& fn) {
     message = e.what();
   }
   if (failure == Failure::kPrecondition) raise_from_library(kind, message);
-  TORCH_CHECK(failure == Failure::kNone, "flashsdpa: ", message);
+  TORCH_CHECK(failure == Failure::kNone, text("flashsdpa: ", message));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -97,18 +116,18 @@ DType float_dtype(const at::Tensor& t, const char* name) {
     case at::kFloat: return DType::kFloat32;
     default: break;
   }
-  TORCH_CHECK_TYPE(false, name, " must be float16, bfloat16 or float32; got ", dtype_str(t.scalar_type()));
+  TORCH_CHECK_TYPE(false, text(name, " must be float16, bfloat16 or float32; got ", dtype_str(t.scalar_type())));
 }
 
 void require_rank(const at::Tensor& t, const char* name, int64_t lo, int64_t hi, const char* shapes) {
-  TORCH_CHECK_VALUE(t.dim() >= lo && t.dim() <= hi, name, " must be ", shapes, "; got a ", t.dim(),
-                    "-dimensional tensor of shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() >= lo && t.dim() <= hi, text(name, " must be ", shapes, "; got a ", t.dim(),
+                                                      "-dimensional tensor of shape ", shape_text(t.sizes())));
 }
 
 void require_same_device(const at::Tensor& t, const char* name, const at::Tensor& anchor,
                          const char* anchor_name = "q") {
-  TORCH_CHECK_VALUE(t.device() == anchor.device(), name, " must be on the same device as ", anchor_name, " (",
-                    anchor.device(), "); got ", t.device());
+  TORCH_CHECK_VALUE(t.device() == anchor.device(), text(name, " must be on the same device as ", anchor_name, " (",
+                                                         anchor.device().str(), "); got ", t.device().str()));
 }
 
 // The library reads any strides but needs a contiguous last dimension; inputs that lack one are
@@ -119,8 +138,9 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
 }
 
 TensorRef view_of(const at::Tensor& t, DType dtype) {
-  TORCH_CHECK_VALUE(t.dim() >= 1 && t.dim() <= TensorRef::kMaxRank, "tensors passed to flashsdpa have 1 to ",
-                    TensorRef::kMaxRank, " dimensions; got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() >= 1 && t.dim() <= TensorRef::kMaxRank,
+                    text("tensors passed to flashsdpa have 1 to ", TensorRef::kMaxRank, " dimensions; got shape ",
+                         shape_text(t.sizes())));
   TensorRef r;
   r.data = t.data_ptr();
   r.dtype = dtype;
@@ -151,7 +171,7 @@ class Operands {
   TensorRef index(const OptTensor& t, const char* name) {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, name, " must be int32; got ", dtype_str(t->scalar_type()));
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, text(name, " must be int32; got ", dtype_str(t->scalar_type())));
     return keep(last_dim_contiguous(*t), DType::kInt32);
   }
 
@@ -159,8 +179,8 @@ class Operands {
   TensorRef fp32(const OptTensor& t, const char* name) {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating-point tensor; got ",
-                     dtype_str(t->scalar_type()));
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()),
+                     text(name, " must be a floating-point tensor; got ", dtype_str(t->scalar_type())));
     return keep(last_dim_contiguous(t->to(at::kFloat)), DType::kFloat32);
   }
 
@@ -168,8 +188,8 @@ class Operands {
   TensorRef like_q(const OptTensor& t, const char* name) {
     if (!t) return {};
     require_same_device(*t, name, anchor_, anchor_name_);
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating-point tensor; got ",
-                     dtype_str(t->scalar_type()));
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()),
+                     text(name, " must be a floating-point tensor; got ", dtype_str(t->scalar_type())));
     return keep(last_dim_contiguous(t->to(anchor_.scalar_type())), float_dtype(anchor_, anchor_name_));
   }
 
@@ -178,9 +198,9 @@ class Operands {
   TensorRef written_in_place(const at::Tensor& t, const char* name) {
     require_same_device(t, name, anchor_, anchor_name_);
     const DType dtype = float_dtype(t, name);
-    TORCH_CHECK_VALUE(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, name,
-                      " is written in place and must have a contiguous last dimension; got strides ",
-                      t.strides());
+    TORCH_CHECK_VALUE(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1,
+                      text(name, " is written in place and must have a contiguous last dimension; got strides ",
+                           shape_text(t.strides())));
     return keep(t, dtype);
   }
 
@@ -212,7 +232,7 @@ ExecContext context_for(const at::Tensor& q, bool check) {
     return ctx;
   }
 #endif
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "flashsdpa serves CPU and CUDA tensors; q is on ", q.device());
+  TORCH_CHECK_NOT_IMPLEMENTED(false, text("flashsdpa serves CPU and CUDA tensors; q is on ", q.device().str()));
 }
 
 float scale_or_default(const c10::optional<double>& softmax_scale) {
@@ -236,7 +256,8 @@ TensorRef sinks_of(Operands& ops, const OptTensor& sinks, const at::Tensor& q) {
   if (sinks) {
     const int64_t heads_q = q.dim() >= 2 ? q.size(-2) : 0;
     TORCH_CHECK_VALUE(sinks->dim() == 1 && sinks->size(0) == heads_q,
-                      "s_aux (attention sinks) must have shape [Hq] = [", heads_q, "]; got ", sinks->sizes());
+                      text("s_aux (attention sinks) must have shape [Hq] = [", heads_q, "]; got ",
+                           shape_text(sinks->sizes())));
   }
   return ops.fp32(sinks, "s_aux");
 }
@@ -348,8 +369,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
                             softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks});
   p.fwd.out = ops.data(out, "out");
   require_same_device(softmax_lse, "softmax_lse", q);
-  TORCH_CHECK_TYPE(softmax_lse.scalar_type() == at::kFloat, "softmax_lse must be float32; got ",
-                   dtype_str(softmax_lse.scalar_type()));
+  TORCH_CHECK_TYPE(softmax_lse.scalar_type() == at::kFloat,
+                   text("softmax_lse must be float32; got ", dtype_str(softmax_lse.scalar_type())));
   const at::Tensor lse_held = last_dim_contiguous(softmax_lse);
   p.fwd.lse = view_of(lse_held, DType::kFloat32);
   p.dout = ops.data(dout, "dout");
