@@ -33,6 +33,9 @@ Backend resolve_backend(Backend requested, const void* data) {
       if (!cuda::built())
         throw Error("backend: the CUDA backend was requested but this flashsdpa was built without CUDA",
                     ErrorKind::kNotSupported);
+      if (!cuda::device_available())
+        throw Error("backend: the CUDA backend was requested but no CUDA device is available",
+                    ErrorKind::kNotSupported);
       if (data != nullptr && !on_device)
         throw Error("backend: the CUDA backend was requested but q is host memory (expected CUDA device memory)");
       return Backend::kCuda;
