@@ -86,10 +86,14 @@ core::ValidateOptions options_for(Backend backend, const ExecContext& ctx) {
   return options;
 }
 
-core::TierChoice choose(const core::Problem& p, Op op, Backend backend) {
-  core::TierChoice choice = core::select_tier(p, op, backend);
+// A call no tier serves is refused before anything is written.
+core::TierChoice required(core::TierChoice choice) {
   if (choice.tier == core::Tier::kNone) throw Error(choice.reason, ErrorKind::kNotSupported);
   return choice;
+}
+
+core::TierChoice choose(const core::Problem& p, Op op, Backend backend) {
+  return required(core::select_tier(p, op, backend));
 }
 
 }  // namespace
@@ -121,14 +125,9 @@ void attention_backward(const AttnBwdParams& params, const ExecContext& ctx) {
 void paged_kv_write(const KvWriteParams& params, const ExecContext& ctx) {
   const Backend backend = core::resolve_backend(ctx.backend, params.k_cache.data);
   const core::KvWriteProblem p = core::prepare_kv_write(params, options_for(backend, ctx));
-  if (backend == Backend::kCpu) {
-    cpu::paged_kv_write(p, ctx.num_threads);
-  } else {
-    core::Problem probe;
-    probe.dtype = p.dtype;
-    choose(probe, Op::kPagedKvWrite, backend);
-    cuda::paged_kv_write(p, ctx.stream);
-  }
+  required(core::select_tier(p, backend));
+  if (backend == Backend::kCpu) cpu::paged_kv_write(p, ctx.num_threads);
+  else cuda::paged_kv_write(p, ctx.stream);
 }
 
 Selection explain(const AttnParams& params, Op op, const ExecContext& ctx) {

@@ -78,7 +78,7 @@ TierChoice select_cuda(const Problem& p, Op op) {
     case Op::kBackward:
       return none(Backend::kCuda, "no CUDA tier serves the backward yet (the CPU backend does)");
     case Op::kPagedKvWrite:
-      return TierChoice{Tier::kCudaDecode, Backend::kCuda, "paged_kv_write: one launch writes every new token"};
+      return none(Backend::kCuda, "paged_kv_write takes a KvWriteProblem (see the overload below)");
   }
 #else
   (void)p;
@@ -88,6 +88,14 @@ TierChoice select_cuda(const Problem& p, Op op) {
 }
 
 }  // namespace
+
+TierChoice select_tier(const KvWriteProblem& p, Backend backend) {
+  (void)p;
+  if (backend == Backend::kCpu)
+    return TierChoice{Tier::kCpuTiled, Backend::kCpu, "paged_kv_write on the CPU: rows copied by the thread pool"};
+  if (!cuda::device_available()) return none(Backend::kCuda, "no CUDA device is available");
+  return TierChoice{Tier::kCudaDecode, Backend::kCuda, "paged_kv_write: one launch writes every new token"};
+}
 
 TierChoice select_tier(const Problem& p, Op op, Backend backend) {
   if (backend == Backend::kCuda) return select_cuda(p, op);

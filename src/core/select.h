@@ -28,6 +28,8 @@ struct TierChoice {
 
 // p must be validated. `backend` is the resolved backend (never kAuto).
 TierChoice select_tier(const Problem& p, Op op, Backend backend);
+// paged_kv_write: a plain copy every backend serves in one pass (one launch on the GPU).
+TierChoice select_tier(const KvWriteProblem& p, Backend backend);
 
 // The backend that serves a call whose tensors start at `data` (q's pointer). kAuto picks CUDA
 // when the CUDA backend is built and `data` is device memory, else the CPU. An explicit backend
