@@ -88,23 +88,22 @@ void require_operand(const char* name, const TensorRef& t, DType dtype, int rank
   require_last_contiguous(name, t);
 }
 
-// An int32 vector read with unit stride.
-void require_index_vector(const char* name, const TensorRef& t, int64_t length, const char* meaning) {
+// A vector of `dtype` read with unit stride.
+void require_vector(const char* name, const TensorRef& t, DType dtype, int64_t length, const char* meaning) {
   require_valid_shape(name, t);
-  require_dtype(name, t, DType::kInt32);
+  require_dtype(name, t, dtype);
   require_rank(name, t, 1, meaning);
   require_dim(name, t, 0, length, meaning);
   if (length > 1 && t.stride[0] != 1)
     fail(std::string(name) + " must be contiguous (stride 1); got stride " + std::to_string(t.stride[0]));
 }
 
+void require_index_vector(const char* name, const TensorRef& t, int64_t length, const char* meaning) {
+  require_vector(name, t, DType::kInt32, length, meaning);
+}
+
 void require_float32_vector(const char* name, const TensorRef& t, int64_t length, const char* meaning) {
-  require_valid_shape(name, t);
-  require_dtype(name, t, DType::kFloat32);
-  require_rank(name, t, 1, meaning);
-  require_dim(name, t, 0, length, meaning);
-  if (length > 1 && t.stride[0] != 1)
-    fail(std::string(name) + " must be contiguous (stride 1); got stride " + std::to_string(t.stride[0]));
+  require_vector(name, t, DType::kFloat32, length, meaning);
 }
 
 void require_not_given(const char* name, const TensorRef& t, const char* why) {
