@@ -446,30 +446,18 @@ TEST(ThreadPool, NestedJobsRunInline) {
 
 // ---- the forward under each instruction set ------------------------------------------------------
 
-AttnConfig make(DType dtype, int64_t dqk, int64_t dv, int64_t hq, int64_t hkv, int64_t sq, int64_t sk) {
-  AttnConfig c;
-  c.dtype = dtype;
-  c.head_dim_qk = dqk;
-  c.head_dim_v = dv;
-  c.heads_q = hq;
-  c.heads_kv = hkv;
-  c.seqlen_q = sq;
-  c.seqlen_k = sk;
-  return c;
-}
-
 class ForwardIsa : public ::testing::TestWithParam<Isa> {};
 
 TEST_P(ForwardIsa, FeaturesMatchReference) {
   ScopedIsa isa(GetParam());
   std::vector<AttnConfig> configs;
   {  // causal across several query tiles, bottom-right aligned, GQA 4
-    AttnConfig c = make(DType::kFloat32, 64, 64, 8, 2, 150, 170);
+    AttnConfig c = shaped_config(DType::kFloat32, 64, 64, 8, 2, 150, 170);
     c.causal = true;
     configs.push_back(c);
   }
   {  // window + sinks + per-batch ALiBi + softcap, fp16, Dqk != Dv
-    AttnConfig c = make(DType::kFloat16, 72, 40, 4, 4, 67, 90);
+    AttnConfig c = shaped_config(DType::kFloat16, 72, 40, 4, 4, 67, 90);
     c.batch = 2;
     c.window_left = 20;
     c.window_right = 5;
@@ -479,7 +467,7 @@ TEST_P(ForwardIsa, FeaturesMatchReference) {
     configs.push_back(c);
   }
   {  // varlen with empty sequences, bf16, MQA
-    AttnConfig c = make(DType::kBFloat16, 111, 111, 6, 1, 0, 0);
+    AttnConfig c = shaped_config(DType::kBFloat16, 111, 111, 6, 1, 0, 0);
     c.layout = Layout::kVarlen;
     c.batch = 4;
     c.seqlens_q = {31, 0, 140, 5};
@@ -488,7 +476,7 @@ TEST_P(ForwardIsa, FeaturesMatchReference) {
     configs.push_back(c);
   }
   {  // paged, odd block size, padded strides
-    AttnConfig c = make(DType::kFloat32, 40, 40, 4, 2, 9, 0);
+    AttnConfig c = shaped_config(DType::kFloat32, 40, 40, 4, 2, 9, 0);
     c.layout = Layout::kPaged;
     c.batch = 2;
     c.block_size = 7;
@@ -508,7 +496,7 @@ INSTANTIATE_TEST_SUITE_P(Isa, ForwardIsa, ::testing::ValuesIn(available_isas()),
 // The forward's bf16 product against the widened fp32 kernels of the same CPU: both are within
 // the SPEC rule (the grid checks that); here they must also agree closely with each other.
 TEST_P(Bf16Product, ForwardAgreesWithTheFp32Kernels) {
-  AttnConfig c = make(DType::kBFloat16, 128, 128, 4, 2, 300, 333);
+  AttnConfig c = shaped_config(DType::kBFloat16, 128, 128, 4, 2, 300, 333);
   c.causal = true;
   AttnCase a(c);
   EXPECT_EQ(check_forward(a, cpu_context(2)), "");
@@ -529,7 +517,7 @@ TEST_P(Bf16Product, ForwardAgreesWithTheFp32Kernels) {
 
 TEST(CpuForward, ForcedSplitsMatchReference) {
   for (int splits : {1, 2, 5, 64}) {
-    AttnConfig c = make(DType::kFloat32, 64, 48, 8, 2, 3, 700);
+    AttnConfig c = shaped_config(DType::kFloat32, 64, 48, 8, 2, 3, 700);
     c.num_splits = splits;
     c.sinks = true;
     c.causal = true;
@@ -540,7 +528,7 @@ TEST(CpuForward, ForcedSplitsMatchReference) {
 
 TEST(CpuForward, DecodeSplitsByHeuristicWithManyThreads) {
   // One block (8 query heads on one kv head, one row) and 8 threads: the heuristic splits it.
-  AttnConfig c = make(DType::kBFloat16, 128, 128, 8, 1, 1, 3000);
+  AttnConfig c = shaped_config(DType::kBFloat16, 128, 128, 8, 1, 1, 3000);
   c.sinks = true;
   c.window_left = 2000;
   AttnCase a(c);
@@ -552,7 +540,7 @@ TEST(CpuForward, DecodeSplitsByHeuristicWithManyThreads) {
 TEST(CpuForward, LargeLogitsWithNearTies) {
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
     for (uint64_t seed = 1; seed <= 12; ++seed) {
-      AttnConfig c = make(dtype, 64, 64, 2, 1, 70, 130);
+      AttnConfig c = shaped_config(dtype, 64, 64, 2, 1, 70, 130);
       c.q_stddev = 1500.0;
       c.causal = seed % 2 == 0;
       c.seed = seed;
@@ -566,7 +554,7 @@ TEST(CpuForward, LargeLogitsWithNearTies) {
 // give out = 0 and lse = -inf, never NaN; also through the split-KV combine.
 TEST(CpuForward, SinkOfMinusInfinityAddsNothing) {
   for (int splits : {1, 3}) {
-    AttnConfig c = make(DType::kFloat32, 32, 32, 4, 2, 20, 40);
+    AttnConfig c = shaped_config(DType::kFloat32, 32, 32, 4, 2, 20, 40);
     c.sinks = true;
     c.window_left = 0;
     c.window_right = 0;
@@ -584,7 +572,7 @@ TEST(CpuForward, SinkOfMinusInfinityAddsNothing) {
 // A non-finite value row reaches only the query rows allowed to see it, even inside a tile
 // that mixes allowed and masked pairs.
 TEST(CpuForward, NonFiniteValueReachesOnlyRowsThatSeeIt) {
-  AttnConfig c = make(DType::kFloat32, 32, 32, 2, 1, 80, 80);
+  AttnConfig c = shaped_config(DType::kFloat32, 32, 32, 2, 1, 80, 80);
   c.causal = true;
   AttnCase a(c);
   for (int64_t d = 0; d < 32; ++d) a.v.set((0 * 80 + 40) * 32 + d, std::numeric_limits<double>::quiet_NaN());
@@ -597,7 +585,7 @@ TEST(CpuForward, NonFiniteValueReachesOnlyRowsThatSeeIt) {
 // Paged keys whose block_table entry is out of range read nothing: checked here below the API
 // (the API validates host index tensors and would refuse them).
 TEST(CpuForward, UnreadablePagedBlocksAreMaskedLikeTheReference) {
-  AttnConfig c = make(DType::kFloat16, 64, 64, 4, 2, 6, 0);
+  AttnConfig c = shaped_config(DType::kFloat16, 64, 64, 4, 2, 6, 0);
   c.layout = Layout::kPaged;
   c.batch = 2;
   c.block_size = 16;
@@ -622,7 +610,7 @@ TEST(CpuForward, UnreadablePagedBlocksAreMaskedLikeTheReference) {
 }
 
 TEST(CpuForward, ScratchGrowsWithTokensNotWithTheScoreMatrix) {
-  AttnConfig c = make(DType::kBFloat16, 64, 64, 1, 1, 4096, 4096);
+  AttnConfig c = shaped_config(DType::kBFloat16, 64, 64, 1, 1, 4096, 4096);
   c.causal = true;
   c.with_lse = false;
   AttnCase a(c);
@@ -635,7 +623,7 @@ TEST(CpuForward, ScratchGrowsWithTokensNotWithTheScoreMatrix) {
 // ---- KV cache and paged writes ------------------------------------------------------------------
 
 AttnConfig kv_config(Layout layout, DType dtype, int64_t rotary_dim, bool interleaved) {
-  AttnConfig c = make(dtype, 64, 64, 8, 2, 3, 0);
+  AttnConfig c = shaped_config(dtype, 64, 64, 8, 2, 3, 0);
   c.layout = layout;
   c.batch = 3;
   c.cache_seqlens = {5, 0, 37};

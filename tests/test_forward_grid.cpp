@@ -130,41 +130,29 @@ INSTANTIATE_TEST_SUITE_P(Sampled, ForwardGrid, ::testing::Range(0, kGridCases));
 
 // ---- targeted cases the grid may only brush ----------------------------------------------------
 
-AttnConfig base(DType dtype, int64_t dqk, int64_t dv, int64_t hq, int64_t hkv, int64_t sq, int64_t sk) {
-  AttnConfig c;
-  c.dtype = dtype;
-  c.head_dim_qk = dqk;
-  c.head_dim_v = dv;
-  c.heads_q = hq;
-  c.heads_kv = hkv;
-  c.seqlen_q = sq;
-  c.seqlen_k = sk;
-  return c;
-}
-
 TEST(Forward, LongSequence1025Causal) {
-  AttnConfig c = base(DType::kFloat16, 64, 64, 2, 1, 1025, 1025);
+  AttnConfig c = shaped_config(DType::kFloat16, 64, 64, 2, 1, 1025, 1025);
   c.causal = true;
   AttnCase a(c);
   EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
 }
 
 TEST(Forward, DecodeSingleQueryLongCache) {
-  AttnConfig c = base(DType::kBFloat16, 128, 128, 8, 1, 1, 1025);
+  AttnConfig c = shaped_config(DType::kBFloat16, 128, 128, 8, 1, 1, 1025);
   c.sinks = true;
   AttnCase a(c);
   EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
 }
 
 TEST(Forward, HeadDim512) {
-  AttnConfig c = base(DType::kFloat32, 512, 512, 2, 2, 9, 13);
+  AttnConfig c = shaped_config(DType::kFloat32, 512, 512, 2, 2, 9, 13);
   AttnCase a(c);
   EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
 }
 
 TEST(Forward, HeadDimOneAndDqkDifferentFromDv) {
   for (auto [dqk, dv] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 33}, {96, 7}, {192, 128}}) {
-    AttnConfig c = base(DType::kFloat16, dqk, dv, 4, 2, 19, 23);
+    AttnConfig c = shaped_config(DType::kFloat16, dqk, dv, 4, 2, 19, 23);
     AttnCase a(c);
     EXPECT_EQ(check_forward(a, cpu_context(2)), "") << c.describe();
   }
@@ -172,7 +160,7 @@ TEST(Forward, HeadDimOneAndDqkDifferentFromDv) {
 
 TEST(Forward, EveryModifierTogether) {
   for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat32}) {
-    AttnConfig c = base(dtype, 59, 40, 8, 2, 37, 70);
+    AttnConfig c = shaped_config(dtype, 59, 40, 8, 2, 37, 70);
     c.causal = true;
     c.window_left = 17;
     c.softcap = 20.0f;
@@ -186,7 +174,7 @@ TEST(Forward, EveryModifierTogether) {
 }
 
 TEST(Forward, VarlenAllEmptyButOne) {
-  AttnConfig c = base(DType::kFloat32, 40, 40, 2, 1, 0, 0);
+  AttnConfig c = shaped_config(DType::kFloat32, 40, 40, 2, 1, 0, 0);
   c.layout = Layout::kVarlen;
   c.batch = 5;
   c.seqlens_q = {0, 0, 9, 0, 0};
@@ -198,7 +186,7 @@ TEST(Forward, VarlenAllEmptyButOne) {
 
 TEST(Forward, PagedBlockSizes) {
   for (int64_t block_size : {1, 3, 16, 256}) {
-    AttnConfig c = base(DType::kFloat16, 64, 64, 4, 2, 5, 0);
+    AttnConfig c = shaped_config(DType::kFloat16, 64, 64, 4, 2, 5, 0);
     c.layout = Layout::kPaged;
     c.batch = 3;
     c.block_size = block_size;
@@ -210,7 +198,7 @@ TEST(Forward, PagedBlockSizes) {
 }
 
 TEST(Forward, ThreadCountsAgree) {
-  AttnConfig c = base(DType::kBFloat16, 111, 111, 4, 2, 70, 90);
+  AttnConfig c = shaped_config(DType::kBFloat16, 111, 111, 4, 2, 70, 90);
   c.batch = 2;
   c.causal = true;
   c.sinks = true;

@@ -331,6 +331,19 @@ struct AttnConfig {
   }
 };
 
+// A config with the given dtype, head dims, head counts and lengths; everything else default.
+inline AttnConfig shaped_config(DType dtype, int64_t dqk, int64_t dv, int64_t hq, int64_t hkv, int64_t sq, int64_t sk) {
+  AttnConfig c;
+  c.dtype = dtype;
+  c.head_dim_qk = dqk;
+  c.head_dim_v = dv;
+  c.heads_q = hq;
+  c.heads_kv = hkv;
+  c.seqlen_q = sq;
+  c.seqlen_k = sk;
+  return c;
+}
+
 inline std::vector<int32_t> prefix_sums(const std::vector<int64_t>& lengths) {
   std::vector<int32_t> cu(lengths.size() + 1, 0);
   for (size_t n = 0; n < lengths.size(); ++n) cu[n + 1] = cu[n] + static_cast<int32_t>(lengths[n]);
