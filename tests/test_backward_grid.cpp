@@ -22,15 +22,7 @@ AttnConfig backward_config(int n) {
   const std::vector<int64_t> dims = {40, 59, 111, 128, 256, 64, 1};
   c.head_dim_qk = dims[covering_pick(2, n, dims.size())];
   c.head_dim_v = rng.coin(0.3) ? rng.pick(std::vector<int64_t>{8, 40, 64, 128}) : c.head_dim_qk;
-  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
-  if (ratio_kind == 3) {
-    c.heads_kv = 1;
-    c.heads_q = rng.uniform_int(3, 4);
-  } else {
-    const int64_t ratio = std::vector<int64_t>{1, 2, 8}[ratio_kind];
-    c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
-    c.heads_q = c.heads_kv * ratio;
-  }
+  pick_heads(c, rng, n, 4);
   const int64_t per_pair = c.heads_q * (2 * c.head_dim_qk + 2 * c.head_dim_v);
   const int64_t budget = std::max<int64_t>(64, 16'000'000 / per_pair);
   const std::vector<int64_t> sizes = {1, 5, 17, 33, 64, 97, 130, 257};

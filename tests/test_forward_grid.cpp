@@ -40,16 +40,7 @@ AttnConfig grid_config(int n) {
   c.head_dim_qk = dims[covering_pick(2, n, dims.size())];
   c.head_dim_v = rng.coin(0.3) ? rng.pick(std::vector<int64_t>{16, 40, 64, 96, 128, 200}) : c.head_dim_qk;
 
-  // GQA ratio 1, 2, 8 or MQA (every query head on one kv head).
-  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
-  if (ratio_kind == 3) {
-    c.heads_kv = 1;
-    c.heads_q = rng.uniform_int(3, 6);
-  } else {
-    const int64_t ratio = std::vector<int64_t>{1, 2, 8}[ratio_kind];
-    c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
-    c.heads_q = c.heads_kv * ratio;
-  }
+  pick_heads(c, rng, n, 6);
 
   // Keep the reference's work per case around a few million multiply-adds.
   const int64_t per_pair = c.heads_q * (c.head_dim_qk + c.head_dim_v);

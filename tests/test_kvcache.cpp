@@ -20,15 +20,7 @@ AttnConfig kvcache_config(int n) {
   const std::vector<int64_t> dims = {64, 128, 59, 40, 111, 256};
   c.head_dim_qk = dims[covering_pick(2, n, dims.size())];
   c.head_dim_v = rng.coin(0.25) ? rng.pick(std::vector<int64_t>{32, 64, 96}) : c.head_dim_qk;
-  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
-  if (ratio_kind == 3) {
-    c.heads_kv = 1;
-    c.heads_q = rng.uniform_int(3, 5);
-  } else {
-    const int64_t ratio = std::vector<int64_t>{1, 2, 8}[ratio_kind];
-    c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
-    c.heads_q = c.heads_kv * ratio;
-  }
+  pick_heads(c, rng, n, 5);
   c.batch = rng.uniform_int(1, 3);
 
   const bool paged = covering_pick(4, n, 2) == 1;

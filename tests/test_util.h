@@ -344,6 +344,20 @@ inline AttnConfig shaped_config(DType dtype, int64_t dqk, int64_t dv, int64_t hq
   return c;
 }
 
+// Grid case n's head counts: GQA ratio 1, 2 or 8 (axis 3 of covering_pick), or MQA with 3 to
+// max_mqa_heads query heads on one kv head.
+inline void pick_heads(AttnConfig& c, Rng& rng, int n, int64_t max_mqa_heads) {
+  const int ratio_kind = static_cast<int>(covering_pick(3, n, 4));
+  if (ratio_kind == 3) {
+    c.heads_kv = 1;
+    c.heads_q = rng.uniform_int(3, max_mqa_heads);
+  } else {
+    const int64_t ratio = std::vector<int64_t>{1, 2, 8}[ratio_kind];
+    c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
+    c.heads_q = c.heads_kv * ratio;
+  }
+}
+
 inline std::vector<int32_t> prefix_sums(const std::vector<int64_t>& lengths) {
   std::vector<int32_t> cu(lengths.size() + 1, 0);
   for (size_t n = 0; n < lengths.size(); ++n) cu[n + 1] = cu[n] + static_cast<int32_t>(lengths[n]);
