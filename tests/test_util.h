@@ -646,6 +646,18 @@ inline std::string run_and_catch(const std::function<void()>& call) {
   return "";
 }
 
+// The checks every forward-like call ends with: out and lse against the reference under the
+// SPEC §6 rule (factor 2), every guard intact, and no input byte changed.
+inline std::string check_outputs(AttnCase& c, const reference::ForwardResult& ref64,
+                                 const reference::ForwardResult& lowp, const Snapshot& before) {
+  std::string failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
+  if (failure.empty() && c.lse.defined())
+    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
+  if (failure.empty()) failure = check_all_guards(c);
+  if (failure.empty()) failure = before.changed();
+  return failure;
+}
+
 // Poisons out/lse, runs attention_forward, and checks out and lse against the reference, that
 // every element was written and that no guard or input byte changed.
 inline std::string check_forward(AttnCase& c, const ExecContext& ctx) {
@@ -662,12 +674,7 @@ inline std::string check_forward(AttnCase& c, const ExecContext& ctx) {
   const core::Problem p = problem_for(params, false);
   const auto ref64 = reference::forward(p, reference::Precision::kFloat64);
   const auto lowp = reference::forward(p, reference::Precision::kInputDType);
-  failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
-  if (failure.empty() && c.lse.defined())
-    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
-  if (failure.empty()) failure = check_all_guards(c);
-  if (failure.empty()) failure = before.changed();
-  return failure;
+  return check_outputs(c, ref64, lowp, before);
 }
 
 // Element-wise comparison of a cache the backend appended to with the reference's copy:
@@ -721,11 +728,7 @@ inline std::string check_kvcache(AttnCase& c, const ExecContext& ctx) {
   const auto lowp = reference::kvcache(p_lowp, reference::Precision::kInputDType);
   failure = check_cache("k_cache", c.k, k_original, k64);
   if (failure.empty()) failure = check_cache("v_cache", c.v, v_original, v64);
-  if (failure.empty()) failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
-  if (failure.empty() && c.lse.defined())
-    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
-  if (failure.empty()) failure = check_all_guards(c);
-  if (failure.empty()) failure = before.changed();
+  if (failure.empty()) failure = check_outputs(c, ref64, lowp, before);
   return failure;
 }
 
