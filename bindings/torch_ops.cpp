@@ -262,6 +262,19 @@ TensorRef sinks_of(Operands& ops, const OptTensor& sinks, const at::Tensor& q) {
   return ops.fp32(sinks, "s_aux");
 }
 
+// Scale, mask and score modifiers, shared by every attention op.
+void set_score_modifiers(AttnParams& p, Operands& ops, const at::Tensor& q, const c10::optional<double>& softmax_scale,
+                         bool causal, int64_t window_left, int64_t window_right, double softcap,
+                         const OptTensor& alibi_slopes, const OptTensor& sinks) {
+  p.scale = scale_or_default(softmax_scale);
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  p.softcap = static_cast<float>(softcap);
+  p.alibi_slopes = ops.fp32(alibi_slopes, "alibi_slopes");
+  p.sinks = sinks_of(ops, sinks, q);
+}
+
 const char* kQShapes = "[B, Sq, Hq, D] (batched) or [Tq, Hq, D] (varlen)";
 
 struct AttentionArgs {
@@ -292,13 +305,8 @@ AttnParams attention_params(Operands& ops, const at::Tensor& q, const at::Tensor
   p.max_seqlen_q = a.max_seqlen_q;
   p.max_seqlen_k = a.max_seqlen_k;
   p.block_table = ops.index(a.block_table, "block_table");
-  p.scale = scale_or_default(a.softmax_scale);
-  p.causal = a.causal;
-  p.window_left = a.window_left;
-  p.window_right = a.window_right;
-  p.softcap = static_cast<float>(a.softcap);
-  p.alibi_slopes = ops.fp32(a.alibi_slopes, "alibi_slopes");
-  p.sinks = sinks_of(ops, a.sinks, q);
+  set_score_modifiers(p, ops, q, a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes,
+                      a.sinks);
   return p;
 }
 
@@ -416,13 +424,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   p.cache_batch_idx = ops.index(cache_batch_idx, "cache_batch_idx");
   p.cache_leftpad = ops.index(cache_leftpad, "cache_leftpad");
   p.block_table = ops.index(block_table, "block_table");
-  p.scale = scale_or_default(softmax_scale);
-  p.causal = causal;
-  p.window_left = window_left;
-  p.window_right = window_right;
-  p.softcap = static_cast<float>(softcap);
-  p.alibi_slopes = ops.fp32(alibi_slopes, "alibi_slopes");
-  p.sinks = sinks_of(ops, sinks, q);
+  set_score_modifiers(p, ops, q, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks);
   p.num_splits = static_cast<int>(num_splits);
   at::Tensor out = at::empty(out_shape(q, v_cache), q.options());
   at::Tensor lse = at::empty(lse_shape(q), q.options().dtype(at::kFloat));
