@@ -116,7 +116,14 @@ def _poisoned_paged_cache(device, num_blocks=6, block_size=4, hkv=2, d=16):
     return k_cache, v_cache
 
 
-def test_kvcache_overflow_writes_nothing(device):
+def _checked_on_device(device, monkeypatch):
+    """Device-resident index tensors are read back (a sync per call) only with FLASHSDPA_CHECK=1."""
+    if device.type != "cpu":
+        monkeypatch.setenv("FLASHSDPA_CHECK", "1")
+
+
+def test_kvcache_overflow_writes_nothing(device, monkeypatch):
+    _checked_on_device(device, monkeypatch)
     q = randn(2, 1, 4, 16, dtype=torch.float16, device=device)
     k_cache = torch.full((2, 8, 2, 16), float("nan"), dtype=torch.float16, device=device)
     v_cache = k_cache.clone()
@@ -131,9 +138,25 @@ def test_kvcache_overflow_writes_nothing(device):
         flashsdpa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=2.5)
 
 
-def test_kvcache_block_table_out_of_range_writes_nothing(device):
-    if device.type != "cpu":
-        pytest.skip("device-resident block tables are validated only with FLASHSDPA_CHECK=1")
+def test_kvcache_overflow_unchecked_stays_in_bounds(device, monkeypatch):
+    """Without checked mode a device-resident overflow is not reported, but nothing outside the
+    caches is touched: they are slices of larger NaN buffers whose guard rows must stay NaN."""
+    if device.type == "cpu":
+        pytest.skip("host-resident lengths are always checked")
+    monkeypatch.delenv("FLASHSDPA_CHECK", raising=False)
+    q = randn(2, 1, 4, 16, dtype=torch.float16, device=device)
+    k_buf = torch.full((4, 8, 2, 16), float("nan"), dtype=torch.float16, device=device)
+    v_buf = k_buf.clone()
+    k_new = randn(2, 3, 2, 16, dtype=torch.float16, device=device)
+    seqlens = torch.tensor([2, 6], dtype=torch.int32, device=device)  # 6 + 3 > 8 slots
+    flashsdpa.flash_attn_with_kvcache(q, k_buf[1:3], v_buf[1:3], k_new, k_new, cache_seqlens=seqlens)
+    torch.cuda.synchronize()
+    for buf in (k_buf, v_buf):
+        assert bool(torch.isnan(buf[0]).all()) and bool(torch.isnan(buf[3]).all())
+
+
+def test_kvcache_block_table_out_of_range_writes_nothing(device, monkeypatch):
+    _checked_on_device(device, monkeypatch)
     k_cache, v_cache = _poisoned_paged_cache(device)
     q = randn(1, 1, 4, 16, dtype=torch.float16, device=device)
     k_new = randn(1, 2, 2, 16, dtype=torch.float16, device=device)
@@ -144,7 +167,7 @@ def test_kvcache_block_table_out_of_range_writes_nothing(device):
     assert bool(torch.isnan(k_cache).all()) and bool(torch.isnan(v_cache).all())
 
 
-def test_kv_paged_write_bad_input_writes_nothing(device):
+def test_kv_paged_write_bad_input_writes_nothing(device, monkeypatch):
     k_cache, v_cache = _poisoned_paged_cache(device)
     k_new = randn(2, 3, 2, 16, dtype=torch.float16, device=device)
     table = random_block_table([6, 6], 4, 6, device)
@@ -154,7 +177,8 @@ def test_kv_paged_write_bad_input_writes_nothing(device):
         flashsdpa.kv_paged_write(k_cache, v_cache, k_new.float(), k_new, table, seqlens)
     with _raises(TypeError, "cache_seqlens", "int32"):
         flashsdpa.kv_paged_write(k_cache, v_cache, k_new, k_new, table, seqlens.long())
-    if device.type == "cpu":
+    with monkeypatch.context() as checked:
+        _checked_on_device(device, checked)
         overflow = torch.tensor([1, 7], dtype=torch.int32, device=device)  # 7 + 3 > 2 blocks of 4
         with _raises(ValueError):
             flashsdpa.kv_paged_write(k_cache, v_cache, k_new, k_new, table, overflow)
