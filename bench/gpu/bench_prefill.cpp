@@ -6,7 +6,8 @@
 //                                           bf16, fp16, fp32)
 //   flashsdpa_gpu_bench --one DT HD S B H C  one point (DT bf16|fp16|fp32, C 0|1)
 //   flashsdpa_gpu_bench --sweep             candidate tensor-core tile shapes (bench/gpu/tile_sweep*.cu),
-//                                           bf16, hd 64/128/256, 4k and 16k, causal or not
+//                                           bf16, hd 64/128/256, 1k/4k/16k, causal or not; causal
+//                                           also times block orders (tile_sweep.cuh)
 //   flashsdpa_gpu_bench --memory            peak extra device memory at 128k tokens
 //                                           (B 1, H 8, hd 64, causal, window 128, sinks)
 //
@@ -139,7 +140,7 @@ void run_point(const Point& pt, int iters) {
 void run_sweep() {
   using namespace flashsdpa;
   for (int64_t hd : {64, 128, 256}) {
-    for (int64_t seqlen : {4096, 16384}) {
+    for (int64_t seqlen : {1024, 4096, 16384}) {
       for (bool causal : {false, true}) {
         const int64_t b = 16384 / seqlen, h = 2048 / hd, n = b * seqlen * h * hd;
         DeviceBuffer q(n * 2), k(n * 2), v(n * 2), out(n * 2);

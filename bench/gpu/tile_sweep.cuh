@@ -13,14 +13,27 @@
 
 namespace flashsdpa::bench {
 
+// The L2 cache budget of one longest-first group (block_order.h), as a fraction of the L2 size:
+// the backend uses 1.0; the sweep times others on the built shapes.
+inline double l2_bytes() {
+  int device = 0, bytes = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device);
+  return bytes;
+}
+
+// order_groups < 0: the backend's choice (the L2 size per group); otherwise as given.
 template <class Tile>
-void sweep_one(const core::Problem& p, const char* name, double flop, int iters) {
+void sweep_one(const core::Problem& p, const char* name, double flop, int iters, int64_t order_groups = -1) {
   cuda::MmaArgs args;
   args.p = p;
   args.score_scale_log2 = p.scale * cuda::kLog2e;
   args.vector_io = true;
   args.has_score_mod = false;
-  args.reverse_tiles = p.window_right >= 0;
+  args.order_groups = order_groups >= 0 ? order_groups
+                      : p.window_right >= 0 ? cuda::longest_first_groups(p, l2_bytes())
+                                            : 0;
+  args.shared_memory_optin = 0;
   for (int w = 0; w < 3; ++w) cuda::launch_mma_tile<Tile, cuda::BFloat16>(args, nullptr);
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
@@ -37,14 +50,27 @@ void sweep_one(const core::Problem& p, const char* name, double flop, int iters)
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  std::printf("{\"sweep\": \"%s\", \"hd\": %lld, \"seqlen\": %lld, \"causal\": %s, \"smem\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",
-              name, static_cast<long long>(p.head_dim_qk), static_cast<long long>(p.seqlen_q),
-              p.window_right >= 0 ? "true" : "false", Tile::kSmemBytes, median, flop / (median * 1e-3) / 1e12);
+  std::printf("{\"sweep\": \"%s groups %lld\", \"hd\": %lld, \"seqlen\": %lld, \"causal\": %s, \"smem\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",
+              name, static_cast<long long>(args.order_groups), static_cast<long long>(p.head_dim_qk),
+              static_cast<long long>(p.seqlen_q), p.window_right >= 0 ? "true" : "false", Tile::kSmemBytes, median,
+              flop / (median * 1e-3) / 1e12);
   std::fflush(stdout);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
 }
 
+// Causal problems: the block order on one shape. Groups = pairs is the old order (each
+// sequence's tiles longest first, sequence after sequence), 1 is longest first over the grid.
+template <class Tile>
+void sweep_orders(const core::Problem& p, const char* name, double flop, int iters) {
+  if (p.window_right < 0) return;
+  const double l2 = l2_bytes();
+  sweep_one<Tile>(p, name, flop, iters, p.batch * p.heads_q);
+  for (double share : {0.25, 0.5}) sweep_one<Tile>(p, name, flop, iters, cuda::longest_first_groups(p, share * l2));
+  sweep_one<Tile>(p, name, flop, iters, 1);
+}
+
 #define FLASHSDPA_SWEEP(...) sweep_one<cuda::MmaTile<__VA_ARGS__>>(p, #__VA_ARGS__, flop, iters)
+#define FLASHSDPA_SWEEP_ORDERS(...) sweep_orders<cuda::MmaTile<__VA_ARGS__>>(p, #__VA_ARGS__, flop, iters)
 
 }  // namespace flashsdpa::bench

@@ -2,10 +2,12 @@
 // to the kernel launch of the right tile shape.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
 #include "core/problem.h"
+#include "cuda/block_order.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_utils.cuh"
@@ -28,6 +30,24 @@ bool rows_are_16_byte_aligned(const core::Problem& p) {
     if (op->batch_stride % per16 != 0 || op->row_stride % per16 != 0 || op->head_stride % per16 != 0) return false;
   }
   return true;
+}
+
+// Device attributes read on every forward call: queried once per device.
+int device_attribute(cudaDeviceAttr attribute) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> l2_bytes[kCachedDevices], optin_bytes[kCachedDevices];
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  std::atomic<int>* cached = nullptr;
+  if (device >= 0 && device < kCachedDevices) {
+    if (attribute == cudaDevAttrL2CacheSize) cached = &l2_bytes[device];
+    if (attribute == cudaDevAttrMaxSharedMemoryPerBlockOptin) cached = &optin_bytes[device];
+  }
+  if (cached != nullptr && cached->load(std::memory_order_relaxed) > 0) return cached->load(std::memory_order_relaxed);
+  int value = 0;
+  check_cuda(cudaDeviceGetAttribute(&value, attribute, device), "cudaDeviceGetAttribute");
+  if (cached != nullptr) cached->store(value, std::memory_order_relaxed);
+  return value;
 }
 
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
@@ -74,7 +94,10 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       args.score_scale_log2 = p.scale * kLog2e;
       args.vector_io = rows_are_16_byte_aligned(p);
       args.has_score_mod = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-      args.reverse_tiles = p.window_right >= 0;
+      // Longest first where tiles differ in work, one group's K/V within the L2 cache's size
+      // (measured against half and a quarter of it, and one group: docs/perf-log.md, v5).
+      args.order_groups = p.window_right >= 0 ? longest_first_groups(p, device_attribute(cudaDevAttrL2CacheSize)) : 0;
+      args.shared_memory_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
       switch (padded_head_dim(p)) {
         case 64: launch_mma_forward_d64(args, as_stream(stream)); break;
         case 128: launch_mma_forward_d128(args, as_stream(stream)); break;

@@ -25,6 +25,7 @@
 #include "core/mask.h"
 #include "core/problem.h"
 #include "core/sequence.h"
+#include "cuda/block_order.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/launch.h"
 
@@ -525,13 +526,16 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   extern __shared__ __align__(128) unsigned char smem[];
   const core::Problem& p = args.p;
 
+  BlockWork work{blockIdx.x, blockIdx.y, blockIdx.z};
+  if (args.order_groups > 0)
+    work = longest_first_work(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y,
+                              gridDim.z, static_cast<uint32_t>(args.order_groups));
   BlockView blk;
-  blk.b = blockIdx.z;
-  blk.h = blockIdx.y;
+  blk.b = work.batch;
+  blk.h = work.head;
   blk.kv_head = blk.h / p.group;
   blk.seq = core::sequence(p, blk.b);
-  const int64_t tile = args.reverse_tiles ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  blk.row0 = tile * Tile::kBlockM;
+  blk.row0 = work.tile * Tile::kBlockM;
   if (blk.row0 >= blk.seq.sq) return;
   blk.row_end = core::min_i64(blk.row0 + Tile::kBlockM, blk.seq.sq);
   blk.mask = core::sequence_mask(p, blk.seq);
@@ -648,7 +652,10 @@ void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
   const int64_t tiles = (rows + Tile::kBlockM - 1) / Tile::kBlockM;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  MmaArgs launch_args = args;
+  if (static_cast<double>(tiles) * static_cast<double>(p.heads_q * p.batch) >= 4294967296.0)
+    launch_args.order_groups = 0;  // longest_first_work counts blocks in 32 bits
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
   check_cuda(cudaGetLastError(), "mma_forward_kernel launch");
 }
 

@@ -14,7 +14,11 @@ struct MmaArgs {
   float score_scale_log2;  // scale * log2(e): raw dot products -> log2-domain scores
   bool vector_io;          // every row starts 16-byte aligned and D % 8 == 0: cp.async / 16-byte stores
   bool has_score_mod;      // softcap or ALiBi: scores go through core::ScoreMod
-  bool reverse_tiles;      // causal: launch the longest query tiles first
+  // Causal masks and windows with a right edge: blocks take their query tiles longest first, in
+  // this many groups of (sequence, head) pairs (block_order.h). 0: natural order (tile = x,
+  // head = y, sequence = z), for masks under which every tile does the same work.
+  int64_t order_groups;
+  int shared_memory_optin;  // the device's opt-in shared memory per block: picks the hd 256 tile shape
 };
 
 // Tensor-core forward, Dqk and Dv both padded to 64, 128 or 256 (forward_mma_d*.cu).

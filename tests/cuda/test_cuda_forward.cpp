@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/block_order.h"
 #include "gpu_test_util.h"
 
 namespace flashsdpa::test {
@@ -342,6 +343,73 @@ TEST(CudaForward, ExplainNamesTheTier) {
     const Selection sel = explain(device_params(c, dev), Op::kForward, cuda_context());
     EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
     EXPECT_NE(sel.reason.find("1..256"), std::string::npos) << sel.reason;
+  }
+}
+
+// ---- cuda-mma-sm80: causal diagonals, longest-first block order -------------------------------
+
+// Diagonal offsets (Sq != Sk) and sequence ends put a warp's last allowed key at every position
+// around the middle of a 64-key tile (31, 32 and 33 keys live), and windows with both edges.
+TEST(CudaForward, CausalDiagonalOffsets) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 1500;
+  const std::vector<std::pair<int64_t, int64_t>> lengths = {{128, 128}, {160, 192}, {200, 231}, {200, 232},
+                                                            {200, 233}, {97, 32}, {300, 287}, {64, 95}};
+  for (int64_t d : {64, 128, 256}) {
+    for (const auto& [sq, sk] : lengths) {
+      AttnConfig c = batched(sq, sk, 2, 1, d, d);
+      c.batch = 1;
+      c.causal = true;
+      c.seed = seed++;
+      expect_passes(c);
+    }
+    AttnConfig c = batched(190, 190, 2, 2, d, d);
+    c.window_left = 40;
+    c.window_right = 33;
+    c.seed = seed++;
+    expect_passes(c);
+  }
+}
+
+// Causal queries longer than hd 64's short-sequence shape takes (4k rows), and a long hd 128
+// one: the 128-row shapes on the causal diagonal, in longest-first order.
+TEST(CudaForward, CausalLongQueries) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (const auto& [d, s] : std::vector<std::pair<int64_t, int64_t>>{{64, 4160}, {128, 2110}}) {
+    AttnConfig c = batched(s, s, 2, 1, d, d);
+    c.batch = 1;
+    c.causal = true;
+    c.seed = 1600 + static_cast<uint64_t>(d);
+    expect_passes(c);
+  }
+}
+
+// The longest-first order the kernel uses (block_order.h) hands out every (tile, head, sequence)
+// exactly once, groups consecutive pairs, and within a group runs tiles from the last down.
+TEST(CudaForward, LongestFirstOrderIsAPermutation) {
+  for (uint32_t tiles : {1u, 3u, 8u}) {
+    for (uint32_t heads : {1u, 2u, 5u}) {
+      for (uint32_t batch : {1u, 3u, 4u}) {
+        const uint32_t pairs = heads * batch;
+        for (uint32_t groups = 1; groups <= pairs; ++groups) {
+          std::vector<int> seen(tiles * pairs, 0);
+          int64_t last_pair = -1;
+          for (uint32_t n = 0; n < tiles * pairs; ++n) {
+            const cuda::BlockWork w = cuda::longest_first_work(n, tiles, heads, batch, groups);
+            ASSERT_TRUE(w.tile >= 0 && w.tile < int64_t(tiles) && w.head >= 0 && w.head < int64_t(heads) &&
+                        w.batch >= 0 && w.batch < int64_t(batch));
+            const int64_t pair = w.batch * int64_t(heads) + w.head;
+            ++seen[static_cast<size_t>(pair) * tiles + static_cast<size_t>(w.tile)];
+            // Pairs start in increasing order: a new pair appears only past all earlier ones.
+            if (pair > last_pair) {
+              EXPECT_EQ(w.tile, int64_t(tiles) - 1) << "a pair starts with its longest tile";
+              last_pair = pair;
+            }
+          }
+          for (int count : seen) ASSERT_EQ(count, 1) << tiles << " tiles, " << pairs << " pairs, " << groups << " groups";
+        }
+      }
+    }
   }
 }
 
