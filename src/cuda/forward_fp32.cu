@@ -9,12 +9,15 @@ namespace {
 // Fp32Tile<head dim, rows per thread, lanes per row, keys per tile, blocks per SM>; all 256 threads.
 // Shared memory: Q and K rows padded by 4 floats, V unpadded, P transposed (docs/perf-log.md,
 // "fp32 tier v3", has the counts and the measured alternatives).
-// hd 64: 128 rows x 64 keys, 4 x 8 scores and 4 x 8 outputs per thread, 99 KB: two blocks per SM.
+// Measured on an H100 (bench --sweep-fp32, 16k tokens, S 4k / 16k): see the notes per shape.
+// hd 64: 128 rows x 64 keys, 4 x 8 scores and 4 x 8 outputs per thread, 99 KB: two blocks per SM
+// (39.0 / 39.2 TFLOP/s; one block per SM 38.3 / 38.6).
 using Fp32TileD64 = Fp32Tile<64, 4, 8, 64, 2>;
-// hd 128: 128 rows x 64 keys, 8 x 4 scores and 8 x 8 outputs per thread, 163 KB (sm_80's limit).
-using Fp32TileD128 = Fp32Tile<128, 8, 16, 64, 1>;
+// hd 128: 128 rows x 64 keys, 4 x 8 scores and 4 x 16 outputs per thread, 163 KB (sm_80's limit)
+// (42.5 / 42.7; 8 x 4 scores and 8 x 8 outputs 41.3 / 41.6).
+using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1>;
 // hd 256: 64 rows, 4 x 4 scores and 4 x 16 outputs per thread; 64-key tiles need 210 KB (sm_90),
-// 32-key tiles 138 KB where a block may have less.
+// 32-key tiles 138 KB where a block may have less (36.0 / 36.0 against 32.0 / 32.2).
 using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1>;
 using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
