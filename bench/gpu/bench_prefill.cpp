@@ -8,6 +8,8 @@
 //   flashsdpa_gpu_bench --sweep             candidate tensor-core tile shapes (bench/gpu/tile_sweep*.cu),
 //                                           bf16, hd 64/128/256, 1k/4k/16k, causal or not; causal
 //                                           also times block orders (tile_sweep.cuh)
+//   flashsdpa_gpu_bench --sweep-fp32        the same for the exact fp32 tier's shapes
+//                                           (bench/gpu/tile_sweep_fp32_d*.cu)
 //   flashsdpa_gpu_bench --memory            peak extra device memory at 128k tokens
 //                                           (B 1, H 8, hd 64, causal, window 128, sinks)
 //
@@ -136,30 +138,38 @@ void run_point(const Point& pt, int iters) {
   cudaEventDestroy(stop);
 }
 
-// Times the candidate tile shapes of bench/gpu/tile_sweep_d*.cu on one validated problem each.
-void run_sweep() {
+// Times the candidate tile shapes of bench/gpu/tile_sweep_d*.cu (bf16) or tile_sweep_fp32_d*.cu
+// (fp32) on one validated problem each.
+void run_sweep(DType dtype) {
   using namespace flashsdpa;
+  const int64_t esize = dtype_size(dtype);
   for (int64_t hd : {64, 128, 256}) {
     for (int64_t seqlen : {1024, 4096, 16384}) {
       for (bool causal : {false, true}) {
         const int64_t b = 16384 / seqlen, h = 2048 / hd, n = b * seqlen * h * hd;
-        DeviceBuffer q(n * 2), k(n * 2), v(n * 2), out(n * 2);
-        fill(q, DType::kBFloat16, n, 1);
-        fill(k, DType::kBFloat16, n, 2);
-        fill(v, DType::kBFloat16, n, 3);
+        DeviceBuffer q(n * esize), k(n * esize), v(n * esize), out(n * esize);
+        fill(q, dtype, n, 1);
+        fill(k, dtype, n, 2);
+        fill(v, dtype, n, 3);
         AttnParams p;
-        p.q = TensorRef::contiguous(q.ptr, DType::kBFloat16, {b, seqlen, h, hd});
-        p.k = TensorRef::contiguous(k.ptr, DType::kBFloat16, {b, seqlen, h, hd});
-        p.v = TensorRef::contiguous(v.ptr, DType::kBFloat16, {b, seqlen, h, hd});
-        p.out = TensorRef::contiguous(out.ptr, DType::kBFloat16, {b, seqlen, h, hd});
+        p.q = TensorRef::contiguous(q.ptr, dtype, {b, seqlen, h, hd});
+        p.k = TensorRef::contiguous(k.ptr, dtype, {b, seqlen, h, hd});
+        p.v = TensorRef::contiguous(v.ptr, dtype, {b, seqlen, h, hd});
+        p.out = TensorRef::contiguous(out.ptr, dtype, {b, seqlen, h, hd});
         p.causal = causal;
         core::ValidateOptions options;
         options.check_index_values = false;
         const core::Problem problem = core::prepare_forward(p, options);
         const double flop = flop_count(b, h, seqlen, hd, causal);
-        if (hd == 64) bench::sweep_d64(problem, flop, 10);
-        if (hd == 128) bench::sweep_d128(problem, flop, 10);
-        if (hd == 256) bench::sweep_d256(problem, flop, 10);
+        if (dtype == DType::kFloat32) {
+          if (hd == 64) bench::sweep_fp32_d64(problem, flop, 5);
+          if (hd == 128) bench::sweep_fp32_d128(problem, flop, 5);
+          if (hd == 256) bench::sweep_fp32_d256(problem, flop, 5);
+        } else {
+          if (hd == 64) bench::sweep_d64(problem, flop, 10);
+          if (hd == 128) bench::sweep_d128(problem, flop, 10);
+          if (hd == 256) bench::sweep_d256(problem, flop, 10);
+        }
       }
     }
   }
@@ -219,7 +229,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (argc > 1 && std::strcmp(argv[1], "--sweep") == 0) {
-    run_sweep();
+    run_sweep(flashsdpa::DType::kBFloat16);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--sweep-fp32") == 0) {
+    run_sweep(flashsdpa::DType::kFloat32);
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--memory") == 0) {

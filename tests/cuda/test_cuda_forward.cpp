@@ -413,6 +413,35 @@ TEST(CudaForward, LongestFirstOrderIsAPermutation) {
   }
 }
 
+// The exact fp32 tier's tile shapes (forward_fp32.cu): several query blocks and key tiles with a
+// partial last tile at every padded head dim, Dqk != Dv, the element-wise load path (padded
+// strides), and extreme logits at head dim 256 (ExtremeLogits covers 64 and 128).
+TEST(CudaForward, Fp32TileShapes) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t dqk, dv;
+    bool padded_strides;
+    double q_stddev;
+  };
+  const std::vector<Shape> shapes = {{40, 40, false, 1.0},   {64, 64, false, 1.0},  {64, 64, true, 1.0},
+                                     {128, 96, false, 1.0},  {100, 100, true, 1.0}, {200, 256, false, 1.0},
+                                     {256, 256, false, 1.0}, {256, 256, false, 1000.0}};
+  uint64_t seed = 1500;
+  for (const Shape& shape : shapes) {
+    for (bool causal : {false, true}) {
+      AttnConfig config = batched(300, 333, 2, 1, shape.dqk, shape.dv);
+      config.dtype = DType::kFloat32;
+      config.padded_strides = shape.padded_strides;
+      config.q_stddev = shape.q_stddev;
+      config.causal = causal;
+      config.sinks = causal;
+      config.seed = seed++;
+      AttnCase c(config);
+      EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashsdpa::test
 

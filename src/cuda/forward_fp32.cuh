@@ -1,0 +1,501 @@
+// The exact fp32 forward (tier kCudaFp32): SIMT FFMA, no TF32, every feature. The kernel template
+// lives here so the benchmark can time candidate tile shapes (bench/gpu/tile_sweep_fp32*.cu); the
+// library builds the shapes chosen in forward_fp32.cu.
+//
+// Both products are register-blocked SIMT GEMMs, as in a good SGEMM. A block of 256 threads owns
+// kBlockM query rows of one (sequence, query head). kThreadsPerRow (G) lanes of one warp share each
+// row: lane (row_lane, key_lane) of warp w (LaneRoles: which lane bits are which) holds
+//   rows      first_row + R r (r < TM),  first_row = w * R * TM + row_lane,  R = 32 / G row groups
+//             per warp, so at a fixed r a warp's rows are R consecutive rows;
+//   keys      key_lane + G c (c < TN) of each key tile, so at a fixed c the warp reads G
+//             consecutive K rows;
+//   columns   4 key_lane + 4 G j .. + 3 (j < CQ) of the output.
+// S = Q K^T: per 4 head-dim steps a thread reads TM float4s of Q and TN float4s of K (rows padded
+//   by 4 floats: consecutive rows fall in different bank quads) for 4 TM TN FFMAs.
+// P -> smem: stored transposed (key-major), TM consecutive floats per (thread, key).
+// O += P V: per key a thread reads TM floats of P and CQ float4s of V for 4 TM CQ FFMAs.
+// Rows are shared only within a warp, so the softmax's row max and sum are warp shuffles.
+//
+// K and V have one buffer each, and each load overlaps the other product: V of tile t streams in
+// during S = Q K^T of tile t, K of tile t + 1 during O += P V of tile t (two barriers per tile).
+//
+// Exactness (SPEC §6 holds fp32 to a plain fp32 implementation): every score is one fmaf chain
+// over d = 0, 1, ... in order, the same sum the previous kernels computed and tested at |s| ~ 1e4
+// (tests/cuda/test_cuda_forward.cpp, ExtremeLogits); softmax runs in natural units and subtracts
+// the row max before one exp2 per score, so the scores that dominate a row have arguments near 0,
+// where exp2's relative error is smallest; softcap and ALiBi are evaluated in double.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/mask.h"
+#include "core/problem.h"
+#include "core/sequence.h"
+#include "cuda/device_utils.cuh"
+
+namespace flashsdpa::cuda {
+
+struct Fp32Args {
+  core::Problem p;
+  bool vector_io;      // rows 16-byte aligned and D % 4 == 0
+  bool reverse_tiles;  // causal / right window: the longest query tiles first
+};
+
+template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
+          bool kPairedLanes_ = true>
+struct Fp32Tile {
+  static constexpr int kHeadDim = kHeadDim_;  // Dqk and Dv padded to this
+  static constexpr int kThreads = 256;
+  static constexpr int kRowsPerThread = kRowsPerThread_;  // TM
+  static constexpr int kThreadsPerRow = kThreadsPerRow_;  // G
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+  // Lane bit 0 picks the row, bit 1 the key (see lane_roles); false: lane = row_lane * G + key_lane.
+  static constexpr bool kPairedLanes = kPairedLanes_;
+
+  static constexpr int kRowLanes = 32 / kThreadsPerRow;  // R: row groups per warp
+  static constexpr int kWarpRows = kRowLanes * kRowsPerThread;
+  static constexpr int kBlockM = kWarpRows * (kThreads / 32);
+  static constexpr int kKeysPerThread = kBlockN / kThreadsPerRow;       // TN
+  static constexpr int kColQuads = kHeadDim / (4 * kThreadsPerRow);     // CQ: float4 output columns
+  static constexpr int kQPitch = kHeadDim + 4;  // floats; +4: R consecutive rows hit R bank quads
+  static constexpr int kKPitch = kHeadDim + 4;  // likewise for G consecutive keys
+  static constexpr int kVPitch = kHeadDim;      // read along the row: contiguous already
+  static constexpr int kPPitch = kBlockM;       // P transposed: key-major
+  static constexpr int kQFloats = kBlockM * kQPitch;
+  static constexpr int kKFloats = kBlockN * kKPitch;
+  static constexpr int kVFloats = kBlockN * kVPitch;
+  static constexpr int kPFloats = kBlockN * kPPitch;
+  static constexpr int kSmemBytes = (kQFloats + kKFloats + kVFloats + kPFloats) * 4;
+
+  static_assert(kThreadsPerRow == 8 || kThreadsPerRow == 16, "2 or 4 row groups per warp");
+  static_assert(kRowsPerThread == 2 || kRowsPerThread % 4 == 0, "P is read as float2 or float4s");
+  static_assert(kBlockN % kThreadsPerRow == 0, "whole keys per thread");
+  static_assert(kHeadDim % (4 * kThreadsPerRow) == 0, "whole float4 output columns per thread");
+  static_assert(kHeadDim % 16 == 0, "the score loop steps 16 head dims at a time");
+};
+
+namespace fp32_detail {
+
+// kN consecutive floats of shared memory (16- or 8-byte aligned) into registers, and back.
+template <int kN>
+__device__ __forceinline__ void load_floats(float (&dst)[kN], const float* src) {
+  if constexpr (kN % 4 == 0) {
+#pragma unroll
+    for (int n = 0; n < kN; n += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(src + n);
+      dst[n] = v.x, dst[n + 1] = v.y, dst[n + 2] = v.z, dst[n + 3] = v.w;
+    }
+  } else {
+    static_assert(kN == 2, "float2 or float4s");
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    dst[0] = v.x, dst[1] = v.y;
+  }
+}
+template <int kN>
+__device__ __forceinline__ void store_floats(float* dst, const float (&src)[kN]) {
+  if constexpr (kN % 4 == 0) {
+#pragma unroll
+    for (int n = 0; n < kN; n += 4)
+      *reinterpret_cast<float4*>(dst + n) = make_float4(src[n], src[n + 1], src[n + 2], src[n + 3]);
+  } else {
+    static_assert(kN == 2, "float2 or float4s");
+    *reinterpret_cast<float2*>(dst) = make_float2(src[0], src[1]);
+  }
+}
+
+// kRows rows of one operand into a tile of kPitch floats per row; row_base(r) < 0 zero-fills the
+// row without reading. Columns at or past dim are zero, so padded head dims add nothing.
+template <class Tile, int kRows, int kPitch, class RowBase>
+__device__ __forceinline__ void load_rows(float* tile, const float* base, int dim, bool vector_io, RowBase row_base) {
+  constexpr int kQuads = Tile::kHeadDim / 4;
+  for (int c = threadIdx.x; c < kRows * kQuads; c += Tile::kThreads) {
+    const int row = c / kQuads, col = (c % kQuads) * 4;
+    const int64_t offset = row_base(row);
+    float* dst = tile + row * kPitch + col;
+    if (vector_io) {
+      const bool live = offset >= 0 && col < dim;
+      cp_async_16(smem_address(dst), live ? base + offset + col : base, live ? 16 : 0);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dst[e] = (offset >= 0 && col + e < dim) ? base[offset + col + e] : 0.0f;
+    }
+  }
+}
+
+// The fast copy of a K or V tile when K/V are linear in the key index (batched, varlen, dense
+// cache) and rows are 16-byte aligned: the thread's chunks share one 16-byte column and lie
+// kRowStep rows apart, so a tile is kIters cp.async at compile-time shared-memory offsets from
+// one running global pointer, with only the row bound checked per chunk.
+template <class Tile, int kRows, int kPitch>
+struct LinearTileCopy {
+  static constexpr int kQuads = Tile::kHeadDim / 4;
+  static constexpr int kRowStep = Tile::kThreads / kQuads;
+  static constexpr int kIters = kRows / kRowStep;
+  static_assert(Tile::kThreads % kQuads == 0 && kRows % kRowStep == 0, "whole rows per pass");
+
+  const float* base;     // the operand: the address of chunks that read nothing
+  const float* src;      // the thread's column of key row_in_tile of the next tile
+  int64_t row_stride;    // floats between keys
+  int64_t tile_stride;   // floats between tiles
+  uint32_t dst;          // shared address of the thread's first chunk
+  int row_in_tile;
+  bool col_live;         // the column is inside the head dim
+
+  __device__ __forceinline__ LinearTileCopy(const float* base, int64_t key0, int64_t first_key, int64_t stride,
+                                            int dim, float* tile) {
+    const int col = (threadIdx.x % kQuads) * 4;
+    row_in_tile = threadIdx.x / kQuads;
+    row_stride = stride;
+    tile_stride = stride * kRows;
+    col_live = col < dim;
+    this->base = base;
+    src = base + key0 + (first_key + row_in_tile) * stride + col;
+    dst = smem_address(tile + row_in_tile * kPitch + col);
+  }
+  // The tile of keys n0 .. n0 + kRows - 1, zero-filled at and past k_end; tiles are copied in order.
+  __device__ __forceinline__ void copy(int64_t n0, int64_t k_end) {
+    const float* row_src = src;
+    if (col_live && n0 + kRows <= k_end) {
+#pragma unroll
+      for (int i = 0; i < kIters; ++i, row_src += kRowStep * row_stride)
+        cp_async_16(dst + i * kRowStep * kPitch * 4, row_src, 16);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kIters; ++i, row_src += kRowStep * row_stride) {
+        const bool live = col_live && n0 + row_in_tile + i * kRowStep < k_end;
+        cp_async_16(dst + i * kRowStep * kPitch * 4, live ? row_src : base, live ? 16 : 0);
+      }
+    }
+    src += tile_stride;
+  }
+};
+
+// s[r][c] = <q row first_row + R r, k row key_lane + G c> over d < 16 * d_chunks, one fmaf chain
+// per score in increasing d. q and k point at the thread's first row / key.
+template <class Tile>
+__device__ __forceinline__ void compute_scores(float (&s)[Tile::kRowsPerThread][Tile::kKeysPerThread],
+                                               const float* q, const float* k, int d_chunks) {
+  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread;
+  constexpr int kQStep = Tile::kRowLanes * Tile::kQPitch, kKStep = Tile::kThreadsPerRow * Tile::kKPitch;
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) s[r][c] = 0.0f;
+  for (int chunk = 0; chunk < d_chunks; ++chunk, q += 16, k += 16) {
+#pragma unroll
+    for (int d = 0; d < 16; d += 4) {
+      float4 qv[TM], kv[TN];
+#pragma unroll
+      for (int r = 0; r < TM; ++r) qv[r] = *reinterpret_cast<const float4*>(q + r * kQStep + d);
+#pragma unroll
+      for (int c = 0; c < TN; ++c) kv[c] = *reinterpret_cast<const float4*>(k + c * kKStep + d);
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) {
+          s[r][c] = fmaf(qv[r].x, kv[c].x, s[r][c]);
+          s[r][c] = fmaf(qv[r].y, kv[c].y, s[r][c]);
+          s[r][c] = fmaf(qv[r].z, kv[c].z, s[r][c]);
+          s[r][c] = fmaf(qv[r].w, kv[c].w, s[r][c]);
+        }
+    }
+  }
+}
+
+// o[r][j] += sum over the tile's keys n of P[n][r] V[n][columns j], keys in increasing order.
+// p points at the thread's P slot of key 0, v at its first column of key 0.
+template <class Tile>
+__device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4], const float* p,
+                                              const float* v) {
+  constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kColStep = 4 * Tile::kThreadsPerRow;
+#pragma unroll 8
+  for (int n = 0; n < Tile::kBlockN; ++n) {
+    float pr[TM];
+    load_floats(pr, p + n * Tile::kPPitch);
+    float4 vv[CQ];
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) vv[j] = *reinterpret_cast<const float4*>(v + n * Tile::kVPitch + j * kColStep);
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int j = 0; j < CQ; ++j) {
+        o[r][j][0] = fmaf(pr[r], vv[j].x, o[r][j][0]);
+        o[r][j][1] = fmaf(pr[r], vv[j].y, o[r][j][1]);
+        o[r][j][2] = fmaf(pr[r], vv[j].z, o[r][j][2]);
+        o[r][j][3] = fmaf(pr[r], vv[j].w, o[r][j][3]);
+      }
+  }
+}
+
+// Which row group and key lane a lane is. A warp's shared-memory read returns one 32-bit register
+// per lane and cycle, twice that when lanes n and n ^ 1, or n and n ^ 2, read the same address. So
+// lane bit 0 is a row bit and bit 1 a key bit: Q and P reads (one address per row group) are
+// uniform across n ^ 2, K and V reads (one address per key lane) across n ^ 1, and every
+// LDS.128 of both products takes 2 cycles instead of 4. The remaining bits: row bits, then keys.
+template <class Tile>
+struct LaneRoles {
+  static constexpr int kRowBitsHigh = Tile::kRowLanes == 4 ? 1 : 0;  // row bits above bit 0
+  // The lanes sharing a row differ only in these bits.
+  static constexpr unsigned kKeyBits =
+      Tile::kPairedLanes ? (2u | (0x1fu & ~((1u << (2 + kRowBitsHigh)) - 1))) : unsigned(Tile::kThreadsPerRow - 1);
+  int row_lane, key_lane;
+  __device__ __forceinline__ explicit LaneRoles(int lane) {
+    if constexpr (Tile::kPairedLanes) {
+      row_lane = (lane & 1) | (((lane >> 2) & ((1 << kRowBitsHigh) - 1)) << 1);
+      key_lane = ((lane >> 1) & 1) | ((lane >> (2 + kRowBitsHigh)) << 1);
+    } else {
+      row_lane = lane / Tile::kThreadsPerRow;
+      key_lane = lane % Tile::kThreadsPerRow;
+    }
+  }
+};
+
+// Reductions over the kThreadsPerRow lanes that share a row (lanes differing in kKeyBits).
+template <unsigned kKeyBits>
+__device__ __forceinline__ float row_lanes_max(float x) {
+#pragma unroll
+  for (unsigned mask = 1; mask < 32; mask <<= 1)
+    if (kKeyBits & mask) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, mask));
+  return x;
+}
+template <unsigned kKeyBits>
+__device__ __forceinline__ float row_lanes_sum(float x) {
+#pragma unroll
+  for (unsigned mask = 1; mask < 32; mask <<= 1)
+    if (kKeyBits & mask) x += __shfl_xor_sync(0xffffffffu, x, mask);
+  return x;
+}
+
+}  // namespace fp32_detail
+
+template <class Tile>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
+  using namespace fp32_detail;
+  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads;
+  constexpr int G = Tile::kThreadsPerRow, R = Tile::kRowLanes, N = Tile::kBlockN;
+  extern __shared__ __align__(16) float smem_f[];
+  const core::Problem& p = args.p;
+
+  // ---- this block's rows and keys --------------------------------------------------------------
+  const int64_t b = blockIdx.z, h = blockIdx.y, kv_head = h / p.group;
+  const core::SeqView seq = core::sequence(p, b);
+  const int64_t tile = args.reverse_tiles ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int64_t row0 = tile * Tile::kBlockM;
+  if (row0 >= seq.sq) return;
+  const int64_t row_end = core::min_i64(row0 + Tile::kBlockM, seq.sq);
+  const core::Mask mask = core::sequence_mask(p, seq);
+
+  const int64_t key_begin = mask.tile_begin(row0, row_end);
+  const int64_t key_end = mask.tile_end(row0, row_end);
+  const int64_t first_key = key_begin / N * N;
+  const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + N - 1) / N) : 0;
+
+  float* qs = smem_f;
+  float* ks = qs + Tile::kQFloats;
+  float* vs = ks + Tile::kKFloats;
+  float* ps = vs + Tile::kVFloats;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const LaneRoles<Tile> roles(lane);
+  const int row_lane = roles.row_lane, key_lane = roles.key_lane;
+  constexpr unsigned kKeyBits = LaneRoles<Tile>::kKeyBits;
+  const int first_row = warp * Tile::kWarpRows + row_lane;  // the thread's rows: first_row + R r
+  const int p_slot = (warp * R + row_lane) * TM;            // its TM floats in each key's P row
+  const int dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
+  const int d_chunks = (dqk + 15) / 16;
+
+  core::ScoreMod mod;
+  mod.softcap = p.softcap;
+  mod.has_alibi = p.alibi_slopes != nullptr;
+  if (mod.has_alibi) mod.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
+  const bool has_mod = mod.softcap > 0.0f || mod.has_alibi;
+  const bool paged = p.kv_layout == core::KvLayout::kPaged;
+
+  // ---- loads: Q once, then K and V tiles ------------------------------------------------------
+  load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(qs, static_cast<const float*>(p.q.ptr), dqk, args.vector_io,
+                                                [&](int r) -> int64_t {
+                                                  const int64_t i = row0 + r;
+                                                  return i < row_end ? core::q_offset(p, seq, b, i, h) : -1;
+                                                });
+  // Batched, varlen and dense-cache K/V are linear in the key index: resolve key 0 once.
+  const int64_t k_key0 = paged ? 0 : core::key_offset(p, seq, p.k, b, 0) + kv_head * p.k.head_stride;
+  const int64_t v_key0 = paged ? 0 : core::key_offset(p, seq, p.v, b, 0) + kv_head * p.v.head_stride;
+  auto key_row = [&](const core::Operand& kv, int64_t key0, int64_t j) -> int64_t {
+    if (j >= seq.k_end) return -1;
+    if (!paged) return key0 + j * kv.row_stride;
+    const int64_t offset = core::key_offset(p, seq, kv, b, j);
+    return offset < 0 ? -1 : offset + kv_head * kv.head_stride;
+  };
+  const bool fast_copy = args.vector_io && !paged;
+  LinearTileCopy<Tile, N, Tile::kKPitch> k_copy(static_cast<const float*>(p.k.ptr), k_key0, first_key, p.k.row_stride,
+                                                dqk, ks);
+  LinearTileCopy<Tile, N, Tile::kVPitch> v_copy(static_cast<const float*>(p.v.ptr), v_key0, first_key, p.v.row_stride,
+                                                dv, vs);
+  auto load_k_tile = [&](int kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    if (fast_copy) return k_copy.copy(n0, seq.k_end);
+    load_rows<Tile, N, Tile::kKPitch>(ks, static_cast<const float*>(p.k.ptr), dqk, args.vector_io,
+                                      [&](int r) { return key_row(p.k, k_key0, n0 + r); });
+  };
+  auto load_v_tile = [&](int kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    if (fast_copy) return v_copy.copy(n0, seq.k_end);
+    load_rows<Tile, N, Tile::kVPitch>(vs, static_cast<const float*>(p.v.ptr), dv, args.vector_io,
+                                      [&](int r) { return key_row(p.v, v_key0, n0 + r); });
+  };
+
+  float o[TM][CQ][4];
+  float row_max[TM], row_sum[TM];
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    row_max[r] = -INFINITY;
+    row_sum[r] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
+  }
+
+  if (num_tiles > 0) load_k_tile(0);
+  cp_async_commit();
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    cp_async_wait<0>();  // K of tile kt (and Q) landed: this thread's copies ...
+    __syncthreads();     // ... and everyone's; V's buffer and P are free again
+    load_v_tile(kt);
+    cp_async_commit();
+
+    // ---- S = Q K^T ----------------------------------------------------------------------------
+    float s[TM][TN];
+    compute_scores<Tile>(s, qs + first_row * Tile::kQPitch, ks + key_lane * Tile::kKPitch, d_chunks);
+
+    // ---- scale, modifiers, mask (boundary tiles only), online softmax in natural units --------
+    const bool needs_mask = paged || !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) s[r][c] *= p.scale;
+    if (has_mod || needs_mask) {
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int64_t j = n0 + key_lane + G * c;
+        // paged: a key whose block_table entry is out of range reads zeros and is masked
+        const bool key_live = !paged || (j < seq.k_end && core::key_offset(p, seq, p.k, b, j) >= 0);
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          const int64_t i = row0 + first_row + R * r;
+          // In double: tanhf is not correctly rounded, and its error, times softcap, would
+          // exceed fp32 rounding of the score (SPEC §6 holds this tier to the fp32 reference).
+          if (has_mod) s[r][c] = static_cast<float>(mod.apply(static_cast<double>(s[r][c]), i, j, mask.diag));
+          if (needs_mask && (!mask.allowed(i, j) || !key_live)) s[r][c] = -INFINITY;
+        }
+      }
+    }
+    float factor[TM];
+    bool rescale = false;
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < TN; ++c) tile_max = fmaxf(tile_max, s[r][c]);
+      tile_max = row_lanes_max<kKeyBits>(tile_max);
+      const float new_max = fmaxf(row_max[r], tile_max);
+      factor[r] = row_max[r] == -INFINITY ? 0.0f : fast_exp2((row_max[r] - new_max) * kLog2e);
+      rescale |= factor[r] != 1.0f;
+      const float shift = new_max == -INFINITY ? 0.0f : new_max;
+      row_max[r] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        s[r][c] = fast_exp2((s[r][c] - shift) * kLog2e);
+        sum += s[r][c];
+      }
+      row_sum[r] = row_sum[r] * factor[r] + sum;
+    }
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      float column[TM];
+#pragma unroll
+      for (int r = 0; r < TM; ++r) column[r] = s[r][c];
+      store_floats(ps + (key_lane + G * c) * Tile::kPPitch + p_slot, column);
+    }
+    // Late in a long row the max rarely moves: skip the rescale when no row of the warp moved.
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int j = 0; j < CQ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[r][j][e] *= factor[r];
+    }
+
+    cp_async_wait<0>();  // V of tile kt landed
+    __syncthreads();     // P complete; K's buffer is free
+    if (kt + 1 < num_tiles) load_k_tile(kt + 1);
+    cp_async_commit();
+
+    // ---- O += P V -----------------------------------------------------------------------------
+    accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane);
+  }
+  cp_async_wait<0>();
+
+  // ---- sinks, normalisation, LSE, store ---------------------------------------------------------
+  float* out = static_cast<float*>(p.out.mutable_ptr());
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    float sum = row_lanes_sum<kKeyBits>(row_sum[r]);
+    float m = row_max[r];
+    float factor = 1.0f;
+    if (p.sinks != nullptr) {
+      const float sink = p.sinks[h];
+      const float new_max = fmaxf(m, sink);
+      factor = m == -INFINITY ? 0.0f : fast_exp2((m - new_max) * kLog2e);
+      sum = sum * factor + fast_exp2((sink - new_max) * kLog2e);
+      m = new_max;
+    }
+    // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
+    const float inv = sum > 0.0f ? factor / sum : (sum == 0.0f ? 0.0f : sum);
+    const int64_t i = row0 + first_row + R * r;
+    if (i >= row_end) continue;
+    if (p.lse != nullptr && key_lane == 0)
+      p.lse[core::lse_offset(p, seq, b, i, h)] = sum > 0.0f ? m + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
+    float* dst = out + core::out_offset(p, seq, b, i, h);
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) {
+      const int col = 4 * key_lane + 4 * G * j;
+      const float4 v = make_float4(o[r][j][0] * inv, o[r][j][1] * inv, o[r][j][2] * inv, o[r][j][3] * inv);
+      if (args.vector_io && col < dv) {
+        *reinterpret_cast<float4*>(dst + col) = v;
+      } else {
+        const float e[4] = {v.x, v.y, v.z, v.w};
+        for (int k = 0; k < 4 && col + k < dv; ++k) dst[col + k] = e[k];
+      }
+    }
+  }
+}
+
+// The device's shared memory per block (opt-in maximum), for choosing among built shapes.
+inline int max_shared_memory_per_block() {
+  int device = 0, bytes = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  return bytes;
+}
+
+template <class Tile>
+void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
+  const auto kernel = fp32_forward_kernel<Tile>;
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  check_cuda(configured, "cudaFuncSetAttribute(fp32_forward_kernel)");
+  const core::Problem& p = args.p;
+  const int64_t tiles = (p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
+  if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  check_cuda(cudaGetLastError(), "fp32_forward_kernel launch");
+}
+
+}  // namespace flashsdpa::cuda
