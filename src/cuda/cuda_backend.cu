@@ -9,6 +9,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/forward_wgmma.h"
 #include "cuda/launch.h"
 #include "cuda/tiers.h"
 
@@ -82,6 +83,10 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       }
       return;
     }
+    case core::Tier::kCudaWgmma:
+      if (!wgmma_tier_supports(p, &why)) throw Error("cuda-wgmma-sm90 cannot serve this call: " + why);
+      launch_wgmma_forward(p, as_stream(stream));
+      return;
     case core::Tier::kCudaFp32:
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
       launch_fp32_forward(p, rows_are_16_byte_aligned(p), as_stream(stream));
