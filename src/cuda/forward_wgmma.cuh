@@ -34,9 +34,10 @@
 namespace flashsdpa::cuda {
 
 // Tile shape of the wgmma forward for one padded head dim.
-template <int kHeadDim_, int kBlockN_>
+template <int kHeadDim_, int kBlockN_, int kMinBlocksPerSm_ = 1>
 struct WgmmaTile {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   static constexpr int kWarpGroups = 2;
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int kGroupRows = 64;  // query rows per warpgroup (wgmma's M)
@@ -223,7 +224,7 @@ __device__ __forceinline__ void pack_probabilities(uint32_t (&p)[Tile::kKeySteps
 }  // namespace wgmma_detail
 
 template <class Tile, class E>
-__global__ void __launch_bounds__(Tile::kThreads, 1) wgmma_forward_kernel(const MmaArgs args) {
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_forward_kernel(const MmaArgs args) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace wgmma_detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];

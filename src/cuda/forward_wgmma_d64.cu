@@ -5,9 +5,9 @@
 
 namespace flashsdpa::cuda {
 
-// 128 query rows (2 warpgroups x 64), 128-key tiles: S is m64n128 (64 registers), O m64n64
-// (32). 16 KB Q + 2 x 16 KB K + 2 x 16 KB V = 80 KB.
-using WgmmaTileD64 = WgmmaTile<64, 128>;
+// 128 query rows (2 warpgroups x 64), 64-key tiles, two blocks per SM (at most 128 registers):
+// S, P and O take 32 + 16 + 32 registers; 16 KB Q + 2 x 8 KB K + 2 x 8 KB V = 48 KB per block.
+using WgmmaTileD64 = WgmmaTile<64, 64, 2>;
 
 void launch_wgmma_forward_d64(const MmaArgs& args, cudaStream_t stream) {
   if (args.p.dtype == DType::kBFloat16) {
