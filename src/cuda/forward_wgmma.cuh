@@ -2,8 +2,10 @@
 // wgmma.mma_async (sm_90a only), fp16/bf16 in, fp32 accumulation.
 //
 // One thread block owns kBlockM = 128 query rows of one (sequence, query head): two warpgroups of
-// 64 rows, each issuing its own wgmmas. Every thread copies tiles with cp.async into shared memory
-// in the 128-byte swizzle layout the wgmma descriptors read (no warp specialisation). Per key tile
+// 64 rows, each issuing its own wgmmas (hd 64: two blocks per SM, so one block's loads, barriers
+// and softmax overlap the other's tensor-core work). Every thread copies tiles with cp.async into
+// shared memory in the 128-byte swizzle layout the wgmma descriptors read (no warp
+// specialisation). Per key tile
 // a warpgroup runs a two-stage software pipeline, so the tensor cores work on one GEMM while the
 // warps do the softmax of the other:
 //     issue S(t) = Q K(t)^T                    (A and B from shared memory, K-major)

@@ -1,6 +1,6 @@
 // Shapes aimed at the tile structure of the fp16/bf16 prefill tiers, cuda-wgmma-sm90 (128-row
-// blocks of two 64-row warpgroups, 128-key tiles at head dims 64/128 and 64-key tiles at 256) and
-// cuda-mma-sm80: lengths one either side of the tile edges, causal with Sq != Sk, varlen with
+// blocks of two 64-row warpgroups, 128-key tiles at head dim 128, 64-key tiles at 64 and 256) and
+// cuda-mma-sm80 (64- and 32-key tiles): lengths one either side of the tile edges, causal with Sq != Sk, varlen with
 // empty sequences, NaN keys that only some rows may see, extreme logits at every head dim, and
 // the selector's choice between the two tiers (FLASHSDPA_CUDA_FORWARD_TIER included).
 //
@@ -101,7 +101,7 @@ TEST(CudaForward, NanKeyStaysInItsRows) {
     for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
       config.dtype = dtype;
       AttnCase c(config);
-      const int64_t key = 200;  // inside the second 128-key tile, masked for rows 128..199
+      const int64_t key = 200;  // inside a tile that rows 128..199 compute with this key masked
       for (int64_t e = 0; e < d; ++e) c.k.set(key * d + e, std::numeric_limits<double>::quiet_NaN());
       EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
       int64_t nan_rows = 0;
