@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One pass over the CUDA backend on a GPU machine: build, every GPU test, compute-sanitizer
 # (memcheck and racecheck) on the small CudaForward.Sanitize* subset, and the prefill benchmark.
+# The forward tests and the sanitizer run twice: as selected, and forced onto cuda-mma-sm80.
 # Everything lands in the output folder given as $1 (at most eight files):
 #   build.log  tests.log  sanitizer.log  flashsdpa.jsonl  bench.log  prefill.{json,md,png}
 #
@@ -11,7 +12,8 @@
 #   GPU_CHECK_BENCH         full (default: flashsdpa and torch's backends) | flashsdpa | none
 #   GPU_CHECK_FLEX          1 (default) times compiled FlexAttention too; 0 skips it
 #   GPU_CHECK_FLEX_BUDGET   seconds of the torch benchmark after which FlexAttention is skipped
-#   GPU_CHECK_TESTS         gtest filter for the test step (default: all; "-" skips the tests)
+#   GPU_CHECK_TESTS         gtest filter for the test step (default: all, then CudaForward* again
+#                           with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80; "-" skips the tests)
 #   GPU_CHECK_SANITIZER     0 skips compute-sanitizer
 #   GPU_CHECK_SWEEP         1 also times candidate tile shapes (sweep.jsonl)
 #   GPU_CHECK_NCU           1 also profiles the hd128 16k bf16 forward with Nsight Compute (ncu.txt)
@@ -43,22 +45,37 @@ echo "== build ($jobs jobs)"
 } > "$out/build.log" 2>&1 || { echo "BUILD FAILED (see build.log)"; tail -30 "$out/build.log"; exit 1; }
 grep -E "build time|spill" "$out/build.log" | sort -u | head -20
 
+# The fp16/bf16 prefill has two tiers on Hopper: the CudaForward tests run once as selected
+# (cuda-wgmma-sm90 on compute capability 9.0) and once forced onto cuda-mma-sm80, so both stay tested.
+mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80)
+
 if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
   echo "== GPU tests"
-  "$build/flashsdpa_cuda_tests" --gtest_filter="${GPU_CHECK_TESTS:-*}" > "$out/tests.log" 2>&1 || status=1
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure|error" "$out/tests.log" | head -40
+  {
+    "$build/flashsdpa_cuda_tests" --gtest_filter="${GPU_CHECK_TESTS:-*}" || echo "TESTS FAILED (as selected)"
+    echo "==== again with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80"
+    mma_filter=${GPU_CHECK_TESTS:-CudaForward*}
+    [ "$mma_filter" = "*" ] && mma_filter='CudaForward*'
+    "${mma_pass[@]}" "$build/flashsdpa_cuda_tests" --gtest_filter="$mma_filter" || echo "TESTS FAILED (cuda-mma-sm80)"
+  } > "$out/tests.log" 2>&1
+  grep -q "TESTS FAILED" "$out/tests.log" && status=1
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure|error|^====|TESTS FAILED" "$out/tests.log" | head -60
 fi
 
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
-  echo "== compute-sanitizer (CudaForward.Sanitize*)"
+  echo "== compute-sanitizer (CudaForward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
   {
-    for tool in memcheck racecheck; do
-      echo "---- $tool"
-      compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
-        --gtest_filter='CudaForward.Sanitize*' 2>&1 || echo "SANITIZER $tool FAILED (exit $?)"
+    for pass in selected mma; do
+      runner=()
+      [ "$pass" = mma ] && runner=("${mma_pass[@]}")
+      for tool in memcheck racecheck; do
+        echo "---- $tool ($pass)"
+        "${runner[@]}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
+          --gtest_filter='CudaForward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
+      done
     done
   } > "$out/sanitizer.log" 2>&1
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
+  grep -E "^---- |ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
   grep -q "SANITIZER .* FAILED" "$out/sanitizer.log" && status=1
 fi
 

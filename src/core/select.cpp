@@ -2,6 +2,9 @@
 // names is the tier that runs, and its reason is what the user reads.
 #include "core/select.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/cuda_backend.h"
 #if defined(FLASHSDPA_WITH_CUDA)
 #include "cuda/decode_tier.h"
@@ -17,6 +20,7 @@ const char* tier_name(Tier tier) {
     case Tier::kCudaMma: return "cuda-mma-sm80";
     case Tier::kCudaFp32: return "cuda-fp32";
     case Tier::kCudaDecode: return "cuda-decode";
+    case Tier::kCudaWgmma: return "cuda-wgmma-sm90";
   }
   return "unknown";
 }
@@ -47,6 +51,39 @@ namespace {
 
 TierChoice none(Backend backend, std::string why) { return TierChoice{Tier::kNone, backend, std::move(why)}; }
 
+#if defined(FLASHSDPA_WITH_CUDA)
+// The fp16/bf16 forward past the decode rule: cuda-wgmma-sm90 on Hopper (compute capability 9.0)
+// for what it serves, cuda-mma-sm80 for the rest and on every other GPU. The environment
+// variable FLASHSDPA_CUDA_FORWARD_TIER=<tier name> forces one of the two (tests and benchmarks
+// of both tiers on one machine); a call the forced tier cannot serve is refused, not moved.
+TierChoice select_cuda_prefill(const Problem& p) {
+  std::string why;
+  const bool hopper = cuda::device_capability() == 90;
+  const char* forced_env = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
+  const std::string forced = forced_env != nullptr ? forced_env : "";
+  if (!forced.empty()) {
+    const std::string prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + forced + ": ";
+    if (forced == tier_name(Tier::kCudaMma)) {
+      if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, prefix + why};
+      return none(Backend::kCuda, prefix + "cuda-mma-sm80 cannot serve this call: " + why);
+    }
+    if (forced == tier_name(Tier::kCudaWgmma)) {
+      if (!hopper) return none(Backend::kCuda, prefix + "cuda-wgmma-sm90 needs compute capability 9.0");
+      if (cuda::wgmma_tier_supports(p, &why)) return TierChoice{Tier::kCudaWgmma, Backend::kCuda, prefix + why};
+      return none(Backend::kCuda, prefix + "cuda-wgmma-sm90 cannot serve this call: " + why);
+    }
+    return none(Backend::kCuda, prefix + "not an fp16/bf16 prefill tier (cuda-mma-sm80 or cuda-wgmma-sm90)");
+  }
+  std::string fallback;
+  if (hopper) {
+    if (cuda::wgmma_tier_supports(p, &why)) return TierChoice{Tier::kCudaWgmma, Backend::kCuda, why};
+    fallback = "cuda-wgmma-sm90 cannot serve this call (" + why + "), so ";
+  }
+  if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, fallback + why};
+  return none(Backend::kCuda, "cuda-mma-sm80 cannot serve this call: " + why);
+}
+#endif
+
 TierChoice select_cuda(const Problem& p, Op op) {
   if (!cuda::device_available()) return none(Backend::kCuda, "no CUDA device is available");
 #if defined(FLASHSDPA_WITH_CUDA)
@@ -67,8 +104,7 @@ TierChoice select_cuda(const Problem& p, Op op) {
       if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::decode_tier_supports(p, false, &why))
         return TierChoice{Tier::kCudaDecode, Backend::kCuda,
                           "longest query has at most " + std::to_string(cuda::kDecodeMaxQueryLen) + " rows: " + why};
-      if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, why};
-      return none(Backend::kCuda, "cuda-mma-sm80 cannot serve this call: " + why);
+      return select_cuda_prefill(p);
     }
     case Op::kKvCache:
       if (cuda::device_capability() < 80)

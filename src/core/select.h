@@ -16,6 +16,7 @@ enum class Tier : int32_t {
   kCudaMma,         // src/cuda: fp16/bf16 tensor-core prefill, sm80+
   kCudaFp32,        // src/cuda: exact fp32 (no TF32)
   kCudaDecode,      // src/cuda: split-KV decoding for short query lengths
+  kCudaWgmma,       // src/cuda: fp16/bf16 prefill on Hopper's wgmma, sm90a
 };
 
 const char* tier_name(Tier tier);

@@ -11,6 +11,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/forward_wgmma.h"
 #include "cuda/launch.h"
 #include "cuda/tiers.h"
 
@@ -52,6 +53,20 @@ int device_attribute(cudaDeviceAttr attribute) {
 
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
+// What both tensor-core tiers (cuda-mma-sm80, cuda-wgmma-sm90) resolve once on the host.
+MmaArgs tensor_core_args(const core::Problem& p, bool vector_io) {
+  MmaArgs args;
+  args.p = p;
+  args.score_scale_log2 = p.scale * kLog2e;
+  args.vector_io = vector_io;
+  args.has_score_mod = p.softcap > 0.0f || p.alibi_slopes != nullptr;
+  // Longest first where tiles differ in work, one group's K/V within the L2 cache's size
+  // (measured against half and a quarter of it, and one group: docs/perf-log.md, v5).
+  args.order_groups = p.window_right >= 0 ? longest_first_groups(p, device_attribute(cudaDevAttrL2CacheSize)) : 0;
+  args.shared_memory_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  return args;
+}
+
 [[noreturn]] void no_tier(const char* what) {
   throw Error(std::string(what) + ": no CUDA tier serves this yet");
 }
@@ -89,15 +104,7 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
   switch (tier) {
     case core::Tier::kCudaMma: {
       if (!mma_tier_supports(p, &why)) throw Error("cuda-mma-sm80 cannot serve this call: " + why);
-      MmaArgs args;
-      args.p = p;
-      args.score_scale_log2 = p.scale * kLog2e;
-      args.vector_io = rows_are_16_byte_aligned(p);
-      args.has_score_mod = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-      // Longest first where tiles differ in work, one group's K/V within the L2 cache's size
-      // (measured against half and a quarter of it, and one group: docs/perf-log.md, v5).
-      args.order_groups = p.window_right >= 0 ? longest_first_groups(p, device_attribute(cudaDevAttrL2CacheSize)) : 0;
-      args.shared_memory_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+      const MmaArgs args = tensor_core_args(p, rows_are_16_byte_aligned(p));
       switch (padded_head_dim(p)) {
         case 64: launch_mma_forward_d64(args, as_stream(stream)); break;
         case 128: launch_mma_forward_d128(args, as_stream(stream)); break;
@@ -105,6 +112,10 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       }
       return;
     }
+    case core::Tier::kCudaWgmma:
+      if (!wgmma_tier_supports(p, &why)) throw Error("cuda-wgmma-sm90 cannot serve this call: " + why);
+      launch_wgmma_forward(tensor_core_args(p, true), as_stream(stream));  // rows are 16-byte aligned
+      return;
     case core::Tier::kCudaFp32:
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
       launch_fp32_forward(p, rows_are_16_byte_aligned(p), as_stream(stream));

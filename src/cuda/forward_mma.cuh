@@ -518,6 +518,14 @@ __device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile:
   }
 }
 
+// The (query tile, head, sequence) this block computes: the grid's natural order, or longest
+// first in L2-sized groups when args.order_groups > 0 (block_order.h).
+__device__ __forceinline__ BlockWork block_work(const MmaArgs& args) {
+  if (args.order_groups == 0) return BlockWork{blockIdx.x, blockIdx.y, blockIdx.z};
+  return longest_first_work(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y,
+                            gridDim.z, static_cast<uint32_t>(args.order_groups));
+}
+
 }  // namespace mma_detail
 
 template <class Tile, class E>
@@ -526,10 +534,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   extern __shared__ __align__(128) unsigned char smem[];
   const core::Problem& p = args.p;
 
-  BlockWork work{blockIdx.x, blockIdx.y, blockIdx.z};
-  if (args.order_groups > 0)
-    work = longest_first_work(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y,
-                              gridDim.z, static_cast<uint32_t>(args.order_groups));
+  const BlockWork work = block_work(args);
   BlockView blk;
   blk.b = work.batch;
   blk.h = work.head;
@@ -639,6 +644,20 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   }
 }
 
+// The grid of a tensor-core forward, (query tiles of block_m rows, query heads, sequences), and
+// the block order it can use: longest_first_work counts blocks in 32 bits, so beyond that the
+// natural order. False when there is nothing to launch.
+inline bool tensor_core_grid(int64_t block_m, dim3* grid, MmaArgs* args) {
+  const core::Problem& p = args->p;
+  int64_t rows = p.seqlen_q;
+  if (p.q_layout == core::QLayout::kVarlen && rows <= 0) rows = p.total_q;
+  const int64_t tiles = (rows + block_m - 1) / block_m;
+  if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return false;
+  *grid = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+  if (static_cast<double>(tiles) * static_cast<double>(p.heads_q * p.batch) >= 4294967296.0) args->order_groups = 0;
+  return true;
+}
+
 // Launches the kernel for one tile shape and element type (E = Half or BFloat16).
 template <class Tile, class E>
 void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
@@ -646,15 +665,9 @@ void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
   check_cuda(configured, "cudaFuncSetAttribute(mma_forward_kernel)");
-  const core::Problem& p = args.p;
-  int64_t rows = p.seqlen_q;
-  if (p.q_layout == core::QLayout::kVarlen && rows <= 0) rows = p.total_q;
-  const int64_t tiles = (rows + Tile::kBlockM - 1) / Tile::kBlockM;
-  if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+  dim3 grid;
   MmaArgs launch_args = args;
-  if (static_cast<double>(tiles) * static_cast<double>(p.heads_q * p.batch) >= 4294967296.0)
-    launch_args.order_groups = 0;  // longest_first_work counts blocks in 32 bits
+  if (!tensor_core_grid(Tile::kBlockM, &grid, &launch_args)) return;
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
   check_cuda(cudaGetLastError(), "mma_forward_kernel launch");
 }

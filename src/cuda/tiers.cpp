@@ -3,6 +3,7 @@
 #include "cuda/tiers.h"
 
 #include <algorithm>
+#include <cstdint>
 #include "core/text.h"
 
 namespace flashsdpa::cuda {
@@ -76,6 +77,50 @@ bool mma_tier_supports(const core::Problem& p, std::string* why) {
     os << "cuda-mma-sm80 serves this " << dtype_name(p.dtype)
        << " forward: mma.sync m16n8k16 tensor cores with fp32 accumulation, head dims Dqk = " << p.head_dim_qk
        << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; " << features(p);
+    *why = os.str();
+  }
+  return true;
+}
+
+bool all_rows_16_byte_aligned(const core::Problem& p) {
+  const int64_t per16 = 16 / dtype_size(p.dtype);
+  if (p.head_dim_qk % per16 != 0 || p.head_dim_v % per16 != 0) return false;
+  for (const core::Operand* op : {&p.q, &p.k, &p.v, &p.out}) {
+    if (reinterpret_cast<uintptr_t>(op->ptr) % 16 != 0) return false;
+    if (op->batch_stride % per16 != 0 || op->row_stride % per16 != 0 || op->head_stride % per16 != 0) return false;
+  }
+  return true;
+}
+
+bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
+  std::string problem;
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
+    problem = std::string("it needs fp16 or bf16; got ") + dtype_name(p.dtype);
+  } else {
+    problem = shape_problem(p);
+  }
+  if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
+    problem = "paged K/V is served by cuda-mma-sm80 (its per-key block_table lookup is not part of the wgmma tile loads)";
+  }
+  if (problem.empty() && !all_rows_16_byte_aligned(p)) {
+    core::Text os;
+    os << "it needs 16-byte aligned rows (q/k/v/out pointers and strides, head dims multiples of 8); got Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    problem = os.str();
+  }
+  if (problem.empty() && !wgmma_kernels_loaded()) {
+    problem = "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
+  }
+  if (!problem.empty()) {
+    if (why) *why = problem;
+    return false;
+  }
+  if (why) {
+    core::Text os;
+    os << "cuda-wgmma-sm90 serves this " << dtype_name(p.dtype)
+       << " forward: Hopper wgmma.mma_async with fp32 accumulation, 128-row query blocks of two warpgroups, head dims Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; "
+       << features(p);
     *why = os.str();
   }
   return true;

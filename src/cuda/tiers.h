@@ -13,6 +13,19 @@ namespace flashsdpa::cuda {
 // or 256 (the larger of the two, padded). On true, *why says how the call will run.
 bool mma_tier_supports(const core::Problem& p, std::string* why);
 
+// cuda-wgmma-sm90: fp16/bf16 forward on Hopper's wgmma (compute capability 9.0, checked by the
+// selector, and a build with sm_90a code). Batched, varlen and dense-cache K/V (not paged) with
+// every row 16-byte aligned and head dims multiples of 8 up to 256; every mask and modifier.
+// On false, *why says what it lacks (the selector then falls back to cuda-mma-sm80).
+bool wgmma_tier_supports(const core::Problem& p, std::string* why);
+
+// Whether the current device runs the sm_90a build of the wgmma kernels (forward_wgmma_d64.cu).
+bool wgmma_kernels_loaded();
+
+// True when every q/k/v/out row starts on a 16-byte boundary and the head dims are whole 16-byte
+// chunks (cp.async and 16-byte stores).
+bool all_rows_16_byte_aligned(const core::Problem& p);
+
 // cuda-fp32: exact fp32 (FFMA, no TF32) forward. Every layout, mask and modifier; Dqk, Dv in 1..256.
 bool fp32_tier_supports(const core::Problem& p, std::string* why);
 

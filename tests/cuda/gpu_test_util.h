@@ -5,11 +5,14 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "../test_util.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/tiers.h"
 
 namespace flashsdpa::test {
 
@@ -150,11 +153,16 @@ inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_t
 }
 
 // The tier the selector must name for a case: fp32 runs exact SIMT; fp16/bf16 queries of at most
-// 16 rows (the longest the unchecked device path can assume) are decoding, longer ones prefill.
+// 16 rows (the longest the unchecked device path can assume) are decoding; longer ones prefill on
+// the tier FLASHSDPA_CUDA_FORWARD_TIER forces, else cuda-wgmma-sm90 on compute capability 9.0 for
+// what it serves, else cuda-mma-sm80.
 inline std::string tier_for(AttnCase& c) {
   const core::Problem p = unchecked_problem(c);
   if (p.dtype == DType::kFloat32) return "cuda-fp32";
-  return p.seqlen_q <= 16 ? "cuda-decode" : "cuda-mma-sm80";
+  if (p.seqlen_q <= 16) return "cuda-decode";
+  const char* forced = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
+  if (forced != nullptr && *forced != '\0') return forced;
+  return cuda::device_capability() == 90 && cuda::wgmma_tier_supports(p, nullptr) ? "cuda-wgmma-sm90" : "cuda-mma-sm80";
 }
 
 }  // namespace flashsdpa::test
