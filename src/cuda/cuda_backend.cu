@@ -19,20 +19,6 @@ namespace flashsdpa::cuda {
 
 namespace {
 
-bool aligned(const void* ptr, int64_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
-
-// True when every row of every operand starts on a 16-byte boundary and the head dims are whole
-// 16-byte chunks, so tiles move with cp.async and 16-byte stores; otherwise element loads.
-bool rows_are_16_byte_aligned(const core::Problem& p) {
-  const int64_t per16 = 16 / dtype_size(p.dtype);
-  if (p.head_dim_qk % per16 != 0 || p.head_dim_v % per16 != 0) return false;
-  for (const core::Operand* op : {&p.q, &p.k, &p.v, &p.out}) {
-    if (!aligned(op->ptr, 16)) return false;
-    if (op->batch_stride % per16 != 0 || op->row_stride % per16 != 0 || op->head_stride % per16 != 0) return false;
-  }
-  return true;
-}
-
 // Device attributes read on every forward call: queried once per device.
 int device_attribute(cudaDeviceAttr attribute) {
   constexpr int kCachedDevices = 64;
@@ -104,7 +90,7 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
   switch (tier) {
     case core::Tier::kCudaMma: {
       if (!mma_tier_supports(p, &why)) throw Error("cuda-mma-sm80 cannot serve this call: " + why);
-      const MmaArgs args = tensor_core_args(p, rows_are_16_byte_aligned(p));
+      const MmaArgs args = tensor_core_args(p, all_rows_16_byte_aligned(p));
       switch (padded_head_dim(p)) {
         case 64: launch_mma_forward_d64(args, as_stream(stream)); break;
         case 128: launch_mma_forward_d128(args, as_stream(stream)); break;
@@ -118,7 +104,7 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       return;
     case core::Tier::kCudaFp32:
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
-      launch_fp32_forward(p, rows_are_16_byte_aligned(p), as_stream(stream));
+      launch_fp32_forward(p, all_rows_16_byte_aligned(p), as_stream(stream));
       return;
     case core::Tier::kCudaDecode:
       decode_forward(p, stream);  // short queries, paged continuous batching (decode_tier.h)

@@ -20,6 +20,20 @@ inline void check_cuda(cudaError_t status, const char* what) {
   }
 }
 
+// A kernel's shared memory was granted (cudaFuncSetAttribute's result), or a clear refusal: some
+// tile shapes need more shared memory per block than smaller GPUs have (sm_86 / sm_89: 99 KB).
+inline void require_shared_memory(cudaError_t configured, int bytes, const char* kernel) {
+  if (configured == cudaSuccess) return;
+  int device = 0, optin = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaGetLastError();
+  throw Error(std::string(kernel) + " needs " + std::to_string(bytes / 1024) +
+                  " KB of shared memory per block for this head dim; this device allows " +
+                  std::to_string(optin / 1024) + " KB (" + cudaGetErrorString(configured) + ")",
+              ErrorKind::kNotSupported);
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 

@@ -489,7 +489,7 @@ void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
   const auto kernel = fp32_forward_kernel<Tile>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  check_cuda(configured, "cudaFuncSetAttribute(fp32_forward_kernel)");
+  require_shared_memory(configured, Tile::kSmemBytes, "fp32_forward_kernel");
   const core::Problem& p = args.p;
   const int64_t tiles = (p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;

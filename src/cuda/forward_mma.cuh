@@ -664,7 +664,7 @@ void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
   const auto kernel = mma_forward_kernel<Tile, E>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  check_cuda(configured, "cudaFuncSetAttribute(mma_forward_kernel)");
+  require_shared_memory(configured, Tile::kSmemBytes, "mma_forward_kernel");
   dim3 grid;
   MmaArgs launch_args = args;
   if (!tensor_core_grid(Tile::kBlockM, &grid, &launch_args)) return;

@@ -383,7 +383,7 @@ void launch_wgmma_tile(const MmaArgs& args, cudaStream_t stream) {
   const auto kernel = wgmma_forward_kernel<Tile, E>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  check_cuda(configured, "cudaFuncSetAttribute(wgmma_forward_kernel)");
+  require_shared_memory(configured, Tile::kSmemBytes, "wgmma_forward_kernel");
   dim3 grid;
   MmaArgs launch_args = args;
   if (!tensor_core_grid(Tile::kBlockM, &grid, &launch_args)) return;
