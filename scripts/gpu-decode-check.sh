@@ -58,11 +58,14 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   for splits in 8 16 32 64 128; do
     "$build/flashsdpa_decode_bench" --splits $splits 1,32768,32,8,128,dense,0 1,8192,64,8,128,dense,0
   done >> "$out/bench.log" 2>&1
-  # Kernel durations and DRAM read rate of one batch-1 call (the per-call time above includes
+  # Timelines of one call per shape: when CTAs start, get their first chunk, finish; the combine.
+  "$build/flashsdpa_decode_bench" --trace 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0 32,4096,32,8,128,dense,0 \
+    64,16384,32,8,128,dense,0 1,8192,64,8,128,dense,0 1,32768,32,8,128,paged,16 >> "$out/bench.log" 2>&1
+  # Kernel durations and DRAM read rate of one batch-1 call at the clocks of the timed runs (the per-call time above includes
   # launches and the combine).
   if command -v ncu > /dev/null; then
     echo "---- ncu, batch 1 x 32k dense" >> "$out/bench.log"
-    timeout 120 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_read.sum.per_second \
+    timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_read.sum.per_second \
       -k regex:"split_kv|combine" -s 6 -c 4 "$build/flashsdpa_decode_bench" 1,32768,32,8,128,dense,0 \
       >> "$out/bench.log" 2>&1 || echo "ncu failed" >> "$out/bench.log"
   fi

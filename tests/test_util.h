@@ -658,23 +658,31 @@ inline std::string check_outputs(AttnCase& c, const reference::ForwardResult& re
   return failure;
 }
 
-// Poisons out/lse, runs attention_forward, and checks out and lse against the reference, that
-// every element was written and that no guard or input byte changed.
-inline std::string check_forward(AttnCase& c, const ExecContext& ctx) {
+// Poisons out/lse, runs `run` (which returns "" or a failure), and checks out and lse against
+// the reference built with `options` (the GPU tests pass unchecked index values, so bad index
+// tensors compare against the clamped geometry), that every element was written and that no
+// guard or input byte changed.
+inline std::string check_forward_run(AttnCase& c, const core::ValidateOptions& options,
+                                     const std::function<std::string()>& run) {
   c.out.poison();
   if (c.lse.defined()) c.lse.poison();
   std::vector<std::pair<std::string, HostTensor*>> inputs;
   for (auto& named : c.tensors())
     if (named.first != "out" && named.first != "lse") inputs.push_back(named);
   const Snapshot before(inputs);
-  const AttnParams params = c.params();
-  std::string failure = run_and_catch([&] { attention_forward(params, ctx); });
+  std::string failure = run();
   if (!failure.empty()) return failure;
 
-  const core::Problem p = problem_for(params, false);
+  const core::Problem p = core::prepare_forward(c.params(), options);
   const auto ref64 = reference::forward(p, reference::Precision::kFloat64);
   const auto lowp = reference::forward(p, reference::Precision::kInputDType);
   return check_outputs(c, ref64, lowp, before);
+}
+
+// check_forward_run for attention_forward on host tensors.
+inline std::string check_forward(AttnCase& c, const ExecContext& ctx) {
+  const AttnParams params = c.params();
+  return check_forward_run(c, core::ValidateOptions{}, [&] { return run_and_catch([&] { attention_forward(params, ctx); }); });
 }
 
 // Element-wise comparison of a cache the backend appended to with the reference's copy:
@@ -703,7 +711,10 @@ inline std::string check_cache(const std::string& name, const HostTensor& got, c
 
 // attention_kvcache: the reference appends into its own copies of the caches; the backend's
 // caches must match them (only appended slots change) and out/lse must pass the SPEC §6 rule.
-inline std::string check_kvcache(AttnCase& c, const ExecContext& ctx) {
+// `run` makes the call (returning "" or a failure); the reference's Problem is built with
+// `options`, as in check_forward_run.
+inline std::string check_kvcache_run(AttnCase& c, const core::ValidateOptions& options,
+                                     const std::function<std::string()>& run) {
   c.out.poison();
   if (c.lse.defined()) c.lse.poison();
   const HostTensor k_original = c.k, v_original = c.v;
@@ -713,15 +724,14 @@ inline std::string check_kvcache(AttnCase& c, const ExecContext& ctx) {
   params64.v = v64.ref();
   params_lowp.k = k_lowp.ref();
   params_lowp.v = v_lowp.ref();
-  const core::Problem p64 = problem_for(params64, true);
-  const core::Problem p_lowp = problem_for(params_lowp, true);
+  const core::Problem p64 = core::prepare_kvcache(params64, options);
+  const core::Problem p_lowp = core::prepare_kvcache(params_lowp, options);
 
   std::vector<std::pair<std::string, HostTensor*>> inputs;
   for (auto& named : c.tensors())
     if (named.first != "out" && named.first != "lse" && named.first != "k" && named.first != "v") inputs.push_back(named);
   const Snapshot before(inputs);
-  const AttnParams params = c.params();
-  std::string failure = run_and_catch([&] { attention_kvcache(params, ctx); });
+  std::string failure = run();
   if (!failure.empty()) return failure;
 
   const auto ref64 = reference::kvcache(p64, reference::Precision::kFloat64);
@@ -730,6 +740,12 @@ inline std::string check_kvcache(AttnCase& c, const ExecContext& ctx) {
   if (failure.empty()) failure = check_cache("v_cache", c.v, v_original, v64);
   if (failure.empty()) failure = check_outputs(c, ref64, lowp, before);
   return failure;
+}
+
+// check_kvcache_run for attention_kvcache on host tensors.
+inline std::string check_kvcache(AttnCase& c, const ExecContext& ctx) {
+  const AttnParams params = c.params();
+  return check_kvcache_run(c, core::ValidateOptions{}, [&] { return run_and_catch([&] { attention_kvcache(params, ctx); }); });
 }
 
 // One unit in the last place of `dtype` at |x| (normal range).

@@ -6,7 +6,8 @@
 //
 //   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
-// Options: --splits N forces num_splits (default 0: the heuristic).
+// Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
+// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end).
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
@@ -31,6 +32,7 @@
 #include "core/select.h"
 #include "core/validate.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_tier.h"
 #include "flashsdpa/flashsdpa.h"
 
 namespace {
@@ -129,6 +131,73 @@ struct Shape {
   bool paged;
 };
 
+struct Options {
+  int splits = 0;
+  bool trace = false;
+};
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5))];
+}
+
+// One traced call: CTA start / first chunk / loop end / end times relative to the first CTA's
+// start (us), and the combine's span.
+template <typename F>
+void trace_call(F&& call, cudaStream_t stream, const char* label) {
+  const int capacity = 1 << 16;
+  DeviceBuffer buffer(size_t(capacity) * 5 * 8);
+  check(cudaMemset(buffer.ptr, 0, buffer.bytes), "trace memset");
+  call();  // the previous call of the other cache set, untraced
+  check(cudaStreamSynchronize(stream), "trace warm-up");
+  flashsdpa::cuda::DecodeDebug debug;
+  debug.trace = static_cast<unsigned long long*>(buffer.ptr);
+  debug.trace_capacity = capacity;
+  flashsdpa::cuda::DecodeDebug saved;
+  flashsdpa::cuda::decode_set_debug(debug);
+  call();
+  check(cudaStreamSynchronize(stream), "traced call");
+  flashsdpa::cuda::decode_set_debug(saved);
+  std::vector<unsigned long long> rec(size_t(capacity) * 5);
+  check(cudaMemcpy(rec.data(), buffer.ptr, buffer.bytes, cudaMemcpyDeviceToHost), "trace copy");
+  size_t ctas = 0;
+  while (ctas < size_t(capacity / 2) && rec[5 * ctas] != 0) ++ctas;
+  if (ctas == 0) return;
+  unsigned long long t0 = ~0ull;
+  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[5 * n + 1]);
+  std::vector<double> start, first, loop, end, dur;
+  std::vector<int> per_sm(1024, 0);
+  for (size_t n = 0; n < ctas; ++n) {
+    const unsigned long long* r = &rec[5 * n];
+    start.push_back((r[1] - t0) * 1e-3);
+    if (r[2]) first.push_back((r[2] - r[1]) * 1e-3);
+    loop.push_back((r[3] - t0) * 1e-3);
+    end.push_back((r[4] - t0) * 1e-3);
+    dur.push_back((r[4] - r[1]) * 1e-3);
+    per_sm[std::min<unsigned long long>(r[0] - 1, 1023)]++;
+  }
+  int sms = 0, max_per_sm = 0;
+  for (int c : per_sm) sms += c > 0, max_per_sm = std::max(max_per_sm, c);
+  // Combine records follow the attention CTAs' (start, end pairs) until zeros.
+  double combine_start = -1, combine_end = -1;
+  for (size_t m = 5 * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
+    const double cs = (rec[m] - t0) * 1e-3, ce = (rec[m + 1] - t0) * 1e-3;
+    combine_start = combine_start < 0 ? cs : std::min(combine_start, cs);
+    combine_end = std::max(combine_end, ce);
+  }
+  std::printf("{\"trace\": \"%s\", \"ctas\": %zu, \"sms\": %d, \"max_ctas_per_sm\": %d, "
+              "\"start_p50\": %.2f, \"start_max\": %.2f, \"first_chunk_p50\": %.2f, \"first_chunk_p90\": %.2f, "
+              "\"loop_end_p10\": %.2f, \"loop_end_p50\": %.2f, \"loop_end_max\": %.2f, "
+              "\"end_p10\": %.2f, \"end_p50\": %.2f, \"end_p90\": %.2f, \"end_max\": %.2f, "
+              "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f}\n",
+              label, ctas, sms, max_per_sm, percentile(start, 0.5), percentile(start, 1.0), percentile(first, 0.5),
+              percentile(first, 0.9), percentile(loop, 0.1), percentile(loop, 0.5), percentile(loop, 1.0),
+              percentile(end, 0.1), percentile(end, 0.5), percentile(end, 0.9), percentile(end, 1.0),
+              percentile(dur, 0.0), percentile(dur, 0.5), percentile(dur, 1.0), combine_start, combine_end);
+  std::fflush(stdout);
+}
+
 bool parse_shape(const char* text, Shape* s) {
   char layout[16] = {0};
   long long b, sk, hq, hkv, hd, page;
@@ -142,7 +211,8 @@ struct CacheSet {
   std::unique_ptr<DeviceBuffer> k, v, block_table;
 };
 
-void run_shape(const Shape& s, int splits, cudaStream_t stream) {
+void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
+  const int splits = opt.splits;
   const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
   const int64_t num_blocks = s.batch * blocks_per_seq;
   const int64_t cache_rows = s.paged ? num_blocks * s.page : s.batch * s.seqlen;
@@ -197,6 +267,12 @@ void run_shape(const Shape& s, int splits, cudaStream_t stream) {
   auto step = [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], flashsdpa::core::Tier::kCudaDecode, stream); };
   const double us = time_us(step, stream);
   const double graph_us = time_graph_us(step, stream, 10);
+  if (opt.trace) {
+    char label[96];
+    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d", (long long)s.batch, (long long)s.seqlen,
+                  (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0), splits);
+    trace_call([&] { step(); }, stream, label);
+  }
 
   // Every output finite: a benchmark of a kernel that writes garbage is no benchmark.
   std::vector<uint16_t> host(size_t(s.batch) * s.hq * s.hd);
@@ -228,20 +304,22 @@ void run_copy(cudaStream_t stream) {
 int main(int argc, char** argv) {
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  int splits = 0;
+  Options opt;
   for (int n = 1; n < argc; ++n) {
     const std::string arg = argv[n];
     if (arg == "--copy") {
       run_copy(stream);
     } else if (arg == "--splits" && n + 1 < argc) {
-      splits = std::atoi(argv[++n]);
+      opt.splits = std::atoi(argv[++n]);
+    } else if (arg == "--trace") {
+      opt.trace = true;
     } else {
       Shape s;
       if (!parse_shape(argv[n], &s)) {
         std::fprintf(stderr, "bad shape '%s' (expected B,S,HQ,HKV,HD,dense|paged,PAGE)\n", argv[n]);
         return 2;
       }
-      run_shape(s, splits, stream);
+      run_shape(s, opt, stream);
     }
   }
   return 0;

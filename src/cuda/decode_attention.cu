@@ -88,7 +88,20 @@ struct Args {
   float* partial_lse;      // [num_splits][q_rows][Hq]
   bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
+  unsigned long long* trace;  // benchmark timeline: per CTA smid, start, first chunk, loop end, end
+  int trace_capacity;      // records of 5 words: attention CTAs in the first half, the combine's after
 };
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
 
 // ---- geometry of one CTA ------------------------------------------------------------------------
 
@@ -105,13 +118,15 @@ struct CtaWork {
 __device__ CtaWork cta_work(const Args& a) {
   const core::Problem& p = a.p;
   CtaWork w;
-  const int64_t tile = blockIdx.x;
-  const int64_t m_tile = tile % a.m_tiles;
-  w.hkv = (tile / a.m_tiles) % p.heads_kv;
-  w.b = tile / (a.m_tiles * p.heads_kv);
+  // 32-bit divisions (a 64-bit division by a run-time value is a ~70-instruction call): the grid,
+  // packed rows and key counts are below 2^31 (decode_tier_supports).
+  const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
+  const uint32_t m_tile = tile % m_tiles, bh = tile / m_tiles;
+  w.hkv = bh % static_cast<uint32_t>(p.heads_kv);
+  w.b = bh / static_cast<uint32_t>(p.heads_kv);
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
-  w.row0 = m_tile * kRows;
+  w.row0 = int64_t(m_tile) * kRows;
   w.packed_rows = w.s.sq * p.group;
   w.key_begin = w.key_end = w.chunk0 = 0;
   if (w.row0 >= w.packed_rows) return w;
@@ -119,13 +134,15 @@ __device__ CtaWork cta_work(const Args& a) {
   // Both mask bounds are non-decreasing in the query row, so the tile sees the keys between the
   // first row's begin and the last row's end. Chunks start on multiples of kChunk so that a
   // chunk never straddles two pages of size 16 (or any divisor of 16).
-  const int64_t i_first = w.row0 / p.group;
-  const int64_t i_last = (min(w.row0 + kRows, w.packed_rows) - 1) / p.group;
+  const uint32_t group = static_cast<uint32_t>(p.group);
+  const int64_t i_first = static_cast<uint32_t>(w.row0) / group;
+  const int64_t i_last = static_cast<uint32_t>(min(w.row0 + kRows, w.packed_rows) - 1) / group;
   const int64_t lo = w.mask.tile_begin(i_first, i_last + 1);
   const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
   if (hi <= lo) return w;
   const int64_t base = lo / kChunk * kChunk;
-  const int64_t per_split = ceil_div(ceil_div(hi - base, a.num_splits), kChunk) * kChunk;
+  const uint32_t splits = static_cast<uint32_t>(a.num_splits);
+  const int64_t per_split = ceil_div((static_cast<uint32_t>(hi - base) + splits - 1) / splits, kChunk) * kChunk;
   const int64_t split_begin = base + blockIdx.y * per_split;
   w.chunk0 = split_begin;
   w.key_begin = max(split_begin, lo);
@@ -149,8 +166,9 @@ __device__ RowInfo row_info(const Args& a, const CtaWork& w, int r) {
   RowInfo row;
   const int64_t packed = w.row0 + r;
   row.valid = packed < w.packed_rows;
-  row.i = row.valid ? packed / p.group : 0;
-  row.h = w.hkv * p.group + (row.valid ? packed % p.group : 0);
+  const uint32_t group = static_cast<uint32_t>(p.group), i = static_cast<uint32_t>(packed) / group;
+  row.i = row.valid ? i : 0;
+  row.h = w.hkv * p.group + (row.valid ? static_cast<uint32_t>(packed) - i * group : 0);
   row.key_begin = row.valid ? max(w.mask.row_begin(row.i), w.key_begin) : 0;
   row.key_end = row.valid ? min(w.mask.row_end(row.i), w.key_end) : 0;
   row.mod.softcap = p.softcap;
@@ -183,48 +201,69 @@ __device__ __forceinline__ void query_pair(int t, int rotary_dim, bool interleav
   }
 }
 
-// Loads the tile's query rows into shared memory (16-bit, the A operand), rotated at
-// core::rotary_q_position when the call has rotary (in fp32, like the reference, then rounded).
-// Padded rows and dims past Dqk are zeros. kThreadsPerRow threads share a row, so the row's
-// geometry (integer divisions included) is worked out once per thread; each thread owns whole
-// element pairs, so rotation needs no staging, and all its loads are issued before the first use:
-// a CTA of a short split must not pay one memory latency per element here. Leaves the A
-// fragments in q_frag when they live in registers (Tile::kQInRegisters).
+// The tile's query rows, as each thread holds them between fetch_query and store_query:
+// kThreadsPerRow threads share a row, each owning whole element pairs (so rotation needs no
+// staging), with the row's rotary factors.
+template <int kHeadDim>
+struct QueryPairs {
+  static constexpr int kPerThread = kHeadDim / 2 / kThreadsPerRow;
+  float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
+  bool rotated;  // the row has rotary factors (rotary call, position inside the tables)
+};
+
+// Issues the loads of the tile's query rows (and rotary factors at core::rotary_q_position)
+// into registers. Called before the first K/V copies: behind them, these few loads would wait
+// for the whole K/V prologue of the SM to arrive. The row's geometry (a division included) is
+// worked out once per thread. Padded rows and dims past Dqk are zeros.
 template <class E, int kHeadDim>
-__device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* q_tile,
-                                uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
+__device__ QueryPairs<kHeadDim> fetch_query(const Args& a, const CtaWork& w) {
   using T = typename E::T;
-  using Cfg = Tile<kHeadDim>;
-  constexpr int kPerThread = kHeadDim / 2 / kThreadsPerRow;  // element pairs per thread
   const core::Problem& p = a.p;
   const int rotary_dim = a.rotate_q ? static_cast<int>(p.rotary_dim) : 0;
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
   const int64_t packed = w.row0 + r;
   const bool real = packed < w.packed_rows;
-  const int64_t i = real ? packed / p.group : 0, h = w.hkv * p.group + (real ? packed % p.group : 0);
+  const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
+  const int64_t i = real ? row_i : 0, h = w.hkv * p.group + (real ? static_cast<uint32_t>(packed) - row_i * group : 0);
   const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
   const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
 
-  float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
+  QueryPairs<kHeadDim> q;
+  q.rotated = table_row >= 0;
 #pragma unroll
-  for (int n = 0; n < kPerThread; ++n) {
+  for (int n = 0; n < q.kPerThread; ++n) {
     const int t = first_pair + n * kThreadsPerRow;
     int d0, d1;
     query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
-    x0[n] = real && d0 < p.head_dim_qk ? to_float(row[d0]) : 0.0f;
-    x1[n] = real && d1 < p.head_dim_qk ? to_float(row[d1]) : 0.0f;
-    const bool rotated = t < rotary_dim / 2 && table_row >= 0;
-    cos_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]) : 1.0f;
-    sin_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]) : 0.0f;
+    q.x0[n] = real && d0 < p.head_dim_qk ? to_float(row[d0]) : 0.0f;
+    q.x1[n] = real && d1 < p.head_dim_qk ? to_float(row[d1]) : 0.0f;
+    const bool rotated = t < rotary_dim / 2 && q.rotated;
+    q.cos_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]) : 1.0f;
+    q.sin_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]) : 0.0f;
   }
+  return q;
+}
+
+// Rotates the fetched rows (in fp32, like the reference, then rounded) into shared memory (the
+// 16-bit A operand) and leaves the A fragments in q_frag when they live in registers
+// (Tile::kQInRegisters).
+template <class E, int kHeadDim>
+__device__ void store_query(const Args& a, const QueryPairs<kHeadDim>& q, typename E::T* q_tile,
+                            uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const int rotary_dim = a.rotate_q ? static_cast<int>(a.p.rotary_dim) : 0;
+  const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
 #pragma unroll
-  for (int n = 0; n < kPerThread; ++n) {
+  for (int n = 0; n < q.kPerThread; ++n) {
     const int t = first_pair + n * kThreadsPerRow;
     int d0, d1;
-    query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
-    const bool rotated = t < rotary_dim / 2 && table_row >= 0;
-    q_tile[r * Cfg::kPitch + d0] = from_float<T>(rotated ? x0[n] * cos_t[n] - x1[n] * sin_t[n] : x0[n]);
-    q_tile[r * Cfg::kPitch + d1] = from_float<T>(rotated ? x0[n] * sin_t[n] + x1[n] * cos_t[n] : x1[n]);
+    query_pair(t, rotary_dim, a.p.rotary_interleaved, &d0, &d1);
+    const bool rotated = t < rotary_dim / 2 && q.rotated;
+    const float y0 = rotated ? q.x0[n] * q.cos_t[n] - q.x1[n] * q.sin_t[n] : q.x0[n];
+    const float y1 = rotated ? q.x0[n] * q.sin_t[n] + q.x1[n] * q.cos_t[n] : q.x1[n];
+    q_tile[r * Cfg::kPitch + d0] = from_float<T>(y0);
+    q_tile[r * Cfg::kPitch + d1] = from_float<T>(y1);
   }
   __syncthreads();
   if constexpr (Cfg::kQInRegisters) {
@@ -235,9 +274,47 @@ __device__ void load_query_tile(const Args& a, const CtaWork& w, typename E::T* 
 
 // ---- K/V chunks ---------------------------------------------------------------------------------
 
+// One 16-byte piece of a chunk as a lane copies it: piece c of lane `lane` is key idx / kPieces,
+// dims (idx % kPieces) * 8 .. + 7, idx = c * 32 + lane. Row offsets come from lane `key`.
+template <int kHeadDim>
+struct Piece {
+  int key, d;
+  __device__ Piece(int c, int lane) {
+    const int idx = c * 32 + lane;
+    key = idx / Tile<kHeadDim>::kPieces;
+    d = (idx % Tile<kHeadDim>::kPieces) * 8;
+  }
+};
+
+// The copy for rows that are not 16-byte aligned or head dims not a multiple of 8: element
+// loads and shared stores. Out of line: it is rare, and inlined it tripled the code a CTA runs
+// through before its first chunk (each instruction-cache miss then waits behind the SM's K/V
+// traffic).
+template <typename T, int kHeadDim>
+__device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t k_base, int64_t v_base, T* k_dst,
+                                                 T* v_dst, int dqk, int dv, int lane) {
+  using Cfg = Tile<kHeadDim>;
+#pragma unroll 1
+  for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
+    const Piece<kHeadDim> piece(c, lane);
+    const int64_t k_src = __shfl_sync(0xffffffffu, k_base, piece.key);
+    const int64_t v_src = __shfl_sync(0xffffffffu, v_base, piece.key);
+    T* kd = k_dst + piece.key * Cfg::kPitch + piece.d;
+    T* vd = v_dst + piece.key * Cfg::kPitch + piece.d;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      kd[e] = (k_src >= 0 && piece.d + e < dqk) ? k[k_src + piece.d + e] : from_float<T>(0.0f);
+      vd[e] = (v_src >= 0 && piece.d + e < dv) ? v[v_src + piece.d + e] : from_float<T>(0.0f);
+    }
+  }
+}
+
 // Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
 // key0 + l (block table included) once; keys outside [key_begin, key_end) or whose block is out
 // of range read nothing and land as zeros, and the returned bit mask says which keys are real.
+// K/V are read once: the copies mark their L2 lines evict-first and ask L2 for whole 256-byte
+// rows (one head's key row at head dim 128); together 2-16% faster at every measured shape than
+// plain cp.async (docs/perf-log.md, CUDA decode, run 4), while the 256-byte hint alone was not.
 template <class E, int kHeadDim>
 __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, typename E::T* k_dst,
                                   typename E::T* v_dst, int lane) {
@@ -256,26 +333,22 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
   const T* k = static_cast<const T*>(p.k.ptr);
   const T* v = static_cast<const T*>(p.v.ptr);
-
+  if (!a.vector_kv) {
+    copy_chunk_elements<T, kHeadDim>(k, v, k_base, v_base, k_dst, v_dst, static_cast<int>(p.head_dim_qk),
+                                     static_cast<int>(p.head_dim_v), lane);
+    return valid;
+  }
+  const uint64_t policy = evict_first_policy();
 #pragma unroll
   for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
-    const int idx = c * 32 + lane;
-    const int key = idx / Cfg::kPieces, d = (idx % Cfg::kPieces) * 8;
-    const int64_t k_src = __shfl_sync(0xffffffffu, k_base, key);
-    const int64_t v_src = __shfl_sync(0xffffffffu, v_base, key);
-    T* kd = k_dst + key * Cfg::kPitch + d;
-    T* vd = v_dst + key * Cfg::kPitch + d;
-    if (a.vector_kv) {
-      const bool k_ok = k_src >= 0 && d < p.head_dim_qk, v_ok = v_src >= 0 && d < p.head_dim_v;
-      cp_async_16(smem_address(kd), k_ok ? k + k_src + d : k, k_ok ? 16 : 0);
-      cp_async_16(smem_address(vd), v_ok ? v + v_src + d : v, v_ok ? 16 : 0);
-    } else {  // unaligned rows or odd head dims: element loads
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        kd[e] = (k_src >= 0 && d + e < p.head_dim_qk) ? k[k_src + d + e] : from_float<T>(0.0f);
-        vd[e] = (v_src >= 0 && d + e < p.head_dim_v) ? v[v_src + d + e] : from_float<T>(0.0f);
-      }
-    }
+    const Piece<kHeadDim> piece(c, lane);
+    const int64_t k_src = __shfl_sync(0xffffffffu, k_base, piece.key);
+    const int64_t v_src = __shfl_sync(0xffffffffu, v_base, piece.key);
+    const bool k_ok = k_src >= 0 && piece.d < p.head_dim_qk, v_ok = v_src >= 0 && piece.d < p.head_dim_v;
+    cp_async_16_streaming(smem_address(k_dst + piece.key * Cfg::kPitch + piece.d), k_ok ? k + k_src + piece.d : k,
+                          k_ok ? 16 : 0, policy);
+    cp_async_16_streaming(smem_address(v_dst + piece.key * Cfg::kPitch + piece.d), v_ok ? v + v_src + piece.d : v,
+                          v_ok ? 16 : 0, policy);
   }
   return valid;
 }
@@ -332,10 +405,93 @@ __device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadD
   }
 }
 
-// Online softmax over one chunk, then O += P V with P from the score registers (the C layout of
-// two n8 tiles is the A layout of one k16 step).
+// Keys of the tile's union [key_begin, key_end) that not every row of the tile may see: the
+// rows of a tile (speculative rows, varlen prefill chunks) have their own causal / window bounds.
+// Every valid row sees [begin, end); keys of a chunk outside it are the chunk's edge keys.
+struct CommonKeys {
+  int64_t begin, end;
+};
+
+// The keys every valid row of the tile sees, from the two rows each lane holds.
+__device__ CommonKeys common_keys(const RowInfo (&rows)[2]) {
+  int64_t begin = INT64_MIN, end = INT64_MAX;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (!rows[r].valid) continue;
+    begin = max(begin, rows[r].key_begin);
+    end = min(end, rows[r].key_end);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    begin = max(begin, static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(begin), offset)));
+    end = min(end, static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(end), offset)));
+  }
+  return {begin, end};
+}
+
+// Bit c set: key key0 + c was read (valid) and some row of the tile masks it.
+__device__ __forceinline__ uint32_t edge_keys(int64_t key0, uint32_t valid, const CommonKeys& common) {
+  auto offset = [&](int64_t j) { return j <= key0 ? 0 : j >= key0 + kChunk ? kChunk : static_cast<int>(j - key0); };
+  const int lo = offset(common.begin), hi = offset(common.end);
+  const uint32_t inside = hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
+  return valid & ~inside;
+}
+
+// P V for the edge keys of a chunk. A masked key's probability is 0, but 0 * NaN is NaN in the
+// tensor-core product: a NaN or Inf in the value row of a key that a row masks must not reach
+// that row (SPEC §2). So edge keys are accumulated here with a select per row, and their value
+// rows are zeroed before the product. Only chunks on a causal or window edge of a multi-row tile
+// come here (never a single-row decode step, whose rows all share one key range).
 template <class E, int kHeadDim>
-__device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], const typename E::T* v_tile, int lane) {
+__device__ void accumulate_edge_keys(WarpState<kHeadDim>& st, const float (&p)[2][4], typename E::T* v_tile,
+                                     int64_t key0, uint32_t edge, const RowInfo (&rows)[2], int lane) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  const int t = lane % 4;
+#pragma unroll 1
+  for (uint32_t left = edge; left != 0; left &= left - 1) {  // a loop, not unrolled: this path is rare
+    const int c = __ffs(left) - 1;
+    // Probabilities of key c for this lane's rows g and g + 8 live in lane 4g + (c % 8) / 2, in
+    // p[c / 8][c % 2] and p[c / 8][2 + c % 2].
+    const int owner = (lane & ~3) | ((c % 8) / 2);
+    const bool high = c >= 8, odd = c % 2;
+    const float mine0 = high ? (odd ? p[1][1] : p[1][0]) : (odd ? p[0][1] : p[0][0]);
+    const float mine1 = high ? (odd ? p[1][3] : p[1][2]) : (odd ? p[0][3] : p[0][2]);
+    const float p0 = __shfl_sync(0xffffffffu, mine0, owner);
+    const float p1 = __shfl_sync(0xffffffffu, mine1, owner);
+    const int64_t j = key0 + c;
+    const bool sees0 = j >= rows[0].key_begin && j < rows[0].key_end;
+    const bool sees1 = j >= rows[1].key_begin && j < rows[1].key_end;
+    const T* v_row = v_tile + c * Cfg::kPitch + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      const float v0 = to_float(v_row[n * 8]), v1 = to_float(v_row[n * 8 + 1]);
+      if (sees0) {
+        st.o[n][0] = fmaf(p0, v0, st.o[n][0]);
+        st.o[n][1] = fmaf(p0, v1, st.o[n][1]);
+      }
+      if (sees1) {
+        st.o[n][2] = fmaf(p1, v0, st.o[n][2]);
+        st.o[n][3] = fmaf(p1, v1, st.o[n][3]);
+      }
+    }
+  }
+  __syncwarp();  // every lane has read the edge rows
+#pragma unroll 1
+  for (int idx = lane; idx < kChunk * Cfg::kPieces; idx += 32) {
+    const int key = idx / Cfg::kPieces;
+    if ((edge >> key) & 1u)
+      *reinterpret_cast<uint4*>(v_tile + key * Cfg::kPitch + (idx % Cfg::kPieces) * 8) = make_uint4(0, 0, 0, 0);
+  }
+  __syncwarp();
+}
+
+// Online softmax over one chunk, then O += P V with P from the score registers (the C layout of
+// two n8 tiles is the A layout of one k16 step). Edge keys (see edge_keys) take the select path
+// first and leave zero value rows to the product.
+template <class E, int kHeadDim>
+__device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], typename E::T* v_tile, int64_t key0,
+                                 uint32_t edge, const RowInfo (&rows)[2], int lane) {
   using Cfg = Tile<kHeadDim>;
   float factor[2];
 #pragma unroll
@@ -361,6 +517,7 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], cons
     st.o[n][2] *= factor[1];
     st.o[n][3] *= factor[1];
   }
+  if (edge != 0) accumulate_edge_keys<E, kHeadDim>(st, s, v_tile, key0, edge, rows, lane);
   const uint32_t p_frag[4] = {E::pack(s[0][0], s[0][1]), E::pack(s[0][2], s[0][3]), E::pack(s[1][0], s[1][1]),
                               E::pack(s[1][2], s[1][3])};
   // B fragments of V by transposed ldmatrix: matrices (keys 0-7 | 8-15) x (d 0-7 | 8-15).
@@ -411,7 +568,8 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   const int row = threadIdx.x / kThreadsPerRow, first_col = threadIdx.x % kThreadsPerRow;
   const int64_t packed = w.row0 + row;
   if (packed >= w.packed_rows) return;
-  const int64_t i = packed / p.group, h = w.hkv * p.group + packed % p.group;
+  const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
+  const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
   core::SoftmaxRow<float> total;
   for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_all[k * kRows + row]);
   float weight[kWarps];  // e^(max_k - max): a warp that saw no key of the row weighs 0
@@ -468,6 +626,8 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
+  const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
+  unsigned long long t_first = 0;
   const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
 
@@ -482,48 +642,64 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   auto k_stage = [&](int stage) { return my_stages + size_t(stage) * 2 * Cfg::kChunkElems; };
   auto v_stage = [&](int stage) { return k_stage(stage) + Cfg::kChunkElems; };
 
-  const int64_t chunks = w.key_end > w.key_begin ? ceil_div(w.key_end - w.chunk0, kChunk) : 0;
-  const int64_t my_chunks = chunks > warp ? ceil_div(chunks - warp, kWarps) : 0;
-  auto chunk_key0 = [&](int64_t n) { return w.chunk0 + (n * kWarps + warp) * kChunk; };
-  auto issue = [&](int64_t n) {
-    const int stage = static_cast<int>(n % Cfg::kStages);
+  const int chunks = w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kChunk)) : 0;
+  const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
+  auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kChunk; };
+  auto issue = [&](int n) {
+    const int stage = n % Cfg::kStages;
     const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), k_stage(stage), v_stage(stage), lane);
     if (lane == 0) my_masks[stage] = valid;
   };
 
-  // The first chunks are in flight before the query tile is read, so their DRAM latency and the
-  // query's overlap.
-#pragma unroll
-  for (int n = 0; n < Cfg::kStages - 1; ++n) {
-    if (n < my_chunks) issue(n);
-    cp_async_commit();
-  }
-  uint32_t q_frag[Cfg::kQFragments][4];
-  load_query_tile<E, kHeadDim>(a, w, q_tile, q_frag);
-
+  // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
+  // the query does not queue behind the chunks.
+  const QueryPairs<kHeadDim> query = fetch_query<E, kHeadDim>(a, w);
   const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
+  const CommonKeys common = common_keys(rows);
+  uint32_t q_frag[Cfg::kQFragments][4];
   WarpState<kHeadDim> st;
 #pragma unroll
   for (int n = 0; n < kHeadDim / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
 
-  for (int64_t n = 0; n < my_chunks; ++n) {
+  // The loop starts kStages - 1 steps early: those steps only start copies (the prologue) and the
+  // last of them stores the query tile, so the copy code exists once and is warm in the
+  // instruction cache when the steady state begins.
+  for (int n = 1 - Cfg::kStages; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
     cp_async_commit();
+    if (n < 0) {
+      if (n == -1) store_query<E, kHeadDim>(a, query, q_tile, q_frag);
+      continue;
+    }
     cp_async_wait<Cfg::kStages - 1>();
     __syncwarp();
-    const int stage = static_cast<int>(n % Cfg::kStages);
+    if (a.trace != nullptr && n == 0) t_first = global_ns();
+    const int stage = n % Cfg::kStages;
     float s[2][4];
     chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], rows, w.mask.diag, lane, s);
-    chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), lane);
+    const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
+    chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), chunk_key0(n), edge, rows, lane);
     __syncwarp();
   }
   cp_async_wait<0>();
   allow_dependent_launch();
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
+  const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
   merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
+    if (cta < a.trace_capacity / 2) {
+      unsigned long long* rec = a.trace + 5 * cta;
+      rec[0] = sm_id() + 1;
+      rec[1] = t_start;
+      rec[2] = t_first;
+      rec[3] = t_loop;
+      rec[4] = global_ns();
+    }
+  }
 }
 
 // Merges the splits of one (query row, head) per CTA. The partial lse values are the logits of
@@ -566,6 +742,7 @@ __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) 
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
   const int n = a.num_splits, column = threadIdx.x % kColumns, group = threadIdx.x / kColumns;
   wait_for_primary_grid();  // the partials of every split are written
+  const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
 
   float4 o[kCombineBatch];
   auto load_batch = [&](int first) {
@@ -616,6 +793,15 @@ __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) 
   for (int e = 0; e < 4; ++e)
     if (4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
   if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    // The second half of the buffer: one (start, end) per combine CTA.
+    const int64_t first = 5 * int64_t(a.trace_capacity / 2);
+    const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
+    if (first + 2 * cta + 1 < 5 * int64_t(a.trace_capacity)) {
+      a.trace[first + 2 * cta] = t_start;
+      a.trace[first + 2 * cta + 1] = global_ns();
+    }
+  }
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -711,11 +897,15 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, size_t smem, cudaStream_
   check_cuda(cudaLaunchKernelEx(&config, kernel, a), what);
 }
 
+DecodeDebug g_debug;
+
 template <class E, int kHeadDim>
 void launch_attention(const core::Problem& p, cudaStream_t stream) {
   using Cfg = Tile<kHeadDim>;
   Args a{};
   a.p = p;
+  a.trace = g_debug.trace;
+  a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
@@ -782,6 +972,8 @@ void decode_kvcache(const core::Problem& p, void* stream) {
   launch_kv_append(p, s);  // the attention below reads the appended keys: same stream, in order
   decode::attend(p, s);
 }
+
+void decode_set_debug(const DecodeDebug& debug) { decode::g_debug = debug; }
 
 void decode_forward(const core::Problem& p, void* stream) {
   decode::require_served(p, false);

@@ -24,4 +24,13 @@ inline constexpr int64_t kDecodeMaxQueryLen = 16;
 void decode_kvcache(const core::Problem& p, void* stream);  // append (+ rotary), then attend
 void decode_forward(const core::Problem& p, void* stream);  // attend only
 
+// Benchmark-only (bench/gpu/bench_decode.cu --trace), read at each launch: a device buffer that
+// receives a timeline of the next calls (per attention CTA: SM id + 1, start, first chunk ready,
+// main loop done, end, in ns; then, from the buffer's middle, per combine CTA: start, end).
+struct DecodeDebug {
+  unsigned long long* trace = nullptr;
+  int trace_capacity = 0;  // records of 5 words
+};
+void decode_set_debug(const DecodeDebug& debug);
+
 }  // namespace flashsdpa::cuda

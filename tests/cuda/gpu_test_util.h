@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,50 +107,42 @@ inline ExecContext cuda_context(bool check = false) {
   return ctx;
 }
 
-// The reference's Problem for the host tensors. Index values are not validated, so cases with
-// deliberately bad index tensors compare against the clamped geometry of core/sequence.h, which
-// is what every backend must compute for them.
-inline core::Problem unchecked_problem(const AttnCase& c) {
-  core::ValidateOptions options;
-  options.check_index_values = false;
-  return core::prepare_forward(c.params(), options);
-}
-
-// Poisons out/lse, runs attention_forward on the GPU, and checks out and lse against the
-// reference, that every element was written, that no guard byte or input changed, and (when
-// expected_tier is given) that the selector names that tier.
-inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_tier = "") {
-  c.out.poison();
-  if (c.lse.defined()) c.lse.poison();
-  std::vector<std::pair<std::string, HostTensor*>> inputs;
-  for (auto& named : c.tensors())
-    if (named.first != "out" && named.first != "lse") inputs.push_back(named);
-  const Snapshot before(inputs);
-
+// Runs `call` (given the device view of c's tensors) on device mirrors of c's tensors, waits
+// for the kernels and copies every tensor back, guards included; "" or what failed.
+inline std::string run_on_gpu(AttnCase& c, const std::function<void(const AttnParams&)>& call) {
   DeviceMirror dev(c.tensors());
   if (!dev.error().empty()) return dev.error();
   const AttnParams params = device_params(c, dev);
-  const ExecContext ctx = cuda_context();
-  if (!expected_tier.empty()) {
-    const Selection sel = explain(params, Op::kForward, ctx);
-    if (sel.tier != expected_tier) return "explain chose " + sel.tier + " (expected " + expected_tier + "): " + sel.reason;
-  }
-  std::string failure = run_and_catch([&] { attention_forward(params, ctx); });
-  if (!failure.empty()) return failure;
-  failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
-  if (!failure.empty()) return failure;
-  failure = dev.copy_back();
-  if (!failure.empty()) return failure;
-
-  const core::Problem p = unchecked_problem(c);
-  const auto ref64 = reference::forward(p, reference::Precision::kFloat64);
-  const auto lowp = reference::forward(p, reference::Precision::kInputDType);
-  failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
-  if (failure.empty() && c.lse.defined())
-    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
-  if (failure.empty()) failure = check_all_guards(c);
-  if (failure.empty()) failure = before.changed();
+  std::string failure = run_and_catch([&] { call(params); });
+  if (failure.empty()) failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
+  if (failure.empty()) failure = dev.copy_back();
   return failure;
+}
+
+// The reference's options for GPU cases: index values are not validated, so cases with
+// deliberately bad index tensors compare against the clamped geometry of core/sequence.h, which
+// is what every backend must compute for them.
+inline core::ValidateOptions unchecked_host() {
+  core::ValidateOptions options;
+  options.check_index_values = false;
+  return options;
+}
+
+inline core::Problem unchecked_problem(const AttnCase& c) { return core::prepare_forward(c.params(), unchecked_host()); }
+
+// check_forward_run (test_util.h) for attention_forward on the GPU; when expected_tier is given,
+// the selector must also name that tier.
+inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_tier = "") {
+  return check_forward_run(c, unchecked_host(), [&] {
+    return run_on_gpu(c, [&](const AttnParams& params) {
+      const ExecContext ctx = cuda_context();
+      if (!expected_tier.empty()) {
+        const Selection sel = explain(params, Op::kForward, ctx);
+        if (sel.tier != expected_tier) throw Error("explain chose " + sel.tier + " (expected " + expected_tier + "): " + sel.reason);
+      }
+      attention_forward(params, ctx);
+    });
+  });
 }
 
 // The tier the selector must name for a case: fp32 runs exact SIMT; fp16/bf16 queries of at most

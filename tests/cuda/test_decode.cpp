@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -33,25 +35,12 @@ core::ValidateOptions device_options(bool checked) {
   return options;
 }
 
-core::ValidateOptions unchecked_host() {
-  core::ValidateOptions options;
-  options.check_index_values = false;
-  return options;
-}
-
 // Runs the decode tier on device mirrors of c's tensors and copies everything back.
 std::string run_kvcache_on_gpu(AttnCase& c, bool checked = false) {
-  DeviceMirror dev(c.tensors());
-  if (!dev.error().empty()) return dev.error();
-  const AttnParams params = device_params(c, dev);
-  std::string failure = run_and_catch([&] {
+  return run_on_gpu(c, [&](const AttnParams& params) {
     const core::Problem p = core::prepare_kvcache(params, device_options(checked));
     cuda::kvcache(p, core::Tier::kCudaDecode, nullptr);
   });
-  if (!failure.empty()) return failure;
-  failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
-  if (!failure.empty()) return failure;
-  return dev.copy_back();
 }
 
 // check_kvcache of test_util.h for the GPU: poisoned out/lse, caches equal to the reference's
@@ -59,67 +48,19 @@ std::string run_kvcache_on_gpu(AttnCase& c, bool checked = false) {
 // untouched. The reference validates nothing, so bad index tensors are compared against the
 // clamped geometry of core/sequence.h.
 std::string check_kvcache_gpu(AttnCase& c) {
-  c.out.poison();
-  if (c.lse.defined()) c.lse.poison();
-  const HostTensor k_original = c.k, v_original = c.v;
-  HostTensor k64 = c.k, v64 = c.v, k_lowp = c.k, v_lowp = c.v;
-  AttnParams params64 = c.params(), params_lowp = c.params();
-  params64.k = k64.ref();
-  params64.v = v64.ref();
-  params_lowp.k = k_lowp.ref();
-  params_lowp.v = v_lowp.ref();
-  const core::Problem p64 = core::prepare_kvcache(params64, unchecked_host());
-  const core::Problem p_lowp = core::prepare_kvcache(params_lowp, unchecked_host());
-
-  std::vector<std::pair<std::string, HostTensor*>> inputs;
-  for (auto& named : c.tensors())
-    if (named.first != "out" && named.first != "lse" && named.first != "k" && named.first != "v") inputs.push_back(named);
-  const Snapshot before(inputs);
-  std::string failure = run_kvcache_on_gpu(c);
-  if (!failure.empty()) return failure;
-
-  const auto ref64 = reference::kvcache(p64, reference::Precision::kFloat64);
-  const auto lowp = reference::kvcache(p_lowp, reference::Precision::kInputDType);
-  failure = check_cache("k_cache", c.k, k_original, k64);
-  if (failure.empty()) failure = check_cache("v_cache", c.v, v_original, v64);
-  if (failure.empty()) failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
-  if (failure.empty() && c.lse.defined())
-    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
-  if (failure.empty()) failure = check_all_guards(c);
-  if (failure.empty()) failure = before.changed();
-  return failure;
+  return check_kvcache_run(c, unchecked_host(), [&] { return run_kvcache_on_gpu(c); });
 }
 
 // Forward through cuda-decode (continuous batching: varlen q over a paged cache, or short q).
 std::string check_forward_decode(AttnCase& c) {
-  c.out.poison();
-  if (c.lse.defined()) c.lse.poison();
-  std::vector<std::pair<std::string, HostTensor*>> inputs;
-  for (auto& named : c.tensors())
-    if (named.first != "out" && named.first != "lse") inputs.push_back(named);
-  const Snapshot before(inputs);
-  DeviceMirror dev(c.tensors());
-  if (!dev.error().empty()) return dev.error();
-  const AttnParams params = device_params(c, dev);
-  std::string failure = run_and_catch([&] {
-    const core::Problem p = core::prepare_forward(params, device_options(false));
-    std::string why;
-    if (!cuda::decode_tier_supports(p, false, &why)) throw Error("not served: " + why);
-    cuda::decode_forward(p, nullptr);
+  return check_forward_run(c, unchecked_host(), [&] {
+    return run_on_gpu(c, [&](const AttnParams& params) {
+      const core::Problem p = core::prepare_forward(params, device_options(false));
+      std::string why;
+      if (!cuda::decode_tier_supports(p, false, &why)) throw Error("not served: " + why);
+      cuda::decode_forward(p, nullptr);
+    });
   });
-  if (!failure.empty()) return failure;
-  failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
-  if (failure.empty()) failure = dev.copy_back();
-  if (!failure.empty()) return failure;
-  const core::Problem p = unchecked_problem(c);
-  const auto ref64 = reference::forward(p, reference::Precision::kFloat64);
-  const auto lowp = reference::forward(p, reference::Precision::kInputDType);
-  failure = prefixed("out", reference::check_close(c.out.values(), ref64.out, lowp.out, 2.0));
-  if (failure.empty() && c.lse.defined())
-    failure = prefixed("lse", reference::check_close(dense_lse(c), ref64.lse, lowp.lse, 2.0));
-  if (failure.empty()) failure = check_all_guards(c);
-  if (failure.empty()) failure = before.changed();
-  return failure;
 }
 
 AttnConfig decode_config(Layout layout, DType dtype) {
@@ -369,6 +310,65 @@ TEST(DecodeKvcache, PagedEqualsDenseBitForBit) {
     ASSERT_EQ(check_kvcache_gpu(paged), "") << c.describe();
     EXPECT_EQ(paged.out.guarded_bytes(), dense.out.guarded_bytes()) << "out differs, block_size " << block_size;
     EXPECT_EQ(paged.lse.guarded_bytes(), dense.lse.guarded_bytes()) << "lse differs, block_size " << block_size;
+  }
+}
+
+// Sets every element of logical key j of sequence b (all kv heads) in K, V or both to NaN.
+void poison_key(AttnCase& a, int64_t b, int64_t j, bool k, bool v) {
+  const AttnConfig& c = a.config;
+  const int64_t row_elems = c.heads_kv * c.head_dim_qk;
+  int64_t row = b * c.cache_capacity + j;
+  if (c.layout == Layout::kPagedCache) {
+    const int64_t max_blocks = a.block_table.shape()[1];
+    row = a.block_table.get_int(b * max_blocks + j / c.block_size) * c.block_size + j % c.block_size;
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int64_t e = 0; e < row_elems; ++e) {
+    if (k) a.k.set(row * row_elems + e, nan);
+    if (v) a.v.set(row * row_elems + e, nan);
+  }
+}
+
+// SPEC §2: NaN in an input reaches only the rows it touches. Five query rows with a window and
+// causal masking over caches whose masked keys hold NaN in K, V or both: keys below every row's
+// window, past the cache length, and keys that some rows of a 16-row tile see and others mask
+// (a window's first key, a causal key near the end) — those share a chunk with allowed keys.
+// Rows that see a NaN key must be NaN, every other row finite and within the SPEC rule.
+TEST(DecodeKvcache, MaskedNaNKeysReachNoRow) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
+    for (DType dtype : kHalfTypes) {
+      for (int which = 0; which < 3; ++which) {  // K, V, both
+        for (int splits : {1, 4}) {
+          AttnConfig c = decode_config(layout, dtype);
+          c.seqlen_q = 5;  // group 4: rows 0-3 share the first tile, row 4 is the second
+          c.cache_seqlens = {700, 40, 1099};
+          c.causal = true;
+          c.window_left = 50;
+          c.num_splits = splits;
+          c.seed = 400 + which;
+          AttnCase a(c);
+          const bool k = which != 1, v = which != 0;
+          for (int64_t b = 0; b < c.batch; ++b) {
+            const int64_t sk = c.cache_seqlens[b], first = sk - c.seqlen_q - c.window_left;  // row 0's first key
+            for (int64_t j = std::max<int64_t>(first - 20, 0); j <= first; ++j) poison_key(a, b, j, k, v);
+            if (sk >= 2) poison_key(a, b, sk - 2, k, v);  // seen by rows 3 and 4 only
+            // Past the length: to the capacity when dense; paged, only in the sequence's own last
+            // block (table entries past it name other sequences' blocks).
+            const int64_t past_end = layout == Layout::kPagedCache ? (sk + c.block_size - 1) / c.block_size * c.block_size
+                                                                   : c.cache_capacity;
+            for (int64_t j = sk; j < past_end; ++j) poison_key(a, b, j, k, v);
+          }
+          const auto ref64 = reference::kvcache(core::prepare_kvcache(a.params(), unchecked_host()),
+                                                reference::Precision::kFloat64);
+          int64_t nan_rows = 0, finite_rows = 0;
+          for (size_t n = 0; n < ref64.out.size(); n += c.head_dim_v) (std::isnan(ref64.out[n]) ? nan_rows : finite_rows)++;
+          ASSERT_GT(nan_rows, 0) << c.describe() << ": no row sees a NaN key, the case tests nothing";
+          ASSERT_GT(finite_rows, 0) << c.describe();
+          EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe() << " NaN in " << (which == 0 ? "K" : which == 1 ? "V" : "K and V");
+        }
+      }
+    }
   }
 }
 
