@@ -5,12 +5,18 @@
 #                                        the CPU backend against torch's CPU SDPA on all cores
 #   bash scripts/gpu-all.sh torch OUT    the PyTorch suite on CPU and CUDA, torch.compile and
 #                                        CUDA graphs, tiny transformers models (scripts/torch-check.sh)
+#   bash scripts/gpu-all.sh release OUT  one pass before a release, within 10 minutes: build, every
+#                                        GPU test (forward on both tensor-core tiers), the prefill
+#                                        benchmark against torch's backends, the PyTorch suite on
+#                                        CUDA with transformers and torch.compile, then
+#                                        compute-sanitizer memcheck + racecheck on the forward and
+#                                        decode subsets (each step time-boxed)
 # The GPU benchmarks themselves are scripts/gpu-check.sh (prefill) and scripts/gpu-decode-check.sh
 # (decode). Logs go to OUT as one archive plus the result files, so OUT holds few files.
 # Debian's googletest packages may be unpacked from .deb/ first (the GPU machine has no gtest).
 set -u -o pipefail
-part=${1:?usage: scripts/gpu-all.sh native|torch OUT}
-out=${2:?usage: scripts/gpu-all.sh native|torch OUT}
+part=${1:?usage: scripts/gpu-all.sh native|torch|release OUT}
+out=${2:?usage: scripts/gpu-all.sh native|torch|release OUT}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -40,8 +46,27 @@ case "$part" in
     bash "$root/scripts/torch-check.sh" "$work/torch" || status=1
     cat "$work/torch/summary.txt" 2>/dev/null
     ;;
+  release)
+    GPU_CHECK_SANITIZER=0 GPU_CHECK_FLEX=0 BUILD_DIR="$root/build-gpu" \
+      timeout 360 bash "$root/scripts/gpu-check.sh" "$work/forward" || status=1
+    cp "$work"/forward/prefill.* "$out"/ 2>/dev/null
+    STEPS="build suite-cuda transformers-cuda compile-cuda" timeout 150 bash "$root/scripts/torch-check.sh" \
+      "$work/torch" > "$work/torch-check.log" 2>&1 || status=1
+    cat "$work/torch/summary.txt" 2>/dev/null
+    tar -C "$work" -czf "$out/$part-logs.tgz" .
+    echo "== compute-sanitizer"
+    for tool in memcheck racecheck; do
+      timeout 50 compute-sanitizer --tool "$tool" --error-exitcode 3 "$root/build-gpu/flashsdpa_cuda_tests" \
+        --gtest_filter='CudaForward.Sanitize*:Decode*.Sanitize*' > "$work/sanitizer-$tool.log" 2>&1 || status=1
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$work/sanitizer-$tool.log"
+    done
+    FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80 timeout 30 compute-sanitizer --tool memcheck --error-exitcode 3 \
+      "$root/build-gpu/flashsdpa_cuda_tests" --gtest_filter='CudaForward.Sanitize*' > "$work/sanitizer-mma.log" 2>&1 ||
+      status=1
+    grep -E "ERROR SUMMARY|PASSED|FAILED" "$work/sanitizer-mma.log"
+    ;;
   *)
-    echo "unknown part: $part (native or torch)"; exit 2 ;;
+    echo "unknown part: $part (native, torch or release)"; exit 2 ;;
 esac
 
 tar -C "$work" -czf "$out/$part-logs.tgz" . && rm -rf "$work"
