@@ -658,18 +658,25 @@ inline bool tensor_core_grid(int64_t block_m, dim3* grid, MmaArgs* args) {
   return true;
 }
 
-// Launches the kernel for one tile shape and element type (E = Half or BFloat16).
-template <class Tile, class E>
-void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
-  const auto kernel = mma_forward_kernel<Tile, E>;
+// Launches a tensor-core forward kernel (mma_forward_kernel or wgmma_forward_kernel) of one tile
+// shape over the grid of tensor_core_grid().
+// One instantiation per kernel, so the shared-memory limit is raised once for each.
+template <class Tile, void (*kernel)(MmaArgs)>
+void launch_tensor_core_kernel(const char* name, const MmaArgs& args, cudaStream_t stream) {
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  require_shared_memory(configured, Tile::kSmemBytes, "mma_forward_kernel");
+  require_shared_memory(configured, Tile::kSmemBytes, name);
   dim3 grid;
   MmaArgs launch_args = args;
   if (!tensor_core_grid(Tile::kBlockM, &grid, &launch_args)) return;
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
-  check_cuda(cudaGetLastError(), "mma_forward_kernel launch");
+  check_cuda(cudaGetLastError(), name);
+}
+
+// Launches the kernel for one tile shape and element type (E = Half or BFloat16).
+template <class Tile, class E>
+void launch_mma_tile(const MmaArgs& args, cudaStream_t stream) {
+  launch_tensor_core_kernel<Tile, mma_forward_kernel<Tile, E>>("mma_forward_kernel", args, stream);
 }
 
 }  // namespace flashsdpa::cuda

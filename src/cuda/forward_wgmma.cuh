@@ -380,15 +380,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
 // Launches the kernel for one tile shape and element type (E = Half or BFloat16).
 template <class Tile, class E>
 void launch_wgmma_tile(const MmaArgs& args, cudaStream_t stream) {
-  const auto kernel = wgmma_forward_kernel<Tile, E>;
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  require_shared_memory(configured, Tile::kSmemBytes, "wgmma_forward_kernel");
-  dim3 grid;
-  MmaArgs launch_args = args;
-  if (!tensor_core_grid(Tile::kBlockM, &grid, &launch_args)) return;
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
-  check_cuda(cudaGetLastError(), "wgmma_forward_kernel launch");
+  launch_tensor_core_kernel<Tile, wgmma_forward_kernel<Tile, E>>("wgmma_forward_kernel", args, stream);
 }
 
 }  // namespace flashsdpa::cuda
