@@ -34,29 +34,12 @@ void sweep_one(const core::Problem& p, const char* name, double flop, int iters,
                       : p.window_right >= 0 ? cuda::longest_first_groups(p, l2_bytes())
                                             : 0;
   args.shared_memory_optin = 0;
-  for (int w = 0; w < 3; ++w) cuda::launch_mma_tile<Tile, cuda::BFloat16>(args, nullptr);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int it = 0; it < iters; ++it) {
-    cudaEventRecord(start);
-    cuda::launch_mma_tile<Tile, cuda::BFloat16>(args, nullptr);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float t = 0;
-    cudaEventElapsedTime(&t, start, stop);
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  const double median = ms[ms.size() / 2];
+  const double median = median_ms([&] { cuda::launch_mma_tile<Tile, cuda::BFloat16>(args, nullptr); }, 3, iters);
   std::printf("{\"sweep\": \"%s groups %lld\", \"hd\": %lld, \"seqlen\": %lld, \"causal\": %s, \"smem\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",
               name, static_cast<long long>(args.order_groups), static_cast<long long>(p.head_dim_qk),
               static_cast<long long>(p.seqlen_q), p.window_right >= 0 ? "true" : "false", Tile::kSmemBytes, median,
               flop / (median * 1e-3) / 1e12);
   std::fflush(stdout);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
 }
 
 // Causal problems: the block order on one shape. Groups = pairs is the old order (each

@@ -3,9 +3,37 @@
 // prints one JSON line per shape.
 #pragma once
 
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
 #include "core/problem.h"
 
 namespace flashsdpa::bench {
+
+// Median milliseconds of `iters` launches (CUDA events around each), after `warmups` untimed ones.
+template <class Launch>
+double median_ms(Launch&& launch, int warmups, int iters) {
+  for (int w = 0; w < warmups; ++w) launch();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<float> ms;
+  for (int it = 0; it < iters; ++it) {
+    cudaEventRecord(start);
+    launch();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float t = 0;
+    cudaEventElapsedTime(&t, start, stop);
+    ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
 
 void sweep_d64(const core::Problem& p, double flop, int iters);
 void sweep_d128(const core::Problem& p, double flop, int iters);

@@ -34,22 +34,7 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
   args.p = p;
   args.vector_io = true;
   args.reverse_tiles = p.window_right >= 0;
-  for (int w = 0; w < 2; ++w) cuda::launch_fp32_tile<Tile>(args, nullptr);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<float> ms;
-  for (int it = 0; it < iters; ++it) {
-    cudaEventRecord(start);
-    cuda::launch_fp32_tile<Tile>(args, nullptr);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float t = 0;
-    cudaEventElapsedTime(&t, start, stop);
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  const double median = ms[ms.size() / 2];
+  const double median = median_ms([&] { cuda::launch_fp32_tile<Tile>(args, nullptr); }, 2, iters);
   // Contiguous out of the benchmark's problems: batch x seqlen x heads x Dv floats.
   std::vector<float> out(static_cast<size_t>(p.batch * p.seqlen_q * p.heads_q * p.head_dim_v));
   cudaMemcpy(out.data(), p.out.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost);
@@ -62,8 +47,6 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
               name, static_cast<long long>(p.head_dim_qk), static_cast<long long>(p.seqlen_q),
               p.window_right >= 0 ? "true" : "false", Tile::kSmemBytes, median, flop / (median * 1e-3) / 1e12, max_diff);
   std::fflush(stdout);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
 }
 
 #define FLASHSDPA_SWEEP_FP32(...) sweep_fp32_one<cuda::Fp32Tile<__VA_ARGS__>>(p, #__VA_ARGS__, flop, iters)
