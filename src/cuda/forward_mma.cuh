@@ -526,6 +526,29 @@ __device__ __forceinline__ BlockWork block_work(const MmaArgs& args) {
                             gridDim.z, static_cast<uint32_t>(args.order_groups));
 }
 
+// Resolves this block's sequence, head, query rows, mask and K/V bases (linear layouts) once.
+// False when the block's query tile lies past its sequence's end (nothing to compute).
+// kLinearKvOnly: the caller's tier never sees paged K/V, so the layout test compiles away.
+template <bool kLinearKvOnly = false>
+__device__ __forceinline__ bool open_block(const MmaArgs& args, int64_t block_m, BlockView* blk) {
+  const core::Problem& p = args.p;
+  const BlockWork work = block_work(args);
+  blk->b = work.batch;
+  blk->h = work.head;
+  blk->kv_head = blk->h / p.group;
+  blk->seq = core::sequence(p, blk->b);
+  blk->row0 = work.tile * block_m;
+  if (blk->row0 >= blk->seq.sq) return false;
+  blk->row_end = core::min_i64(blk->row0 + block_m, blk->seq.sq);
+  blk->mask = core::sequence_mask(p, blk->seq);
+  blk->linear_kv = kLinearKvOnly || p.kv_layout != core::KvLayout::kPaged;
+  if (blk->linear_kv) {
+    blk->k_key0 = core::key_offset(p, blk->seq, p.k, blk->b, 0) + blk->kv_head * p.k.head_stride;
+    blk->v_key0 = core::key_offset(p, blk->seq, p.v, blk->b, 0) + blk->kv_head * p.v.head_stride;
+  }
+  return true;
+}
+
 }  // namespace mma_detail
 
 template <class Tile, class E>
@@ -534,21 +557,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   extern __shared__ __align__(128) unsigned char smem[];
   const core::Problem& p = args.p;
 
-  const BlockWork work = block_work(args);
   BlockView blk;
-  blk.b = work.batch;
-  blk.h = work.head;
-  blk.kv_head = blk.h / p.group;
-  blk.seq = core::sequence(p, blk.b);
-  blk.row0 = work.tile * Tile::kBlockM;
-  if (blk.row0 >= blk.seq.sq) return;
-  blk.row_end = core::min_i64(blk.row0 + Tile::kBlockM, blk.seq.sq);
-  blk.mask = core::sequence_mask(p, blk.seq);
-  blk.linear_kv = p.kv_layout != core::KvLayout::kPaged;
-  if (blk.linear_kv) {
-    blk.k_key0 = core::key_offset(p, blk.seq, p.k, blk.b, 0) + blk.kv_head * p.k.head_stride;
-    blk.v_key0 = core::key_offset(p, blk.seq, p.v, blk.b, 0) + blk.kv_head * p.v.head_stride;
-  }
+  if (!open_block(args, Tile::kBlockM, &blk)) return;
 
   // Key tiles this block needs: whole tiles outside [tile_begin, tile_end) are never loaded.
   const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);

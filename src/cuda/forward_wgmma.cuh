@@ -233,19 +233,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   unsigned char* smem = smem_raw + ((1024u - (smem_address(smem_raw) & 1023u)) & 1023u);
   const core::Problem& p = args.p;
 
-  const BlockWork work = mma_detail::block_work(args);
-  BlockView blk;
-  blk.b = work.batch;
-  blk.h = work.head;
-  blk.kv_head = blk.h / p.group;
-  blk.seq = core::sequence(p, blk.b);
-  blk.row0 = work.tile * Tile::kBlockM;
-  if (blk.row0 >= blk.seq.sq) return;
-  blk.row_end = core::min_i64(blk.row0 + Tile::kBlockM, blk.seq.sq);
-  blk.mask = core::sequence_mask(p, blk.seq);
-  blk.linear_kv = true;
-  blk.k_key0 = core::key_offset(p, blk.seq, p.k, blk.b, 0) + blk.kv_head * p.k.head_stride;
-  blk.v_key0 = core::key_offset(p, blk.seq, p.v, blk.b, 0) + blk.kv_head * p.v.head_stride;
+  BlockView blk;  // wgmma_tier_supports() leaves paged K/V to cuda-mma-sm80
+  if (!mma_detail::open_block<true>(args, Tile::kBlockM, &blk)) return;
 
   // Key tiles this block needs: whole tiles outside [key_begin, key_end) are never loaded.
   const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
