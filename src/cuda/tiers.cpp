@@ -51,6 +51,30 @@ std::string features(const core::Problem& p) {
   return os.str();
 }
 
+// "" when the problem has one of the tier's dtypes (fp16/bf16, or fp32) and a shape it fits.
+std::string dtype_and_shape_problem(const core::Problem& p, bool half_types) {
+  if (half_types && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return std::string("it needs fp16 or bf16; got ") + dtype_name(p.dtype);
+  if (!half_types && p.dtype != DType::kFloat32) return std::string("it needs fp32; got ") + dtype_name(p.dtype);
+  return shape_problem(p);
+}
+
+// A tier's answer: false with the problem, or true with `serves` and the head dims, the tile and
+// the features that every tier's reason ends with.
+bool answer(const core::Problem& p, const std::string& problem, const std::string& serves, std::string* why) {
+  if (!problem.empty()) {
+    if (why) *why = problem;
+    return false;
+  }
+  if (why) {
+    core::Text os;
+    os << serves << ", head dims Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v << " run in the "
+       << padded_head_dim(p) << "-wide tile; " << features(p);
+    *why = os.str();
+  }
+  return true;
+}
+
 }  // namespace
 
 int padded_head_dim(const core::Problem& p) {
@@ -62,24 +86,10 @@ int padded_head_dim(const core::Problem& p) {
 }
 
 bool mma_tier_supports(const core::Problem& p, std::string* why) {
-  std::string problem;
-  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
-    problem = std::string("it needs fp16 or bf16; got ") + dtype_name(p.dtype);
-  } else {
-    problem = shape_problem(p);
-  }
-  if (!problem.empty()) {
-    if (why) *why = problem;
-    return false;
-  }
-  if (why) {
-    core::Text os;
-    os << "cuda-mma-sm80 serves this " << dtype_name(p.dtype)
-       << " forward: mma.sync m16n8k16 tensor cores with fp32 accumulation, head dims Dqk = " << p.head_dim_qk
-       << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; " << features(p);
-    *why = os.str();
-  }
-  return true;
+  return answer(p, dtype_and_shape_problem(p, true),
+                std::string("cuda-mma-sm80 serves this ") + dtype_name(p.dtype) +
+                    " forward: mma.sync m16n8k16 tensor cores with fp32 accumulation",
+                why);
 }
 
 bool all_rows_16_byte_aligned(const core::Problem& p) {
@@ -93,12 +103,7 @@ bool all_rows_16_byte_aligned(const core::Problem& p) {
 }
 
 bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
-  std::string problem;
-  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
-    problem = std::string("it needs fp16 or bf16; got ") + dtype_name(p.dtype);
-  } else {
-    problem = shape_problem(p);
-  }
+  std::string problem = dtype_and_shape_problem(p, true);
   if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
     problem = "paged K/V is served by cuda-mma-sm80 (its per-key block_table lookup is not part of the wgmma tile loads)";
   }
@@ -111,39 +116,15 @@ bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
   if (problem.empty() && !wgmma_kernels_loaded()) {
     problem = "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
   }
-  if (!problem.empty()) {
-    if (why) *why = problem;
-    return false;
-  }
-  if (why) {
-    core::Text os;
-    os << "cuda-wgmma-sm90 serves this " << dtype_name(p.dtype)
-       << " forward: Hopper wgmma.mma_async with fp32 accumulation, 128-row query blocks of two warpgroups, head dims Dqk = "
-       << p.head_dim_qk << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; "
-       << features(p);
-    *why = os.str();
-  }
-  return true;
+  return answer(p, problem,
+                std::string("cuda-wgmma-sm90 serves this ") + dtype_name(p.dtype) +
+                    " forward: Hopper wgmma.mma_async with fp32 accumulation, 128-row query blocks of two warpgroups",
+                why);
 }
 
 bool fp32_tier_supports(const core::Problem& p, std::string* why) {
-  std::string problem;
-  if (p.dtype != DType::kFloat32) {
-    problem = std::string("it needs fp32; got ") + dtype_name(p.dtype);
-  } else {
-    problem = shape_problem(p);
-  }
-  if (!problem.empty()) {
-    if (why) *why = problem;
-    return false;
-  }
-  if (why) {
-    core::Text os;
-    os << "cuda-fp32 serves this fp32 forward exactly (FFMA, no TF32), head dims Dqk = " << p.head_dim_qk
-       << ", Dv = " << p.head_dim_v << " run in the " << padded_head_dim(p) << "-wide tile; " << features(p);
-    *why = os.str();
-  }
-  return true;
+  return answer(p, dtype_and_shape_problem(p, false),
+                "cuda-fp32 serves this fp32 forward exactly (FFMA, no TF32)", why);
 }
 
 }  // namespace flashsdpa::cuda
