@@ -414,8 +414,10 @@ __device__ __forceinline__ void softmax_step(float (&s)[Tile::kMTiles][Tile::kKe
 
 // O += P V. P's accumulator layout is the A-fragment layout of the next mma, so it never leaves
 // registers; V comes from shared memory through ldmatrix.trans. Output columns past the real
-// head dim come from zero-filled V columns and are never stored.
-template <class Tile, class E>
+// head dim come from zero-filled V columns and are never stored. kSkipNonfinite (the rare path of
+// a boundary tile whose V holds an Inf or NaN): those elements enter the product as zeros, and
+// add_nonfinite_values adds them for the rows that allow their key.
+template <class Tile, class E, bool kSkipNonfinite = false>
 __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                               const float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
                                               const unsigned char* smem_v) {
@@ -436,11 +438,60 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kO
       // matrices: (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 8-15)
       uint32_t b[4];
       ldmatrix_x4_trans(b, lanes.at<Tile>(tile_v, step * 16, dp * 2));
+      if constexpr (kSkipNonfinite) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) b[e] = zero_nonfinite<E::kExponentBits>(b[e]);
+      }
 #pragma unroll
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
         mma_16816<E>(o[mt][2 * dp], a[mt], b[0], b[1]);
         mma_16816<E>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
       }
+    }
+  }
+}
+
+// The correction path for a boundary tile whose value rows hold an Inf or NaN (device_utils.cuh
+// says why): the tile-wide product saw those elements as zeros, so each one is added here, with
+// its probability (fp32, before packing) and one FMA, to the rows whose mask allows its key.
+// Masked rows never see it; allowed rows get p x v even when p underflowed to 0, as the
+// reference does. Rare, so a plain loop over the tile's keys: value_at(key, col) reads the
+// element of tile row `key`, column `col` from shared memory as a float. Used by the mma.sync and
+// wgmma tiers (one m16 tile per warp there); warp-uniform, no barrier.
+template <class Tile, class ValueAt>
+__device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                                  const float (&s)[Tile::kMTiles][Tile::kKeyTiles][4],
+                                                  const BlockView& blk, int64_t warp_row0, int64_t n0,
+                                                  ValueAt value_at) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // n8 tiles in a compile-time loop, so that s is only ever indexed by constants (a runtime
+  // index would move s to local memory); the keys of one n8 tile in a runtime loop.
+#pragma unroll
+  for (int nt = 0; nt < Tile::kKeyTiles; ++nt) {
+#pragma unroll 1
+    for (int k = 0; k < 8; ++k) {
+      const int key = nt * 8 + k;
+      bool found = false;
+      for (int col = lane; col < Tile::kHeadDim; col += 32) found |= !isfinite(value_at(key, col));
+      if (!__any_sync(0xffffffffu, found)) continue;
+      const int64_t j = n0 + key;
+      // The probabilities of `key` for rows g and g + 8 live in lane 4g + k / 2, in
+      // s[mt][nt][k % 2] and s[mt][nt][2 + k % 2].
+      const int owner = (lane & ~3) | (k / 2);
+#pragma unroll
+      for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float prob = __shfl_sync(0xffffffffu, k % 2 ? s[mt][nt][2 * r + 1] : s[mt][nt][2 * r], owner);
+          if (!blk.mask.allowed(warp_row0 + mt * 16 + g + 8 * r, j)) continue;
+#pragma unroll
+          for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float v = value_at(key, dt * 8 + 2 * t + e);
+              if (!isfinite(v)) o[mt][dt][2 * r + e] = fmaf(prob, v, o[mt][dt][2 * r + e]);
+            }
+        }
     }
   }
 }
@@ -605,6 +656,18 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
     }
   }
 
+  // The tiles that some row of the block masks in part ("boundary" tiles for the block): only
+  // their V tiles are checked for non-finite values. Block-uniform, as the check is a barrier.
+  int block_full_begin = 0, block_full_end = 0;
+  if (p.kv_layout != core::KvLayout::kPaged) {
+    const int64_t full_lo = blk.mask.row_begin(blk.row_end - 1), full_hi = blk.mask.row_end(blk.row0);
+    const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
+    if (full_hi > full_lo) {
+      block_full_begin = static_cast<int>((core::clamp_i64(full_lo - first_key, 0, span) + Tile::kBlockN - 1) / Tile::kBlockN);
+      block_full_end = static_cast<int>(core::clamp_i64(full_hi - first_key, 0, span) / Tile::kBlockN);
+    }
+  }
+
   cp_async_wait<Tile::kStages - 1>();  // the Q group
   __syncthreads();
   QFragments<Tile> q;
@@ -634,8 +697,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
                          first_key + int64_t(next) * Tile::kBlockN);
     cp_async_commit();
 
-    if (kt < kt_begin || kt >= kt_end) continue;
     const unsigned char* stage = smem_kv + (kt % Tile::kStages) * Tile::kStageBytes;
+    const bool values_nonfinite =
+        (kt < block_full_begin || kt >= block_full_end) &&
+        block_tile_has_nonfinite<E::kExponentBits, Tile::kThreads>(stage + Tile::kKvTileBytes, Tile::kKvTileBytes);
+    if (kt < kt_begin || kt >= kt_end) continue;
 
     float s[Tile::kMTiles][Tile::kKeyTiles][4];
     compute_scores<Tile, E>(s, q, stage);
@@ -644,7 +710,15 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
       mask_and_modify<Tile>(s, args, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN, needs_mask,
                             key_valid + (kt % Tile::kStages) * Tile::kBlockN);
     softmax_step<Tile>(s, o, row_max, row_sum, unit);
-    accumulate_pv<Tile, E>(o, s, stage + Tile::kKvTileBytes);
+    if (!values_nonfinite) {
+      accumulate_pv<Tile, E>(o, s, stage + Tile::kKvTileBytes);
+    } else {
+      const unsigned char* smem_v = stage + Tile::kKvTileBytes;
+      accumulate_pv<Tile, E, true>(o, s, smem_v);
+      add_nonfinite_values<Tile>(o, s, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN, [&](int key, int col) {
+        return E::to_float(*reinterpret_cast<const uint16_t*>(smem_v + swizzled<Tile>(key, col / 8) + (col % 8) * 2));
+      });
+    }
   }
   cp_async_wait<0>();
 

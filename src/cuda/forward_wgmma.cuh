@@ -12,6 +12,8 @@
 //     issue O += P(t-1) V(t-1)                 (P from registers, V N-major from shared memory)
 //     wait for S(t); mask + score modifiers; online softmax in the log2 domain -> P(t)
 //     wait for P(t-1) V(t-1); rescale O by the new row maxima; pack P(t) to fp16/bf16
+// and, in boundary tiles only, a check of V(t) for Inf/NaN before P(t) V(t) is issued
+// (confine_nonfinite_values).
 // K is streamed one tile ahead of V (K(t+1) and V(t) are copied during step t), two buffers each.
 //
 // Masks, modifiers, the sequence geometry, the softmax's edge cases and the epilogue (sinks, LSE,
@@ -288,6 +290,18 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
     }
   }
 
+  // The tiles that some row of the block masks in part: only their V tiles are checked for
+  // non-finite values (device_utils.cuh). Block-uniform, as the check is a barrier.
+  int block_full_begin = 0, block_full_end = 0;
+  {
+    const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
+    const int64_t full_lo = blk.mask.row_begin(blk.row_end - 1), full_hi = blk.mask.row_end(blk.row0);
+    if (full_hi > full_lo) {
+      block_full_begin = static_cast<int>((core::clamp_i64(full_lo - first_key, 0, span) + Tile::kBlockN - 1) / Tile::kBlockN);
+      block_full_end = static_cast<int>(core::clamp_i64(full_hi - first_key, 0, span) / Tile::kBlockN);
+    }
+  }
+
   const uint64_t q_desc = wgmma::descriptor(smem_address(smem_q) + group * Tile::kGroupRows * 128, 16, 1024);
   const uint64_t k_desc = wgmma::descriptor(smem_address(smem_k), 16, 1024);
   const uint64_t v_desc = wgmma::descriptor(smem_address(smem_v), Tile::kBlockN * 128, 1024);
@@ -318,6 +332,25 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
     softmax_scores<Tile>(s[0], row_max[0], row_sum[0], factor, unit);
   };
 
+  // V(kt) has landed and s still holds P(kt) in fp32, O is rescaled to tile kt and no wgmma is in
+  // flight: the moment to keep a non-finite value of a boundary tile from rows that mask its key.
+  // Rare path: the warps add those elements for the rows that allow them, then the block zeroes
+  // them in shared memory for P(kt) V(kt). No wgmma is issued inside (ptxas C7518/C7520).
+  auto confine_nonfinite_values = [&](int kt) {
+    if (kt >= block_full_begin && kt < block_full_end) return;
+    unsigned char* v_tile = smem_v + (kt & 1) * Tile::kKvTileBytes;
+    if (!block_tile_has_nonfinite<E::kExponentBits, Tile::kThreads>(v_tile, Tile::kKvTileBytes)) return;
+    mma_detail::add_nonfinite_values<Tile>(o, s, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN,
+                                           [&](int key, int col) {
+                                             return E::to_float(*reinterpret_cast<const uint16_t*>(
+                                                 v_tile + swizzled128<Tile::kBlockN>(key, col / 8) + (col % 8) * 2));
+                                           });
+    __syncthreads();  // every warp has read the values
+    block_zero_nonfinite<E::kExponentBits, Tile::kThreads>(v_tile, Tile::kKvTileBytes);
+    wgmma::fence_shared_for_async_proxy();
+    __syncthreads();
+  };
+
   // Step 0: S(0) only.
   next_step(0);
   wgmma::fence();
@@ -331,6 +364,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   // Steps 1 .. num_tiles - 1: S(kt) and P(kt-1) V(kt-1) in flight together.
   for (int kt = 1; kt < num_tiles; ++kt) {
     next_step(kt);
+    confine_nonfinite_values(kt - 1);
     wgmma::pin(o[0]);
     wgmma::fence();
     issue_scores<Tile, E>(s[0], q_desc, k_buffer(kt));
@@ -348,6 +382,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
 
   // Last step: P V of the last tile.
   next_step(num_tiles);
+  confine_nonfinite_values(num_tiles - 1);
   wgmma::pin(o[0]);
   wgmma::fence();
   issue_values<Tile, E>(o[0], probs, v_buffer(num_tiles - 1));
