@@ -136,10 +136,12 @@ __device__ __forceinline__ float quad_sum(float x) {
 // ---- non-finite values in boundary tiles ------------------------------------------------------
 // A key that some rows of a computed tile mask gets probability 0 in those rows, and 0 x NaN or
 // 0 x Inf is NaN in a product over the whole tile: a non-finite value row would reach rows that
-// must not see it (SPEC §2). The forward tiers therefore check the value tile of each boundary
-// tile (one block-wide vote), and only when it holds an Inf or NaN take a correction path that
-// keeps non-finite elements out of the tile-wide product and adds them for the rows that allow
-// their key with plain FMAs (the reference's sum over allowed keys, IEEE semantics included).
+// must not see it (SPEC §2). The forward tiers therefore check the value tile of each tile the
+// mask cuts (one block-wide vote), and only when it holds an Inf or NaN take a correction path:
+// the tensor-core tiers zero those elements in shared memory before the product and add them
+// after the key loop to the rows that allow their key (mma_detail::add_nonfinite_values); the
+// fp32 tier skips the FMAs of masked (row, key) pairs of that tile. Tiles that no row masks in
+// part need neither: every row they reach allows all their keys.
 
 constexpr uint32_t kFloatExponentBits = 0x7f800000u;
 
@@ -158,17 +160,24 @@ __device__ __forceinline__ uint32_t zero_nonfinite(uint32_t w) {
   return w & ~nonfinite_bits<kExponent>(w);
 }
 
-// True in every thread when any element of a shared-memory tile of `bytes` bytes (a multiple of
-// 16, every byte written) is Inf or NaN. A barrier: every thread of the block must call it.
-template <uint32_t kExponent, int kThreads>
-__device__ __forceinline__ bool block_tile_has_nonfinite(const unsigned char* tile, int bytes) {
+// Bits of the non-finite elements of this thread's share of a shared-memory tile of `bytes`
+// bytes (a multiple of 16, every byte written): chunks first, first + step, ...
+template <uint32_t kExponent>
+__device__ __forceinline__ uint32_t tile_nonfinite_bits(const unsigned char* tile, int bytes, int first, int step) {
   uint32_t found = 0;
-  for (int c = threadIdx.x; c < bytes / 16; c += kThreads) {
+  for (int c = first; c < bytes / 16; c += step) {
     const uint4 v = *reinterpret_cast<const uint4*>(tile + 16 * c);
     found |= nonfinite_bits<kExponent>(v.x) | nonfinite_bits<kExponent>(v.y) | nonfinite_bits<kExponent>(v.z) |
              nonfinite_bits<kExponent>(v.w);
   }
-  return __syncthreads_or(found != 0) != 0;
+  return found;
+}
+
+// True in every thread when any element of the tile is Inf or NaN, the block's threads reading
+// it together. A barrier: every thread of the block must call it.
+template <uint32_t kExponent, int kThreads>
+__device__ __forceinline__ bool block_tile_has_nonfinite(const unsigned char* tile, int bytes) {
+  return __syncthreads_or(tile_nonfinite_bits<kExponent>(tile, bytes, threadIdx.x, kThreads) != 0) != 0;
 }
 
 // Zeroes the non-finite elements of a shared-memory tile, the block's threads together.

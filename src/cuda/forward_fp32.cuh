@@ -375,7 +375,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     compute_scores<Tile>(s, qs + first_row * Tile::kQPitch, ks + key_lane * Tile::kKPitch, d_chunks);
 
     // ---- scale, modifiers, mask (boundary tiles only), online softmax in natural units --------
-    const bool needs_mask = paged || !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+    const bool mask_boundary = !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+    const bool needs_mask = paged || mask_boundary;
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
@@ -440,9 +441,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     cp_async_commit();
 
     // ---- O += P V -----------------------------------------------------------------------------
-    // Boundary tiles: one block-wide check of V for Inf/NaN; with one, masked (row, key) pairs
-    // skip their FMA (accumulate_pv).
-    if (needs_mask && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(
+    // Tiles the mask cuts: one block-wide check of V for Inf/NaN; with one (rare), masked
+    // (row, key) pairs skip their FMA (accumulate_pv), as the reference sums allowed keys only.
+    if (mask_boundary && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(
                           reinterpret_cast<const unsigned char*>(vs), Tile::kVFloats * 4)) {
       accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane,
                           [&](int r, int n) { return mask.allowed(row0 + first_row + R * r, n0 + n); });

@@ -90,10 +90,12 @@ TEST(CudaForward, VarlenAcrossTileEdges) {
 }
 
 // A non-finite key or value is seen only by the rows whose mask allows it (SPEC §2). Keys j, j + 1,
-// j + 2 get NaN, +Inf and -Inf in K, in V, or in both, where a computed tile holds rows that
+// j + 2 get +Inf, NaN and -Inf in K, in V, or in both, where a computed tile holds rows that
 // allow them and rows that mask them: the causal diagonal, both edges of a window, and causal
 // with Sq != Sk (bottom-right aligned). Out and lse are compared with the reference including its
-// exact NaN/Inf pattern, and one masking row per geometry is checked to be finite by name.
+// exact NaN/Inf pattern (with V alone, the first row past a right edge sees only +Inf and the
+// last row before a left edge only -Inf: out is exactly +-Inf there), and the masking rows named
+// below are checked to be finite.
 // Before the prefill tiers checked boundary V tiles, a masked key's probability 0 met its
 // non-finite value in the tile-wide product (0 x NaN, 0 x Inf = NaN), so those rows came out NaN
 // and both checks failed for V; K was already confined (masked scores are selected to -inf).
@@ -105,17 +107,19 @@ TEST(CudaForward, NonFiniteKeysAndValuesStayInTheirRows) {
     const char* name;
     int64_t sq, sk, window_left, window_right;
     bool causal;
-    int64_t key;                       // keys key .. key + 2 get NaN, +Inf, -Inf
+    int64_t key;                       // keys key .. key + 2 get +Inf, NaN, -Inf
     std::vector<int64_t> masking_rows;  // rows that share a computed tile with the keys and mask all three
+    std::vector<std::pair<int64_t, double>> inf_rows;  // with V alone: rows whose out is this infinity
   };
+  const double inf = std::numeric_limits<double>::infinity();
   const std::vector<Geometry> geometries = {
-      {"causal diagonal", 300, 300, -1, -1, true, 200, {199, 128}},
-      {"window edges", 300, 300, 50, 20, false, 150, {129, 203}},  // right edge at row 129, left at 203
-      {"causal Sq != Sk", 100, 300, -1, -1, true, 250, {49}},       // row i sees keys <= i + 200
+      {"causal diagonal", 300, 300, -1, -1, true, 200, {199, 128}, {{200, inf}}},
+      // rows i see keys [i - 50, i + 20]: right edge at rows 129 | 130, left edge at rows 202 | 203
+      {"window edges", 300, 300, 50, 20, false, 150, {129, 203}, {{130, inf}, {202, -inf}}},
+      {"causal Sq != Sk", 100, 300, -1, -1, true, 250, {49}, {{50, inf}}},  // row i sees keys <= i + 200
   };
   enum class Where { kKey, kValue, kBoth };
-  const double values[3] = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
-                            -std::numeric_limits<double>::infinity()};
+  const double values[3] = {inf, std::numeric_limits<double>::quiet_NaN(), -inf};
   uint64_t seed = 2300;
   for (const Geometry& geo : geometries) {
     for (int64_t d : {64, 128, 256, 67}) {
@@ -142,6 +146,13 @@ TEST(CudaForward, NonFiniteKeysAndValuesStayInTheirRows) {
               for (int64_t e = 0; e < d; ++e)
                 ASSERT_TRUE(std::isfinite(c.out.get((row * config.heads_q + h) * d + e)))
                     << what << ": row " << row << " head " << h << " column " << e;
+          if (where == Where::kValue) {
+            for (const auto& [row, value] : geo.inf_rows)
+              for (int64_t h = 0; h < config.heads_q; ++h)
+                for (int64_t e = 0; e < d; ++e)
+                  ASSERT_EQ(c.out.get((row * config.heads_q + h) * d + e), value)
+                      << what << ": row " << row << " head " << h << " column " << e;
+          }
         }
       }
     }
