@@ -42,6 +42,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct Half {
   using T = __half;
   using T2 = __half2;
+  static constexpr uint32_t kExponentBits = 0x7c007c00u;  // of the two elements of a 32-bit word
+  static __device__ __forceinline__ float to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -51,6 +53,8 @@ struct Half {
 struct BFloat16 {
   using T = __nv_bfloat16;
   using T2 = __nv_bfloat162;
+  static constexpr uint32_t kExponentBits = 0x7f807f80u;
+  static __device__ __forceinline__ float to_float(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
@@ -127,6 +131,67 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// ---- non-finite values in boundary tiles ------------------------------------------------------
+// A key that some rows of a computed tile mask gets probability 0 in those rows, and 0 x NaN or
+// 0 x Inf is NaN in a product over the whole tile: a non-finite value row would reach rows that
+// must not see it (SPEC §2). The forward tiers therefore check the value tile of each tile the
+// mask cuts (one block-wide vote), and only when it holds an Inf or NaN take a correction path:
+// the tensor-core tiers zero those elements in shared memory before the product and add them
+// after the key loop to the rows that allow their key (mma_detail::add_nonfinite_values); the
+// fp32 tier skips the FMAs of masked (row, key) pairs of that tile. Tiles that no row masks in
+// part need neither: every row they reach allows all their keys.
+
+constexpr uint32_t kFloatExponentBits = 0x7f800000u;
+
+// Bits of the elements of a 32-bit word whose exponent field is all ones (Inf or NaN);
+// kExponent holds the exponent field of each element (Half/BFloat16::kExponentBits, kFloatExponentBits).
+template <uint32_t kExponent>
+__device__ __forceinline__ uint32_t nonfinite_bits(uint32_t w) {
+  constexpr uint32_t lo = kExponent & 0xffffu, hi = kExponent & 0xffff0000u;
+  if constexpr (lo == 0) return (w & hi) == hi ? 0xffffffffu : 0u;  // one fp32 element
+  return ((w & lo) == lo ? 0x0000ffffu : 0u) | ((w & hi) == hi ? 0xffff0000u : 0u);
+}
+
+// The word with its non-finite elements replaced by zeros.
+template <uint32_t kExponent>
+__device__ __forceinline__ uint32_t zero_nonfinite(uint32_t w) {
+  return w & ~nonfinite_bits<kExponent>(w);
+}
+
+// Bits of the non-finite elements of this thread's share of a shared-memory tile of `bytes`
+// bytes (a multiple of 16, every byte written): chunks first, first + step, ...
+template <uint32_t kExponent>
+__device__ __forceinline__ uint32_t tile_nonfinite_bits(const unsigned char* tile, int bytes, int first, int step) {
+  uint32_t found = 0;
+  for (int c = first; c < bytes / 16; c += step) {
+    const uint4 v = *reinterpret_cast<const uint4*>(tile + 16 * c);
+    found |= nonfinite_bits<kExponent>(v.x) | nonfinite_bits<kExponent>(v.y) | nonfinite_bits<kExponent>(v.z) |
+             nonfinite_bits<kExponent>(v.w);
+  }
+  return found;
+}
+
+// True in every thread when any element of the tile is Inf or NaN, the block's threads reading
+// it together. A barrier: every thread of the block must call it.
+template <uint32_t kExponent, int kThreads>
+__device__ __forceinline__ bool block_tile_has_nonfinite(const unsigned char* tile, int bytes) {
+  return __syncthreads_or(tile_nonfinite_bits<kExponent>(tile, bytes, threadIdx.x, kThreads) != 0) != 0;
+}
+
+// Zeroes the non-finite elements of a shared-memory tile, the block's threads together.
+template <uint32_t kExponent, int kThreads>
+__device__ __forceinline__ void block_zero_nonfinite(unsigned char* tile, int bytes) {
+  for (int c = threadIdx.x; c < bytes / 16; c += kThreads) {
+    uint4* chunk = reinterpret_cast<uint4*>(tile + 16 * c);
+    uint4 v = *chunk;
+    v.x = zero_nonfinite<kExponent>(v.x);
+    v.y = zero_nonfinite<kExponent>(v.y);
+    v.z = zero_nonfinite<kExponent>(v.z);
+    v.w = zero_nonfinite<kExponent>(v.w);
+    *chunk = v;
+  }
 }
 
 }  // namespace flashsdpa::cuda

@@ -206,10 +206,12 @@ __device__ __forceinline__ void compute_scores(float (&s)[Tile::kRowsPerThread][
 }
 
 // o[r][j] += sum over the tile's keys n of P[n][r] V[n][columns j], keys in increasing order.
-// p points at the thread's P slot of key 0, v at its first column of key 0.
-template <class Tile>
+// p points at the thread's P slot of key 0, v at its first column of key 0. allowed(r, n): false
+// skips the FMA, the rare path of a boundary tile whose V holds an Inf or NaN (device_utils.cuh):
+// a masked key's probability is 0 and 0 x NaN is NaN, so it must not be multiplied at all.
+template <class Tile, class Allowed>
 __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4], const float* p,
-                                              const float* v) {
+                                              const float* v, Allowed allowed) {
   constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kColStep = 4 * Tile::kThreadsPerRow;
 #pragma unroll 8
   for (int n = 0; n < Tile::kBlockN; ++n) {
@@ -219,7 +221,8 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kRowsPerThread][T
 #pragma unroll
     for (int j = 0; j < CQ; ++j) vv[j] = *reinterpret_cast<const float4*>(v + n * Tile::kVPitch + j * kColStep);
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < TM; ++r) {
+      if (!allowed(r, n)) continue;
 #pragma unroll
       for (int j = 0; j < CQ; ++j) {
         o[r][j][0] = fmaf(pr[r], vv[j].x, o[r][j][0]);
@@ -227,6 +230,7 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kRowsPerThread][T
         o[r][j][2] = fmaf(pr[r], vv[j].z, o[r][j][2]);
         o[r][j][3] = fmaf(pr[r], vv[j].w, o[r][j][3]);
       }
+    }
   }
 }
 
@@ -371,7 +375,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     compute_scores<Tile>(s, qs + first_row * Tile::kQPitch, ks + key_lane * Tile::kKPitch, d_chunks);
 
     // ---- scale, modifiers, mask (boundary tiles only), online softmax in natural units --------
-    const bool needs_mask = paged || !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+    const bool mask_boundary = !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+    const bool needs_mask = paged || mask_boundary;
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
@@ -436,7 +441,15 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     cp_async_commit();
 
     // ---- O += P V -----------------------------------------------------------------------------
-    accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane);
+    // Tiles the mask cuts: one block-wide check of V for Inf/NaN; with one (rare), masked
+    // (row, key) pairs skip their FMA (accumulate_pv), as the reference sums allowed keys only.
+    if (mask_boundary && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(
+                          reinterpret_cast<const unsigned char*>(vs), Tile::kVFloats * 4)) {
+      accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane,
+                          [&](int r, int n) { return mask.allowed(row0 + first_row + R * r, n0 + n); });
+    } else {
+      accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane, [](int, int) { return true; });
+    }
   }
   cp_async_wait<0>();
 

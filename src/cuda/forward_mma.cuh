@@ -218,6 +218,16 @@ __device__ __forceinline__ void load_q_tile(unsigned char* smem_q, const MmaArgs
                   });
 }
 
+// Element offset of key j's row of K or V (kv = p.k or p.v, key0 = blk.k_key0 or blk.v_key0), or
+// -1 when the key reads nothing: past the sequence's end, or a paged block_table entry out of range.
+__device__ __forceinline__ int64_t kv_row_offset(const core::Problem& p, const BlockView& blk, const core::Operand& kv,
+                                                 int64_t key0, int64_t j) {
+  if (j >= blk.seq.k_end) return -1;
+  if (blk.linear_kv) return key0 + j * kv.row_stride;
+  const int64_t offset = core::key_offset(p, blk.seq, kv, blk.b, j);
+  return offset < 0 ? -1 : offset + blk.kv_head * kv.head_stride;
+}
+
 // Loads keys [n0, n0 + kBlockN) of K and V. Keys past the sequence's end, and paged keys whose
 // block_table entry is out of range, read nothing and are flagged invalid for the mask. Linear,
 // aligned layouts take LinearKv's running pointers (`lin`, advanced one tile per call).
@@ -230,13 +240,7 @@ __device__ __forceinline__ void load_kv_tile(unsigned char* stage, unsigned char
     lin.copy_next(stage, p, left >= Tile::kBlockN, static_cast<int>(core::clamp_i64(left, 0, Tile::kBlockN)));
     return;
   }
-  auto key_row = [&](const core::Operand& kv, int64_t key0, int r) -> int64_t {
-    const int64_t j = n0 + r;
-    if (j >= blk.seq.k_end) return -1;
-    if (blk.linear_kv) return key0 + j * kv.row_stride;
-    const int64_t offset = core::key_offset(p, blk.seq, kv, blk.b, j);
-    return offset < 0 ? -1 : offset + blk.kv_head * kv.head_stride;
-  };
+  auto key_row = [&](const core::Operand& kv, int64_t key0, int r) { return kv_row_offset(p, blk, kv, key0, n0 + r); };
   load_tile<Tile>(stage, static_cast<const uint16_t*>(p.k.ptr), Tile::kBlockN, static_cast<int>(p.head_dim_qk),
                   args.vector_io, [&](int r) { return key_row(p.k, blk.k_key0, r); });
   load_tile<Tile>(stage + Tile::kKvTileBytes, static_cast<const uint16_t*>(p.v.ptr), Tile::kBlockN,
@@ -445,6 +449,74 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kO
   }
 }
 
+// The correction of boundary tiles whose value tile held an Inf or NaN (device_utils.cuh says
+// why). Their products saw those elements as zeros; here, after the key loop, each one is added
+// to the rows whose mask allows its key. A non-finite term is sticky under the positive factors
+// of the online softmax and the final 1 / Z, so adding it at the end gives what adding p x v at
+// its tile gives, and needs no probability: p x v has the class of v when p > 0, and p is 0 or
+// NaN for an allowed key only when its score is -inf or NaN, that is when its K row (or the
+// query row, which makes the whole row NaN anyway) holds an Inf or NaN; then the term is NaN,
+// as 0 x Inf and 0 x NaN are in the reference. Rare, and after the loop, where the score
+// registers are free: values come straight from global memory. Keys are those of the block's
+// boundary tiles (tile indices outside [full_begin, full_end) of num_tiles from first_key), which
+// hold every tile that was zeroed; a term added twice changes nothing (Inf + Inf, NaN + NaN).
+// Warp-uniform, no barrier.
+template <class Tile, class E>
+__device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                                     const core::Problem& p, const BlockView& blk,
+                                                     int64_t warp_row0, int64_t first_key, int num_tiles,
+                                                     int full_begin, int full_end) {
+  static_assert(2 * Tile::kOutTiles <= 64, "one bit per column of the lane in a 64-bit mask");
+  constexpr uint32_t kExponent = E::kExponentBits & 0xffffu;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const uint16_t* k = static_cast<const uint16_t*>(p.k.ptr);
+  const uint16_t* v = static_cast<const uint16_t*>(p.v.ptr);
+  const int dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
+  auto row_nonfinite = [&](const uint16_t* row, int dim) {
+    bool found = false;
+#pragma unroll 1
+    for (int c = lane; c < dim; c += 32) found |= (row[c] & kExponent) == kExponent;
+    return __any_sync(0xffffffffu, found);
+  };
+#pragma unroll 1
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    if (kt == full_begin && full_end > full_begin) kt = full_end;  // interior tiles: nothing was zeroed
+    if (kt >= num_tiles) break;
+#pragma unroll 1
+    for (int key = 0; key < Tile::kBlockN; ++key) {
+      const int64_t j = first_key + int64_t(kt) * Tile::kBlockN + key;
+      const int64_t v_row = kv_row_offset(p, blk, p.v, blk.v_key0, j);
+      if (v_row < 0 || !row_nonfinite(v + v_row, dv)) continue;
+      const int64_t k_row = kv_row_offset(p, blk, p.k, blk.k_key0, j);
+      const float nan = __int_as_float(0x7fffffff);
+      const float score_term = k_row >= 0 && row_nonfinite(k + k_row, dqk) ? nan : 1.0f;
+      // Bit 2 dt + e: this lane's column dt * 8 + 2t + e is Inf or NaN. Found in a runtime loop
+      // and applied under that bit, so that no value is loaded ahead and kept in a register.
+      uint64_t bad = 0;
+#pragma unroll 1
+      for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = dt * 8 + 2 * t + e;
+          if (col < dv && !isfinite(E::to_float(v[v_row + col]))) bad |= uint64_t(1) << (2 * dt + e);
+        }
+      if (bad == 0) continue;
+#pragma unroll
+      for (int mt = 0; mt < Tile::kMTiles; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (!blk.mask.allowed(warp_row0 + mt * 16 + g + 8 * r, j)) continue;
+#pragma unroll
+          for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              if ((bad >> (2 * dt + e)) & 1u)  // score_term: p x v is NaN when p is 0 or NaN
+                o[mt][dt][2 * r + e] += score_term * E::to_float(v[v_row + dt * 8 + 2 * t + e]);
+        }
+    }
+  }
+}
+
 // Sinks, normalisation, LSE, then the warp's rows of O through shared memory to global memory.
 template <class Tile, class E>
 __device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
@@ -549,6 +621,45 @@ __device__ __forceinline__ bool open_block(const MmaArgs& args, int64_t block_m,
   return true;
 }
 
+// The key tiles of a block: whole tiles outside the mask's [tile_begin, tile_end) are never
+// loaded; num_tiles tiles of kBlockN keys from first_key are. [full_begin, full_end) are the
+// tiles every row of the block sees whole (none for paged K/V, whose keys may read nothing); the
+// others are its boundary tiles, whose V tiles are checked for Inf/NaN (device_utils.cuh).
+struct KeyTiles {
+  int64_t first_key = 0;
+  int num_tiles = 0;
+  int full_begin = 0, full_end = 0;
+  __device__ __forceinline__ bool boundary(int kt) const { return kt < full_begin || kt >= full_end; }
+};
+
+template <int kBlockN>
+__device__ __forceinline__ KeyTiles key_tiles(const core::Problem& p, const BlockView& blk) {
+  KeyTiles tiles;
+  const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
+  const int64_t key_end = blk.mask.tile_end(blk.row0, blk.row_end);
+  tiles.first_key = key_begin / kBlockN * kBlockN;
+  tiles.num_tiles = key_end > key_begin ? static_cast<int>((key_end - tiles.first_key + kBlockN - 1) / kBlockN) : 0;
+  const int64_t full_lo = blk.mask.row_begin(blk.row_end - 1), full_hi = blk.mask.row_end(blk.row0);
+  if (full_hi > full_lo && p.kv_layout != core::KvLayout::kPaged) {
+    const int64_t span = int64_t(tiles.num_tiles) * kBlockN;
+    tiles.full_begin = static_cast<int>((core::clamp_i64(full_lo - tiles.first_key, 0, span) + kBlockN - 1) / kBlockN);
+    tiles.full_end = static_cast<int>(core::clamp_i64(full_hi - tiles.first_key, 0, span) / kBlockN);
+  }
+  return tiles;
+}
+
+// The correction after the key loop when a cut tile's products skipped an Inf or NaN of V
+// (add_nonfinite_values). The block's view and key tiles are resolved again from the arguments,
+// so that the key loop keeps nothing alive for this path but one flag.
+template <class Tile, class E, bool kLinearKvOnly>
+__device__ __forceinline__ void add_skipped_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4], const MmaArgs& args) {
+  BlockView blk;
+  open_block<kLinearKvOnly>(args, Tile::kBlockM, &blk);
+  const KeyTiles tiles = key_tiles<Tile::kBlockN>(args.p, blk);
+  add_nonfinite_values<Tile, E>(o, args.p, blk, blk.row0 + (threadIdx.x >> 5) * Tile::kWarpRows, tiles.first_key,
+                                tiles.num_tiles, tiles.full_begin, tiles.full_end);
+}
+
 }  // namespace mma_detail
 
 template <class Tile, class E>
@@ -560,11 +671,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   BlockView blk;
   if (!open_block(args, Tile::kBlockM, &blk)) return;
 
-  // Key tiles this block needs: whole tiles outside [tile_begin, tile_end) are never loaded.
-  const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
-  const int64_t key_end = blk.mask.tile_end(blk.row0, blk.row_end);
-  const int64_t first_key = key_begin / Tile::kBlockN * Tile::kBlockN;
-  const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + Tile::kBlockN - 1) / Tile::kBlockN) : 0;
+  const KeyTiles tiles = key_tiles<Tile::kBlockN>(p, blk);
+  const int64_t first_key = tiles.first_key;
+  const int num_tiles = tiles.num_tiles;
 
   unsigned char* smem_q = smem;
   unsigned char* smem_kv = smem + Tile::kQBytes;
@@ -599,7 +708,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
     // A tile is unmasked when all its keys lie in every row's range: the last row's begin and the
     // first row's end bound the intersection (core::Mask::tile_unmasked).
     const int64_t full_lo = blk.mask.row_begin(warp_row_last), full_hi = blk.mask.row_end(warp_row0);
-    if (full_hi > full_lo && p.kv_layout != core::KvLayout::kPaged) {
+    if (full_hi > full_lo) {
       kt_full_begin = static_cast<int>((local(full_lo) + Tile::kBlockN - 1) / Tile::kBlockN);
       kt_full_end = static_cast<int>(local(full_hi) / Tile::kBlockN);
     }
@@ -623,10 +732,17 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   }
 
   const float unit = args.has_score_mod ? kLog2e : args.score_scale_log2;
+  bool values_zeroed = false;  // some boundary tile's products skipped an Inf or NaN of V
 
   for (int kt = 0; kt < num_tiles; ++kt) {
+    // A tile that the mask cuts for some of the warp's rows (paged K/V also masks keys that read
+    // nothing, in every tile).
+    const bool computed = kt >= kt_begin && kt < kt_end;
+    const bool mask_boundary = kt < kt_full_begin || kt >= kt_full_end;
     cp_async_wait<Tile::kStages - 2>();  // tile kt has landed (this thread's copies) ...
-    __syncthreads();                     // ... everyone's; and tile kt - 1's buffer is free again
+    // ... everyone's; and tile kt - 1's buffer is free again. The barrier also tells every warp
+    // whether some warp computes tile kt as a mask boundary tile.
+    const bool boundary_tile = __syncthreads_or(computed && mask_boundary) != 0;
     const int next = kt + Tile::kStages - 1;
     if (next < num_tiles)
       load_kv_tile<Tile>(smem_kv + (next % Tile::kStages) * Tile::kStageBytes,
@@ -634,12 +750,21 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
                          first_key + int64_t(next) * Tile::kBlockN);
     cp_async_commit();
 
-    if (kt < kt_begin || kt >= kt_end) continue;
-    const unsigned char* stage = smem_kv + (kt % Tile::kStages) * Tile::kStageBytes;
+    unsigned char* stage = smem_kv + (kt % Tile::kStages) * Tile::kStageBytes;
+    // Only there can a value meet probability 0 in a row that masks its key (device_utils.cuh).
+    // Rare path: the block zeroes the tile's Inf/NaN values before any warp's P V, and
+    // add_skipped_values adds them back after the loop to the rows that allow their key.
+    if (boundary_tile &&
+        block_tile_has_nonfinite<E::kExponentBits, Tile::kThreads>(stage + Tile::kKvTileBytes, Tile::kKvTileBytes)) {
+      block_zero_nonfinite<E::kExponentBits, Tile::kThreads>(stage + Tile::kKvTileBytes, Tile::kKvTileBytes);
+      __syncthreads();
+      values_zeroed = true;
+    }
+    if (!computed) continue;
 
     float s[Tile::kMTiles][Tile::kKeyTiles][4];
     compute_scores<Tile, E>(s, q, stage);
-    const bool needs_mask = kt < kt_full_begin || kt >= kt_full_end;
+    const bool needs_mask = mask_boundary || p.kv_layout == core::KvLayout::kPaged;
     if (needs_mask || args.has_score_mod)
       mask_and_modify<Tile>(s, args, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN, needs_mask,
                             key_valid + (kt % Tile::kStages) * Tile::kBlockN);
@@ -649,6 +774,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   cp_async_wait<0>();
 
   if (warp_active) {
+    if (values_zeroed) add_skipped_values<Tile, E, false>(o, args);
     __syncwarp();
     finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0, smem_q + warp * Tile::kWarpRows * Tile::kRowBytes);
   }

@@ -12,6 +12,8 @@
 //     issue O += P(t-1) V(t-1)                 (P from registers, V N-major from shared memory)
 //     wait for S(t); mask + score modifiers; online softmax in the log2 domain -> P(t)
 //     wait for P(t-1) V(t-1); rescale O by the new row maxima; pack P(t) to fp16/bf16
+// and, in boundary tiles only, a check of V(t) for Inf/NaN before P(t) V(t) is issued
+// (confine_nonfinite_values).
 // K is streamed one tile ahead of V (K(t+1) and V(t) are copied during step t), two buffers each.
 //
 // Masks, modifiers, the sequence geometry, the softmax's edge cases and the epilogue (sinks, LSE,
@@ -236,12 +238,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   BlockView blk;  // wgmma_tier_supports() leaves paged K/V to cuda-mma-sm80
   if (!mma_detail::open_block<true>(args, Tile::kBlockM, &blk)) return;
 
-  // Key tiles this block needs: whole tiles outside [key_begin, key_end) are never loaded.
-  const int64_t key_begin = blk.mask.tile_begin(blk.row0, blk.row_end);
-  const int64_t key_end = blk.mask.tile_end(blk.row0, blk.row_end);
-  const int64_t first_key = key_begin / Tile::kBlockN * Tile::kBlockN;
-  const int num_tiles =
-      key_end > key_begin ? static_cast<int>((key_end - first_key + Tile::kBlockN - 1) / Tile::kBlockN) : 0;
+  const mma_detail::KeyTiles tiles = mma_detail::key_tiles<Tile::kBlockN>(p, blk);
+  const int64_t first_key = tiles.first_key;
+  const int num_tiles = tiles.num_tiles;
   const int64_t k_end = blk.seq.k_end;
   auto keys_left = [&](int kt) { return k_end - (first_key + int64_t(kt) * Tile::kBlockN); };
 
@@ -301,13 +300,17 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
 
   // Tiles land one step ahead: at step kt, K(kt) and V(kt - 1) must be in shared memory, and the
   // buffers of K(kt - 1) and V(kt - 2) are free (their wgmmas were waited for in step kt - 1).
+  // Returns whether the mask cuts tile kt - 1 for some row of the block (the barrier's vote: each
+  // warpgroup knows its own rows only).
   auto next_step = [&](int kt) {
     cp_async_wait<0>();  // this thread's copies have landed ...
     wgmma::fence_shared_for_async_proxy();
-    __syncthreads();  // ... and everyone's; every warpgroup is past step kt - 1
+    const bool cut = kt > 0 && warp_row0 < blk.row_end && (kt - 1 < kt_full_begin || kt - 1 >= kt_full_end);
+    const bool prev_boundary = __syncthreads_or(cut) != 0;  // ... and everyone's; every warpgroup is past step kt - 1
     if (kt + 1 < num_tiles) k_stream.copy_next(smem_k + ((kt + 1) & 1) * Tile::kKvTileBytes, keys_left(kt + 1));
     if (kt < num_tiles) v_stream.copy_next(smem_v + (kt & 1) * Tile::kKvTileBytes, keys_left(kt));
     cp_async_commit();
+    return prev_boundary;
   };
   // Scores of tile kt (already waited for) -> probabilities, with the mask on boundary tiles.
   auto softmax_tile = [&](int kt) {
@@ -316,6 +319,21 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
       mma_detail::mask_and_modify<Tile>(s, args, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN, needs_mask,
                                         nullptr);
     softmax_scores<Tile>(s[0], row_max[0], row_sum[0], factor, unit);
+  };
+
+  // V(kt) has landed and P(kt) V(kt) is not issued yet: in a tile the mask cuts (`boundary`,
+  // from next_step) whose V holds an Inf or NaN (rare), the block zeroes those elements in shared memory, and after the key loop
+  // mma_detail::add_nonfinite_values adds them to the rows that allow their key. No wgmma and
+  // no accumulator is touched inside the branch (ptxas C7518/C7520).
+  bool values_zeroed = false;
+  auto confine_nonfinite_values = [&](int kt, bool boundary) {
+    if (!boundary) return;
+    unsigned char* v_tile = smem_v + (kt & 1) * Tile::kKvTileBytes;
+    if (!block_tile_has_nonfinite<E::kExponentBits, Tile::kThreads>(v_tile, Tile::kKvTileBytes)) return;
+    block_zero_nonfinite<E::kExponentBits, Tile::kThreads>(v_tile, Tile::kKvTileBytes);
+    wgmma::fence_shared_for_async_proxy();
+    __syncthreads();
+    values_zeroed = true;
   };
 
   // Step 0: S(0) only.
@@ -330,7 +348,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
 
   // Steps 1 .. num_tiles - 1: S(kt) and P(kt-1) V(kt-1) in flight together.
   for (int kt = 1; kt < num_tiles; ++kt) {
-    next_step(kt);
+    confine_nonfinite_values(kt - 1, next_step(kt));
     wgmma::pin(o[0]);
     wgmma::fence();
     issue_scores<Tile, E>(s[0], q_desc, k_buffer(kt));
@@ -347,7 +365,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   }
 
   // Last step: P V of the last tile.
-  next_step(num_tiles);
+  confine_nonfinite_values(num_tiles - 1, next_step(num_tiles));
   wgmma::pin(o[0]);
   wgmma::fence();
   issue_values<Tile, E>(o[0], probs, v_buffer(num_tiles - 1));
@@ -356,6 +374,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   wgmma::pin(o[0]);
   __syncthreads();  // every warpgroup is done with Q: its rows become the output staging area
 
+  if (values_zeroed) mma_detail::add_skipped_values<Tile, E, true>(o, args);
   // Unconditional (rows past the sequence are not stored): a read of the accumulators on a
   // divergent path would serialise the wgmmas too.
   mma_detail::finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0,

@@ -284,6 +284,47 @@ TEST(CudaForward, SanitizeBlockTableOutOfRange) {
   }
 }
 
+// The prefill tiers' rare path for a key tile that the mask cuts and whose V holds an Inf or NaN
+// (zeroed in shared memory, added back to the allowed rows after the key loop from global
+// memory, through the block table when paged) under memcheck and racecheck; the values' exact
+// confinement is CudaForward.NonFiniteKeysAndValuesStayInTheirRows.
+TEST(CudaForward, SanitizeNonFiniteValues) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 1250;
+  for (bool paged : {false, true}) {
+    for (int64_t d : {64, 59}) {
+      for (DType dtype : kAllDtypes) {
+        AttnConfig config = batched(70, 90, 4, 2, d, d);  // bottom-right causal: row i sees keys <= i + 20
+        if (paged) {  // sequence 0: 100 keys, row i sees keys <= i + 60
+          config.layout = Layout::kPaged;
+          config.heads_q = 2;
+          config.heads_kv = 1;
+          config.block_size = 16;
+          config.seqlens_k = {100, 40};
+          config.seqlen_q = 40;
+        }
+        config.dtype = dtype;
+        config.causal = true;
+        config.seed = seed++;
+        AttnCase c(config);
+        // Keys seen by the later rows of the first query tile and masked for the earlier ones.
+        const int64_t key = paged ? 80 : 60;
+        for (int64_t h = 0; h < config.heads_kv; ++h)
+          for (int n = 0; n < 2; ++n)
+            for (int64_t e = 0; e < d; ++e) {
+              const int64_t j = key + n;
+              const int64_t row = paged ? c.block_table.get_int(j / config.block_size) * config.block_size +
+                                              j % config.block_size  // sequence 0
+                                        : j;                       // sequence 0 of the batch
+              c.v.set((row * config.heads_kv + h) * d + e,
+                      n == 0 ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity());
+            }
+        EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
+      }
+    }
+  }
+}
+
 TEST(CudaForward, SanitizeCuSeqlensOutOfRange) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (DType dtype : kAllDtypes) {

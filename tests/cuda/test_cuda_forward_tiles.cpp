@@ -1,7 +1,7 @@
 // Shapes aimed at the tile structure of the fp16/bf16 prefill tiers, cuda-wgmma-sm90 (128-row
 // blocks of two 64-row warpgroups, 128-key tiles at head dim 128, 64-key tiles at 64 and 256) and
 // cuda-mma-sm80 (64- and 32-key tiles): lengths one either side of the tile edges, causal with Sq != Sk, varlen with
-// empty sequences, NaN keys that only some rows may see, extreme logits at every head dim, and
+// empty sequences, NaN/Inf keys and values that only some rows may see, extreme logits at every head dim, and
 // the selector's choice between the two tiers (FLASHSDPA_CUDA_FORWARD_TIER included).
 //
 // The suite is CudaForward, so scripts/gpu-check.sh runs these in both of its tier passes.
@@ -89,24 +89,72 @@ TEST(CudaForward, VarlenAcrossTileEdges) {
   }
 }
 
-// A NaN key is seen only by the rows whose mask allows it: with causal masking, key j of a
-// 300-key sequence reaches rows >= j only. Rows of the same tiles that must not see it stay finite
-// (the reference's NaN pattern is matched exactly).
-TEST(CudaForward, NanKeyStaysInItsRows) {
+// A non-finite key or value is seen only by the rows whose mask allows it (SPEC §2). Keys j, j + 1,
+// j + 2 get +Inf, NaN and -Inf in K, in V, or in both, where a computed tile holds rows that
+// allow them and rows that mask them: the causal diagonal, both edges of a window, and causal
+// with Sq != Sk (bottom-right aligned). Out and lse are compared with the reference including its
+// exact NaN/Inf pattern (with V alone, the first row past a right edge sees only +Inf and the
+// last row before a left edge only -Inf: out is exactly +-Inf there), and the masking rows named
+// below are checked to be finite.
+// Before the prefill tiers checked boundary V tiles, a masked key's probability 0 met its
+// non-finite value in the tile-wide product (0 x NaN, 0 x Inf = NaN), so those rows came out NaN
+// and both checks failed for V; K was already confined (masked scores are selected to -inf).
+// Every prefill tier: fp16/bf16 on cuda-wgmma-sm90 (or cuda-mma-sm80 when forced, and for the
+// head dim 67, whose rows are not 16-byte aligned), fp32 on cuda-fp32.
+TEST(CudaForward, NonFiniteKeysAndValuesStayInTheirRows) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
+  struct Geometry {
+    const char* name;
+    int64_t sq, sk, window_left, window_right;
+    bool causal;
+    int64_t key;                       // keys key .. key + 2 get +Inf, NaN, -Inf
+    std::vector<int64_t> masking_rows;  // rows that share a computed tile with the keys and mask all three
+    std::vector<std::pair<int64_t, double>> inf_rows;  // with V alone: rows whose out is this infinity
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<Geometry> geometries = {
+      {"causal diagonal", 300, 300, -1, -1, true, 200, {199, 128}, {{200, inf}}},
+      // rows i see keys [i - 50, i + 20]: right edge at rows 129 | 130, left edge at rows 202 | 203
+      {"window edges", 300, 300, 50, 20, false, 150, {129, 203}, {{130, inf}, {202, -inf}}},
+      {"causal Sq != Sk", 100, 300, -1, -1, true, 250, {49}, {{50, inf}}},  // row i sees keys <= i + 200
+  };
+  enum class Where { kKey, kValue, kBoth };
+  const double values[3] = {inf, std::numeric_limits<double>::quiet_NaN(), -inf};
   uint64_t seed = 2300;
-  for (int64_t d : {64, 128, 256}) {
-    AttnConfig config = batched_case(300, 300, d, seed++);
-    config.causal = true;
-    for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
-      config.dtype = dtype;
-      AttnCase c(config);
-      const int64_t key = 200;  // inside a tile that rows 128..199 compute with this key masked
-      for (int64_t e = 0; e < d; ++e) c.k.set(key * d + e, std::numeric_limits<double>::quiet_NaN());
-      EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
-      int64_t nan_rows = 0;
-      for (int64_t n = 0; n < c.out.numel(); n += d) nan_rows += std::isnan(c.out.get(n)) ? 1 : 0;
-      EXPECT_EQ(nan_rows, 2 * (300 - key)) << config.describe();  // 2 heads x rows 200..299
+  for (const Geometry& geo : geometries) {
+    for (int64_t d : {64, 128, 256, 67}) {
+      for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat32}) {
+        for (Where where : {Where::kKey, Where::kValue, Where::kBoth}) {
+          AttnConfig config = batched_case(geo.sq, geo.sk, d, seed++);
+          config.dtype = dtype;
+          config.causal = geo.causal;
+          config.window_left = geo.window_left;
+          config.window_right = geo.window_right;
+          AttnCase c(config);
+          for (int n = 0; n < 3; ++n) {
+            const int64_t key = geo.key + n;  // batch 1, one kv head: key row `key` starts at key * d
+            for (int64_t e = 0; e < d; ++e) {
+              if (where != Where::kValue) c.k.set(key * d + e, values[n]);
+              if (where != Where::kKey) c.v.set(key * d + e, values[n]);
+            }
+          }
+          const std::string what = config.describe() + " (" + geo.name + ", non-finite " +
+                                   (where == Where::kKey ? "K" : where == Where::kValue ? "V" : "K and V") + ")";
+          EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << what;
+          for (int64_t row : geo.masking_rows)
+            for (int64_t h = 0; h < config.heads_q; ++h)
+              for (int64_t e = 0; e < d; ++e)
+                ASSERT_TRUE(std::isfinite(c.out.get((row * config.heads_q + h) * d + e)))
+                    << what << ": row " << row << " head " << h << " column " << e;
+          if (where == Where::kValue) {
+            for (const auto& [row, value] : geo.inf_rows)
+              for (int64_t h = 0; h < config.heads_q; ++h)
+                for (int64_t e = 0; e < d; ++e)
+                  ASSERT_EQ(c.out.get((row * config.heads_q + h) * d + e), value)
+                      << what << ": row " << row << " head " << h << " column " << e;
+          }
+        }
+      }
     }
   }
 }
