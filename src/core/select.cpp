@@ -107,6 +107,10 @@ TierChoice select_cuda(const Problem& p, Op op) {
       return select_cuda_prefill(p);
     }
     case Op::kKvCache:
+      if (p.dtype == DType::kFloat32) {
+        if (cuda::fp32_kvcache_supports(p, &why)) return TierChoice{Tier::kCudaFp32, Backend::kCuda, why};
+        return none(Backend::kCuda, "cuda-fp32 cannot serve this KV-cache call: " + why);
+      }
       if (cuda::device_capability() < 80)
         return none(Backend::kCuda, "cuda-decode needs compute capability 8.0 or newer");
       if (cuda::decode_tier_supports(p, true, &why)) return TierChoice{Tier::kCudaDecode, Backend::kCuda, why};

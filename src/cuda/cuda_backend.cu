@@ -1,5 +1,5 @@
-// The CUDA backend's entry points: device queries, and the forward dispatch from a selected tier
-// to the kernel launch of the right tile shape.
+// The CUDA backend's entry points: device queries, and the forward and KV-cache dispatch from a
+// selected tier to the kernel launch of the right tile shape.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -9,6 +9,7 @@
 #include "core/problem.h"
 #include "cuda/block_order.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_launch.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/forward_wgmma.h"
@@ -111,6 +112,24 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       return;
     default:
       no_tier("forward");
+  }
+}
+
+void kvcache(const core::Problem& p, core::Tier tier, void* stream) {
+  std::string why;
+  switch (tier) {
+    case core::Tier::kCudaDecode:
+      decode_kvcache(p, stream);  // append (+ rotary), then split-KV attention (decode_tier.h)
+      return;
+    case core::Tier::kCudaFp32:
+      if (!fp32_kvcache_supports(p, &why)) throw Error("cuda-fp32 cannot serve this KV-cache call: " + why);
+      // The append kernel is the one cuda-decode launches; the attention below reads the appended
+      // keys on the same stream, in order, and rotates the queries as it loads them.
+      launch_kv_append(p, as_stream(stream));
+      launch_fp32_forward(p, all_rows_16_byte_aligned(p), as_stream(stream));
+      return;
+    default:
+      no_tier("attention_kvcache");
   }
 }
 

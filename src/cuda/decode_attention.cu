@@ -980,10 +980,4 @@ void decode_forward(const core::Problem& p, void* stream) {
   decode::attend(p, static_cast<cudaStream_t>(stream));
 }
 
-void kvcache(const core::Problem& p, core::Tier tier, void* stream) {
-  if (tier != core::Tier::kCudaDecode)
-    throw Error(std::string("attention_kvcache runs on cuda-decode; the selector chose ") + core::tier_name(tier));
-  decode_kvcache(p, stream);
-}
-
 }  // namespace flashsdpa::cuda

@@ -1,5 +1,6 @@
 // Device helpers shared by the decode kernels (decode_attention.cu, kv_write.cu): element
-// conversions and the dtype dispatch. The tensor-core and copy primitives are device_utils.cuh's.
+// conversions (fp32 too: the KV append also serves cuda-fp32's fp32 caches) and the dtype
+// dispatch. The tensor-core and copy primitives are device_utils.cuh's.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,11 +12,16 @@
 
 namespace flashsdpa::cuda::decode {
 
+__device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) {
   return __float2half_rn(x);

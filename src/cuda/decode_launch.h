@@ -8,7 +8,8 @@
 namespace flashsdpa::cuda {
 
 // KV-cache append (kv_write.cu): k_new / v_new into their cache slots, dense or paged, k rotated
-// at its slot's position when the problem has rotary. Slots whose cache row or block is out of
+// at its slot's position when the problem has rotary. Every dtype: cuda-decode (fp16/bf16) and
+// cuda-fp32 (fp32) both launch it before their attention. Slots whose cache row or block is out of
 // range are skipped (SPEC §5). No-op when p.seqlen_new == 0.
 void launch_kv_append(const core::Problem& p, cudaStream_t stream);
 

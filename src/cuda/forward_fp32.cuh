@@ -32,6 +32,7 @@
 
 #include "core/mask.h"
 #include "core/problem.h"
+#include "core/rotary.h"
 #include "core/sequence.h"
 #include "cuda/device_utils.cuh"
 
@@ -155,17 +156,20 @@ struct LinearTileCopy {
     src = base + key0 + (first_key + row_in_tile) * stride + col;
     dst = smem_address(tile + row_in_tile * kPitch + col);
   }
-  // The tile of keys n0 .. n0 + kRows - 1, zero-filled at and past k_end; tiles are copied in order.
-  __device__ __forceinline__ void copy(int64_t n0, int64_t k_end) {
+  // The tile of keys n0 .. n0 + kRows - 1, zero-filled outside [k_begin, k_end) (keys below
+  // k_begin are a KV cache's left padding: masked for every row, so they are never read);
+  // tiles are copied in order.
+  __device__ __forceinline__ void copy(int64_t n0, int64_t k_begin, int64_t k_end) {
     const float* row_src = src;
-    if (col_live && n0 + kRows <= k_end) {
+    if (col_live && n0 >= k_begin && n0 + kRows <= k_end) {
 #pragma unroll
       for (int i = 0; i < kIters; ++i, row_src += kRowStep * row_stride)
         cp_async_16(dst + i * kRowStep * kPitch * 4, row_src, 16);
     } else {
 #pragma unroll
       for (int i = 0; i < kIters; ++i, row_src += kRowStep * row_stride) {
-        const bool live = col_live && n0 + row_in_tile + i * kRowStep < k_end;
+        const int64_t key = n0 + row_in_tile + i * kRowStep;
+        const bool live = col_live && key >= k_begin && key < k_end;
         cp_async_16(dst + i * kRowStep * kPitch * 4, live ? row_src : base, live ? 16 : 0);
       }
     }
@@ -273,6 +277,29 @@ __device__ __forceinline__ float row_lanes_sum(float x) {
   return x;
 }
 
+// KV-cache calls with rotary (SPEC §3): the block's query rows, already in shared memory, rotated
+// in place at their positions (core::rotary_q_position) with core::rotary_apply, the one
+// definition the reference and the KV append also follow; dims past rotary_dim keep their bits.
+// One thread per row, once per block before the key loop: a decode block holds a handful of
+// rows, and the rotation is rotary_dim / 2 pairs per row against a pass over the whole cache.
+// Rotating here, in the block's own copy of Q, needs no scratch and leaves the loads and the
+// score loop as they are. The loop's first barrier publishes the rotated rows.
+template <class Tile>
+__device__ __forceinline__ void rotate_query_rows(float* qs, const core::Problem& p, const core::SeqView& seq,
+                                                  int64_t row0, int64_t row_end) {
+  cp_async_commit();
+  cp_async_wait<0>();  // this thread's copies of Q landed ...
+  __syncthreads();     // ... and everyone's
+  const float* cos_table = static_cast<const float*>(p.rotary_cos);
+  const float* sin_table = static_cast<const float*>(p.rotary_sin);
+  for (int64_t r = threadIdx.x; r < row_end - row0; r += Tile::kThreads) {
+    const int64_t table_row = core::rotary_row(p, core::rotary_q_position(p, seq, row0 + r));
+    if (table_row < 0) continue;  // no table row: left unrotated, never read out of bounds
+    core::rotary_apply(qs + r * Tile::kQPitch, cos_table + table_row * p.rotary_row_stride,
+                       sin_table + table_row * p.rotary_row_stride, p.rotary_dim, p.rotary_interleaved);
+  }
+}
+
 }  // namespace fp32_detail
 
 template <class Tile>
@@ -324,11 +351,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
                                                   const int64_t i = row0 + r;
                                                   return i < row_end ? core::q_offset(p, seq, b, i, h) : -1;
                                                 });
+  if (p.rotary_dim > 0) rotate_query_rows<Tile>(qs, p, seq, row0, row_end);  // KV-cache calls only
   // Batched, varlen and dense-cache K/V are linear in the key index: resolve key 0 once.
   const int64_t k_key0 = paged ? 0 : core::key_offset(p, seq, p.k, b, 0) + kv_head * p.k.head_stride;
   const int64_t v_key0 = paged ? 0 : core::key_offset(p, seq, p.v, b, 0) + kv_head * p.v.head_stride;
   auto key_row = [&](const core::Operand& kv, int64_t key0, int64_t j) -> int64_t {
-    if (j >= seq.k_end) return -1;
+    if (j < seq.k_begin || j >= seq.k_end) return -1;
     if (!paged) return key0 + j * kv.row_stride;
     const int64_t offset = core::key_offset(p, seq, kv, b, j);
     return offset < 0 ? -1 : offset + kv_head * kv.head_stride;
@@ -340,13 +368,13 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
                                                 dv, vs);
   auto load_k_tile = [&](int kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
-    if (fast_copy) return k_copy.copy(n0, seq.k_end);
+    if (fast_copy) return k_copy.copy(n0, seq.k_begin, seq.k_end);
     load_rows<Tile, N, Tile::kKPitch>(ks, static_cast<const float*>(p.k.ptr), dqk, args.vector_io,
                                       [&](int r) { return key_row(p.k, k_key0, n0 + r); });
   };
   auto load_v_tile = [&](int kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
-    if (fast_copy) return v_copy.copy(n0, seq.k_end);
+    if (fast_copy) return v_copy.copy(n0, seq.k_begin, seq.k_end);
     load_rows<Tile, N, Tile::kVPitch>(vs, static_cast<const float*>(p.v.ptr), dv, args.vector_io,
                                       [&](int r) { return key_row(p.v, v_key0, n0 + r); });
   };

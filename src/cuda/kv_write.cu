@@ -1,6 +1,7 @@
 // Writing new tokens into KV caches:
 //   - the append of attention_kvcache (k_new / v_new into a dense or paged cache, k rotated at its
-//     slot's position), launched before the attention kernel on the same stream;
+//     slot's position), launched before the attention kernel (cuda-decode's for fp16/bf16,
+//     cuda-fp32's for fp32) on the same stream;
 //   - paged_kv_write: batched or varlen new tokens into a paged cache, one launch.
 //
 // One warp per (token, kv head) row. Every index read from a tensor is clamped or bounds-checked
@@ -19,6 +20,15 @@ namespace decode {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
+
+// Storage types of every cache dtype: fp32 caches move as raw 32-bit words, fp16/bf16 as 16-bit
+// ones, so a copy never converts; rotation works in fp32 and rounds once to the storage type.
+template <typename F>
+void dispatch_storage(DType dtype, F&& f) {
+  if (dtype == DType::kFloat32) f(float{});
+  else if (dtype == DType::kFloat16) f(__half{});
+  else f(__nv_bfloat16{});
+}
 
 // dst[0, n) = src[0, n), bit for bit, spread over the warp.
 template <typename T>
@@ -130,14 +140,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) paged_kv_write_kernel(con
   copy_row(v_dst, v_src, p.head_dim_v, lane);
 }
 
-// fp32 caches move as raw 32-bit words, fp16/bf16 as 16-bit ones: a copy never converts.
-template <typename F>
-void dispatch_storage(DType dtype, F&& f) {
-  if (dtype == DType::kFloat32) f(float{});
-  else if (dtype == DType::kFloat16) f(__half{});
-  else f(__nv_bfloat16{});
-}
-
 }  // namespace
 }  // namespace decode
 
@@ -145,8 +147,8 @@ void launch_kv_append(const core::Problem& p, cudaStream_t stream) {
   const int64_t items = p.batch * p.seqlen_new * p.heads_kv;
   if (items == 0) return;
   const dim3 grid(static_cast<unsigned>(decode::ceil_div(items, decode::kWarpsPerBlock)));
-  decode::dispatch_half_types(p.dtype, [&](auto e) {
-    using T = typename decltype(e)::T;
+  decode::dispatch_storage(p.dtype, [&](auto tag) {  // cuda-decode (fp16/bf16) and cuda-fp32
+    using T = decltype(tag);
     decode::kv_append_kernel<T><<<grid, decode::kWarpsPerBlock * 32, 0, stream>>>(p);
   });
   check_cuda(cudaGetLastError(), "kv_append_kernel launch");

@@ -23,8 +23,9 @@ const char* layout_words(const core::Problem& p) {
   return "K/V";
 }
 
-// Shape limits shared by both tiers; "" when the problem fits.
-std::string shape_problem(const core::Problem& p) {
+// Shape limits shared by the forward tiers; "" when the problem fits. KV append and rotary only
+// where the call is a KV-cache call (`kvcache`: cuda-fp32's fp32 KV cache).
+std::string shape_problem(const core::Problem& p, bool kvcache = false) {
   core::Text os;
   if (p.head_dim_qk < 1 || p.head_dim_qk > kMaxHeadDim || p.head_dim_v < 1 || p.head_dim_v > kMaxHeadDim) {
     os << "head dims must be in 1..256 on the GPU; got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
@@ -32,7 +33,7 @@ std::string shape_problem(const core::Problem& p) {
     os << "batch must be <= " << kMaxGridDim << " on the GPU; got " << p.batch;
   } else if (p.heads_q > kMaxGridDim) {
     os << "query heads must be <= " << kMaxGridDim << " on the GPU; got " << p.heads_q;
-  } else if (p.seqlen_new > 0 || p.rotary_dim > 0) {
+  } else if (!kvcache && (p.seqlen_new > 0 || p.rotary_dim > 0)) {
     os << "KV append and rotary are not part of the prefill forward";
   }
   return os.str();
@@ -125,6 +126,30 @@ bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
 bool fp32_tier_supports(const core::Problem& p, std::string* why) {
   return answer(p, dtype_and_shape_problem(p, false),
                 "cuda-fp32 serves this fp32 forward exactly (FFMA, no TF32)", why);
+}
+
+bool fp32_kvcache_supports(const core::Problem& p, std::string* why) {
+  std::string problem = p.dtype != DType::kFloat32 ? std::string("it needs fp32; got ") + dtype_name(p.dtype)
+                                                   : shape_problem(p, /*kvcache=*/true);
+  // The append launches one warp per (sequence, new token, kv head), four per block, on grid x.
+  constexpr int64_t kMaxAppendWarps = ((int64_t{1} << 31) - 1) * 4;
+  if (problem.empty() && p.batch * p.seqlen_new * p.heads_kv > kMaxAppendWarps)
+    problem = "batch x new tokens x kv heads = " + std::to_string(p.batch * p.seqlen_new * p.heads_kv) +
+              " rows to append is beyond the append's launch grid";
+  if (!problem.empty() || why == nullptr) return answer(p, problem, "", why);
+  core::Text os;
+  os << "cuda-fp32 serves this fp32 KV-cache call exactly (FFMA, no TF32): ";
+  if (p.seqlen_new > 0) {
+    os << "appends " << p.seqlen_new << " tokens in place first (cuda-decode's append kernel";
+    if (p.rotary_dim > 0)
+      os << ", new keys rotated " << (p.rotary_interleaved ? "interleaved" : "NeoX") << " over " << p.rotary_dim
+         << " dims";
+    os << "), then ";
+  }
+  os << "attends over the cache as the fp32 forward does";
+  if (p.rotary_dim > 0) os << ", the queries rotated at their positions as the query tile loads";
+  if (p.num_splits > 1) os << "; num_splits = " << p.num_splits << " is ignored (this tier does not split keys)";
+  return answer(p, problem, os.str(), why);
 }
 
 }  // namespace flashsdpa::cuda

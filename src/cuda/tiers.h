@@ -29,6 +29,12 @@ bool all_rows_16_byte_aligned(const core::Problem& p);
 // cuda-fp32: exact fp32 (FFMA, no TF32) forward. Every layout, mask and modifier; Dqk, Dv in 1..256.
 bool fp32_tier_supports(const core::Problem& p, std::string* why);
 
+// cuda-fp32 for attention_kvcache: fp32 dense or paged caches, the append of k_new / v_new with
+// rotary (cuda-decode's append kernel), then the fp32 forward over the cache with the queries
+// rotated as they load. Every mask and modifier; Dqk, Dv in 1..256. num_splits is ignored: the
+// fp32 tier does not split keys.
+bool fp32_kvcache_supports(const core::Problem& p, std::string* why);
+
 // The padded head dim a tier runs a problem with (64, 128 or 256), 0 when none fits.
 int padded_head_dim(const core::Problem& p);
 

@@ -4,10 +4,13 @@
 // paged_kv_write (batched and varlen), forward over a paged cache with varlen q (continuous
 // batching), and SPEC §5 safety: bad index tensors read and write nothing out of bounds when
 // unchecked and raise in checked mode, with guard regions around every tensor.
+// DecodeKvcacheFp32: the same KV-cache coverage for fp32 caches, which cuda-fp32 serves (the
+// shared append kernel, then the exact fp32 forward with the queries rotated as they load).
 //
 // The tier is driven below the selector (core::prepare_* then cuda::kvcache / decode_forward /
-// paged_kv_write), so these tests do not depend on how the selector routes calls. Tests named
-// Sanitize* are small and also run under compute-sanitizer (scripts/gpu-decode-check.sh).
+// paged_kv_write), so these tests do not depend on how the selector routes calls; the tier is
+// cuda-decode for fp16/bf16 and cuda-fp32 for fp32 (kvcache_tier). Tests named Sanitize* are
+// small and also run under compute-sanitizer (scripts/gpu-decode-check.sh).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -25,6 +28,12 @@ namespace flashsdpa::test {
 namespace {
 
 const std::vector<DType> kHalfTypes = {DType::kFloat16, DType::kBFloat16};
+const std::vector<DType> kFp32 = {DType::kFloat32};
+
+// The tier that serves attention_kvcache for a dtype on CUDA.
+core::Tier kvcache_tier(DType dtype) {
+  return dtype == DType::kFloat32 ? core::Tier::kCudaFp32 : core::Tier::kCudaDecode;
+}
 
 core::ValidateOptions device_options(bool checked) {
   core::ValidateOptions options;
@@ -35,11 +44,11 @@ core::ValidateOptions device_options(bool checked) {
   return options;
 }
 
-// Runs the decode tier on device mirrors of c's tensors and copies everything back.
+// Runs the KV-cache tier of c's dtype on device mirrors of c's tensors and copies everything back.
 std::string run_kvcache_on_gpu(AttnCase& c, bool checked = false) {
   return run_on_gpu(c, [&](const AttnParams& params) {
     const core::Problem p = core::prepare_kvcache(params, device_options(checked));
-    cuda::kvcache(p, core::Tier::kCudaDecode, nullptr);
+    cuda::kvcache(p, kvcache_tier(p.dtype), nullptr);
   });
 }
 
@@ -78,9 +87,10 @@ AttnConfig decode_config(Layout layout, DType dtype) {
   return c;
 }
 
-void expect_kvcache_passes(AttnConfig c, const std::vector<Layout>& layouts = {Layout::kDenseCache, Layout::kPagedCache}) {
+void expect_kvcache_passes(AttnConfig c, const std::vector<Layout>& layouts = {Layout::kDenseCache, Layout::kPagedCache},
+                           const std::vector<DType>& dtypes = kHalfTypes) {
   for (Layout layout : layouts) {
-    for (DType dtype : kHalfTypes) {
+    for (DType dtype : dtypes) {
       c.layout = layout;
       c.dtype = dtype;
       AttnCase a(c);
@@ -271,45 +281,48 @@ TEST(DecodeKvcache, SampledGrid) {
   }
 }
 
-// The same logical cache, dense and paged (block sizes 16 and 7), gives bit-identical results:
-// chunks are logical key ranges, so only the addressing differs.
+// The same logical cache, dense and paged (block sizes 16 and 7), gives bit-identical results on
+// both KV-cache tiers: chunks (cuda-decode) and key tiles (cuda-fp32) are logical key ranges, so
+// only the addressing differs.
 TEST(DecodeKvcache, PagedEqualsDenseBitForBit) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int64_t block_size : {16, 7}) {
-    AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
-    c.seqlen_q = c.seqlen_new = 2;
-    c.cache_seqlens = {700, 3, 1090};
-    c.rotary_dim = 128;
-    c.causal = true;
-    c.sinks = true;
-    c.num_splits = 3;
-    AttnCase dense(c);
-    c.layout = Layout::kPagedCache;
-    c.block_size = block_size;
-    AttnCase paged(c);
-    for (auto& [name, tensor] : paged.tensors()) {  // same inputs, byte for byte
-      if (name == "k" || name == "v" || name == "block_table") continue;
-      for (auto& [dense_name, dense_tensor] : dense.tensors())
-        if (dense_name == name) tensor->guarded_bytes() = dense_tensor->guarded_bytes();
-    }
-    const std::vector<int32_t> table = paged.block_table.int_values();
-    const int64_t max_blocks = paged.block_table.shape()[1];
-    const int64_t row_elems = c.heads_kv * c.head_dim_qk;
-    for (int64_t b = 0; b < c.batch; ++b) {
-      for (int64_t j = 0; j < c.cache_seqlens[b]; ++j) {
-        const int64_t block = table[b * max_blocks + j / block_size];
-        for (int64_t e = 0; e < row_elems; ++e) {
-          const int64_t dense_index = (b * c.cache_capacity + j) * row_elems + e;
-          const int64_t paged_index = (block * block_size + j % block_size) * row_elems + e;
-          paged.k.set(paged_index, dense.k.get(dense_index));
-          paged.v.set(paged_index, dense.v.get(dense_index));
+    for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {  // cuda-decode and cuda-fp32
+      AttnConfig c = decode_config(Layout::kDenseCache, dtype);
+      c.seqlen_q = c.seqlen_new = 2;
+      c.cache_seqlens = {700, 3, 1090};
+      c.rotary_dim = 128;
+      c.causal = true;
+      c.sinks = true;
+      c.num_splits = 3;
+      AttnCase dense(c);
+      c.layout = Layout::kPagedCache;
+      c.block_size = block_size;
+      AttnCase paged(c);
+      for (auto& [name, tensor] : paged.tensors()) {  // same inputs, byte for byte
+        if (name == "k" || name == "v" || name == "block_table") continue;
+        for (auto& [dense_name, dense_tensor] : dense.tensors())
+          if (dense_name == name) tensor->guarded_bytes() = dense_tensor->guarded_bytes();
+      }
+      const std::vector<int32_t> table = paged.block_table.int_values();
+      const int64_t max_blocks = paged.block_table.shape()[1];
+      const int64_t row_elems = c.heads_kv * c.head_dim_qk;
+      for (int64_t b = 0; b < c.batch; ++b) {
+        for (int64_t j = 0; j < c.cache_seqlens[b]; ++j) {
+          const int64_t block = table[b * max_blocks + j / block_size];
+          for (int64_t e = 0; e < row_elems; ++e) {
+            const int64_t dense_index = (b * c.cache_capacity + j) * row_elems + e;
+            const int64_t paged_index = (block * block_size + j % block_size) * row_elems + e;
+            paged.k.set(paged_index, dense.k.get(dense_index));
+            paged.v.set(paged_index, dense.v.get(dense_index));
+          }
         }
       }
+      ASSERT_EQ(check_kvcache_gpu(dense), "") << c.describe();
+      ASSERT_EQ(check_kvcache_gpu(paged), "") << c.describe();
+      EXPECT_EQ(paged.out.guarded_bytes(), dense.out.guarded_bytes()) << c.describe() << ": out differs";
+      EXPECT_EQ(paged.lse.guarded_bytes(), dense.lse.guarded_bytes()) << c.describe() << ": lse differs";
     }
-    ASSERT_EQ(check_kvcache_gpu(dense), "") << c.describe();
-    ASSERT_EQ(check_kvcache_gpu(paged), "") << c.describe();
-    EXPECT_EQ(paged.out.guarded_bytes(), dense.out.guarded_bytes()) << "out differs, block_size " << block_size;
-    EXPECT_EQ(paged.lse.guarded_bytes(), dense.lse.guarded_bytes()) << "lse differs, block_size " << block_size;
   }
 }
 
@@ -449,6 +462,312 @@ TEST(DecodeKvcache, SanitizeBasic) {
   c.head_dim_qk = c.head_dim_v = 59;
   c.rotary_dim = 58;
   expect_kvcache_passes(c, {Layout::kDenseCache});
+}
+
+// ---- attention_kvcache on fp32 caches: cuda-fp32 ----------------------------------------------------
+//
+// The append is cuda-decode's kernel; the attention is the exact fp32 forward, which does not
+// split keys (num_splits is accepted and ignored). Every case runs dense and paged unless the
+// feature is dense-only (cache_batch_idx).
+
+TEST(DecodeKvcacheFp32, PlainDecodeWithEmptySequence) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  const AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
+TEST(DecodeKvcacheFp32, AppendWithRotary) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 110;
+  for (bool interleaved : {true, false}) {
+    for (int64_t rotary_dim : {128, 64, 2}) {  // full, partial, one pair
+      for (bool causal : {false, true}) {      // every query row at the cache length, or per row
+        AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+        c.seqlen_q = c.seqlen_new = 3;
+        c.cache_seqlens = {700, 0, 1097};
+        c.rotary_dim = rotary_dim;
+        c.rotary_interleaved = interleaved;
+        c.causal = causal;
+        c.seed = seed++;
+        expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+      }
+    }
+  }
+}
+
+// Query rows past one 128-row tile of the fp32 forward: the rotation of every tile's rows at
+// their own positions, and appends of many tokens.
+TEST(DecodeKvcacheFp32, LongAppendWithRotaryAcrossQueryTiles) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.batch = 2;
+  c.seqlen_q = c.seqlen_new = 150;
+  c.cache_capacity = 600;
+  c.cache_seqlens = {300, 17};
+  c.rotary_dim = 96;
+  c.rotary_interleaved = false;
+  c.causal = true;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
+TEST(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.seqlen_q = c.seqlen_new = 2;
+  c.cache_seqlens = {500, 17, 900};
+  c.cache_leftpad = {100, 19, 0};  // sequence 1: every key is padding, so only the sink remains
+  c.softcap = 15.0f;
+  c.alibi = Alibi::kPerBatch;
+  c.sinks = true;
+  c.sink_mean = 2.0;
+  for (int splits : {0, 1, 4}) {  // ignored by cuda-fp32; the result must not depend on it
+    c.num_splits = splits;
+    c.seed = 130 + splits;
+    expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  }
+  c.alibi = Alibi::kPerHead;
+  c.causal = true;
+  c.rotary_dim = 64;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  // A window with both edges and wide groups (GQA 8), rotary NeoX over part of the head.
+  c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.heads_q = 16;
+  c.seqlen_q = c.seqlen_new = 5;
+  c.cache_seqlens = {300, 1, 1000};
+  c.window_left = 3;
+  c.window_right = 1;
+  c.rotary_dim = 96;
+  c.rotary_interleaved = false;
+  c.seed = 140;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  c.window_right = -1;
+  c.causal = true;
+  c.window_left = 64;
+  c.seed = 141;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
+TEST(DecodeKvcacheFp32, CacheBatchIdx) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.cache_batch_idx = true;
+  c.extra_cache_rows = 2;
+  c.seqlen_new = 1;
+  c.cache_seqlens = {5, 400, 1000};
+  c.rotary_dim = 128;
+  expect_kvcache_passes(c, {Layout::kDenseCache}, kFp32);
+}
+
+TEST(DecodeKvcacheFp32, HeadDimsAndGroups) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {256, 256}, {59, 59}, {40, 40},
+                                                         {111, 111}, {72, 40}, {128, 64}, {1, 3}};
+  uint64_t seed = 150;
+  for (const auto& [dqk, dv] : dims) {
+    AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+    c.head_dim_qk = dqk;
+    c.head_dim_v = dv;
+    c.seqlen_q = c.seqlen_new = 2;
+    c.cache_seqlens = {300, 31, 600};
+    c.cache_capacity = 700;
+    if (dqk >= 2) c.rotary_dim = dqk - dqk % 2;
+    c.seed = seed++;
+    expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  }
+  for (const auto& [hq, hkv] : std::vector<std::pair<int64_t, int64_t>>{{4, 4}, {32, 1}, {6, 3}}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat32);
+    c.heads_q = hq;
+    c.heads_kv = hkv;
+    c.seqlen_new = 1;
+    c.rotary_dim = 32;
+    c.with_lse = hq != 32;
+    c.seed = seed++;
+    expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  }
+}
+
+TEST(DecodeKvcacheFp32, PagedBlockSizes) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int64_t block_size : {1, 5, 16, 256}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat32);
+    c.block_size = block_size;
+    c.seqlen_q = c.seqlen_new = 2;
+    c.cache_seqlens = {300, 0, 1000};
+    c.rotary_dim = 128;
+    c.causal = true;
+    c.seed = 160 + block_size;
+    expect_kvcache_passes(c, {Layout::kPagedCache}, kFp32);
+  }
+}
+
+TEST(DecodeKvcacheFp32, PaddedStridesAndExtremeLogits) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.padded_strides = true;  // rows not 16-byte aligned: the element-load path
+  c.seqlen_new = 1;
+  c.rotary_dim = 64;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  c.padded_strides = false;
+  c.rotary_dim = 0;
+  c.q_stddev = 300.0;  // |s| ~ 1e4
+  c.seed = 3;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
+// Keys no row attends are never read: NaN in K and V of the left padding (below cache_leftpad)
+// and past each sequence's end leaves every row finite and within the SPEC rule.
+TEST(DecodeKvcacheFp32, LeftpadAndPastTheEndAreNeverRead) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
+    AttnConfig c = decode_config(layout, DType::kFloat32);
+    c.seqlen_q = c.seqlen_new = 3;
+    c.cache_seqlens = {700, 40, 1090};
+    c.cache_leftpad = {70, 13, 1};  // not multiples of a key tile: tiles mix padding and keys
+    c.causal = true;
+    c.rotary_dim = 128;
+    AttnCase a(c);
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t j = 0; j < c.cache_leftpad[b]; ++j) poison_key(a, b, j, true, true);
+      const int64_t end = c.cache_seqlens[b] + c.seqlen_new;
+      const int64_t past_end = layout == Layout::kPagedCache ? (end + c.block_size - 1) / c.block_size * c.block_size
+                                                             : c.cache_capacity;
+      for (int64_t j = end; j < past_end; ++j) poison_key(a, b, j, true, true);
+    }
+    EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
+  }
+}
+
+// Random configurations over everything at once.
+TEST(DecodeKvcacheFp32, SampledGrid) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (int n = 0; n < 24; ++n) {
+    Rng rng(0xf32c0de0u + n);
+    AttnConfig c;
+    c.seed = 19000 + n;
+    c.dtype = DType::kFloat32;
+    c.layout = n % 2 ? Layout::kPagedCache : Layout::kDenseCache;
+    c.block_size = rng.pick(std::vector<int64_t>{1, 3, 16, 64, 256});
+    c.head_dim_qk = rng.pick(std::vector<int64_t>{64, 128, 256, 96, 40});
+    c.head_dim_v = rng.coin(0.2) ? 64 : c.head_dim_qk;
+    c.heads_kv = rng.uniform_int(1, 3);
+    c.heads_q = c.heads_kv * rng.pick(std::vector<int64_t>{1, 2, 4, 8});
+    c.batch = rng.uniform_int(1, 4);
+    c.cache_capacity = rng.pick(std::vector<int64_t>{16, 97, 600, 2100});
+    c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 4}));
+    c.seqlen_q = rng.coin(0.6) ? 1 : rng.uniform_int(1, 8);
+    for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
+    if (c.seqlen_new > 0 && rng.coin(0.6)) {
+      c.rotary_interleaved = rng.coin();
+      c.rotary_dim = rng.coin() ? c.head_dim_qk : c.head_dim_qk / 2;
+    }
+    if (c.layout == Layout::kDenseCache && rng.coin(0.3)) {
+      c.cache_batch_idx = true;
+      c.extra_cache_rows = 1;
+    }
+    if (rng.coin(0.25))
+      for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b]));
+    c.causal = rng.coin(0.5);
+    if (rng.coin(0.25)) c.window_left = rng.uniform_int(0, 300);
+    if (rng.coin(0.2)) c.softcap = 20.0f;
+    if (rng.coin(0.2)) c.alibi = Alibi::kPerHead;
+    c.sinks = rng.coin(0.3);
+    c.num_splits = static_cast<int>(rng.pick(std::vector<int64_t>{0, 1, 3}));
+    c.with_lse = rng.coin(0.8);
+    AttnCase a(c);
+    EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
+  }
+}
+
+// Through the public API: the selector sends fp32 KV-cache calls to cuda-fp32 (fp16/bf16 stay
+// on cuda-decode), and attention_kvcache then runs it.
+TEST(DecodeKvcacheFp32, SelectorChoosesCudaFp32) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kFloat32, DType::kFloat16}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, dtype);
+    c.seqlen_q = c.seqlen_new = 2;
+    c.rotary_dim = 64;
+    c.causal = true;
+    c.num_splits = 2;
+    AttnCase a(c);
+    const std::string expected = dtype == DType::kFloat32 ? "cuda-fp32" : "cuda-decode";
+    std::string reason;
+    const std::string failure = check_kvcache_run(a, unchecked_host(), [&] {
+      return run_on_gpu(a, [&](const AttnParams& params) {
+        const Selection sel = explain(params, Op::kKvCache, cuda_context());
+        reason = sel.reason;
+        if (sel.tier != expected) throw Error("explain chose " + sel.tier + " (expected " + expected + "): " + sel.reason);
+        attention_kvcache(params, cuda_context());
+      });
+    });
+    EXPECT_EQ(failure, "") << c.describe();
+    if (dtype == DType::kFloat32) {
+      EXPECT_NE(reason.find("KV-cache call exactly"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("appends 2 tokens"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("queries rotated"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("num_splits = 2 is ignored"), std::string::npos) << reason;
+    }
+  }
+}
+
+TEST(DecodeKvcacheFp32, SanitizeBasic) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat32);
+  c.cache_capacity = 300;
+  c.cache_seqlens = {100, 0, 290};
+  c.seqlen_q = c.seqlen_new = 2;
+  c.rotary_dim = 128;
+  c.sinks = true;
+  c.cache_leftpad = {3, 0, 20};
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+  c.head_dim_qk = c.head_dim_v = 59;
+  c.rotary_dim = 58;
+  c.rotary_interleaved = false;
+  c.padded_strides = true;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
+TEST(DecodeKvcacheFp32, SanitizeBadIndicesReadAndWriteNothing) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
+    AttnCase a = bad_index_case(DType::kFloat32, layout, 177);
+    EXPECT_EQ(check_kvcache_gpu(a), "") << layout_name(layout);
+  }
+}
+
+TEST(DecodeKvcacheFp32, CheckedModeRaisesAndWritesNothing) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
+    AttnCase a = bad_index_case(DType::kFloat32, layout, 178);
+    Snapshot before(a.tensors());
+    const std::string failure = run_kvcache_on_gpu(a, /*checked=*/true);
+    EXPECT_NE(failure.find("threw"), std::string::npos) << layout_name(layout) << ": " << failure;
+    EXPECT_EQ(before.changed(), "") << layout_name(layout);
+  }
+}
+
+TEST(DecodeKvcacheFp32, SupportsSaysWhy) {
+  core::Problem p;
+  p.dtype = DType::kFloat16;
+  p.head_dim_qk = p.head_dim_v = 128;
+  p.batch = 1;
+  p.heads_q = 8;
+  p.heads_kv = 2;
+  p.group = 4;
+  std::string why;
+  EXPECT_FALSE(cuda::fp32_kvcache_supports(p, &why));
+  EXPECT_NE(why.find("needs fp32"), std::string::npos) << why;
+  p.dtype = DType::kFloat32;
+  p.kv_layout = core::KvLayout::kDenseCache;
+  p.seqlen_new = 3;
+  p.rotary_dim = 64;
+  p.rotary_interleaved = false;
+  EXPECT_TRUE(cuda::fp32_kvcache_supports(p, &why)) << why;
+  EXPECT_NE(why.find("NeoX"), std::string::npos) << why;
+  EXPECT_TRUE(cuda::fp32_kvcache_supports(p, nullptr));
+  EXPECT_FALSE(cuda::fp32_tier_supports(p, &why));  // the plain forward takes no append
+  p.head_dim_qk = 300;
+  EXPECT_FALSE(cuda::fp32_kvcache_supports(p, &why));
+  EXPECT_NE(why.find("head dims"), std::string::npos) << why;
 }
 
 // ---- paged_kv_write -------------------------------------------------------------------------------
