@@ -1,4 +1,4 @@
-// What each CUDA forward tier serves, host-only (no CUDA types), so the selector and
+// What each CUDA tier serves, host-only (no CUDA types), so the selector and
 // `flashsdpa explain` can tell why a call lands where it does.
 #pragma once
 
@@ -28,6 +28,11 @@ bool all_rows_16_byte_aligned(const core::Problem& p);
 
 // cuda-fp32: exact fp32 (FFMA, no TF32) forward. Every layout, mask and modifier; Dqk, Dv in 1..256.
 bool fp32_tier_supports(const core::Problem& p, std::string* why);
+
+// cuda-bwd: the backward (dq, dk, dv, dsinks) for fp16/bf16/fp32 in fp32 SIMT arithmetic,
+// deterministic. Batched, varlen and dense-cache K/V (the validator refuses paged K/V), every mask
+// and modifier; Dqk, Dv in 1..256. On true, *why says how the call will run.
+bool backward_tier_supports(const core::Problem& p, std::string* why);
 
 // The padded head dim a tier runs a problem with (64, 128 or 256), 0 when none fits.
 int padded_head_dim(const core::Problem& p);
