@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One pass over the CUDA backend on a GPU machine: build, every GPU test, compute-sanitizer
-# (memcheck and racecheck) on the small CudaForward.Sanitize* subset, and the prefill benchmark.
+# (memcheck and racecheck) on the small CudaForward.Sanitize* and CudaBackward.Sanitize* subsets,
+# and the prefill benchmark.
 # The forward tests and the sanitizer run twice: as selected, and forced onto cuda-mma-sm80.
 # Everything lands in the output folder given as $1 (at most eight files):
 #   build.log  tests.log  sanitizer.log  flashsdpa.jsonl  bench.log  prefill.{json,md,png}
@@ -63,7 +64,7 @@ if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
 fi
 
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
-  echo "== compute-sanitizer (CudaForward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
+  echo "== compute-sanitizer (CudaForward.Sanitize*, CudaBackward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
   {
     for pass in selected mma; do
       runner=()
@@ -71,7 +72,7 @@ if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
       for tool in memcheck racecheck; do
         echo "---- $tool ($pass)"
         "${runner[@]}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
-          --gtest_filter='CudaForward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
+          --gtest_filter='CudaForward.Sanitize*:CudaBackward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
       done
     done
   } > "$out/sanitizer.log" 2>&1

@@ -799,12 +799,15 @@ inline std::string check_sink_gradient(const std::vector<double>& got, const ref
   return "";
 }
 
-// Runs the forward (for out and lse) and then attention_backward with poisoned gradients, and
-// checks dq, dk, dv (and dsinks) against the reference with the backward factor 3.
-inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool deterministic = false) {
+// Runs the forward (for out and lse) through `run_forward` and then the backward through
+// `run_backward` with poisoned gradients, and checks dq, dk, dv (and dsinks) against the
+// reference of c's host tensors (validated with `options`) with the backward factor 3. Each run
+// returns "" or what failed; the GPU tests pass runs on device mirrors (tests/cuda).
+inline std::string check_backward_run(AttnCase& c, const core::ValidateOptions& options,
+                                      const std::function<std::string()>& run_forward,
+                                      const std::function<std::string()>& run_backward) {
   if (!c.lse.defined()) return "check_backward needs a case with lse";
-  const AttnParams fwd = c.params();
-  std::string failure = run_and_catch([&] { attention_forward(fwd, ctx); });
+  std::string failure = run_forward();
   if (!failure.empty()) return prefixed("forward", failure);
   for (HostTensor* g : {&c.dq, &c.dk, &c.dv, &c.dsinks})
     if (g->defined()) g->poison();
@@ -812,11 +815,10 @@ inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool dete
   for (auto& named : c.tensors())
     if (named.first.size() < 2 || named.first[0] != 'd' || named.first == "dout") inputs.push_back(named);
   const Snapshot before(inputs);
-  const AttnBwdParams params = c.bwd_params(deterministic);
-  failure = run_and_catch([&] { attention_backward(params, ctx); });
+  failure = run_backward();
   if (!failure.empty()) return failure;
 
-  const core::BwdProblem p = core::prepare_backward(params, core::ValidateOptions{});
+  const core::BwdProblem p = core::prepare_backward(c.bwd_params(), options);
   const auto ref64 = reference::backward(p, reference::Precision::kFloat64);
   const auto lowp = reference::backward(p, reference::Precision::kInputDType);
   const DType dtype = c.config.dtype;
@@ -828,6 +830,15 @@ inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool dete
   if (failure.empty()) failure = check_all_guards(c);
   if (failure.empty()) failure = before.changed();
   return failure;
+}
+
+// check_backward_run for attention_forward and attention_backward on host tensors.
+inline std::string check_backward(AttnCase& c, const ExecContext& ctx, bool deterministic = false) {
+  const AttnParams fwd = c.params();
+  const AttnBwdParams bwd = c.bwd_params(deterministic);
+  return check_backward_run(
+      c, core::ValidateOptions{}, [&] { return run_and_catch([&] { attention_forward(fwd, ctx); }); },
+      [&] { return run_and_catch([&] { attention_backward(bwd, ctx); }); });
 }
 
 // ---------------------------------------------------------------------------------------------

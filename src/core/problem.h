@@ -110,6 +110,19 @@ struct BwdProblem {
   bool deterministic = false;
 };
 
+// Backward rows whose |lse| exceeds this have their softmax (m, log Z, out) recomputed from the
+// backward's own scores before P = exp(s - m - log Z) is formed: half an ulp of an fp32 lse
+// (|lse| * 2^-24) then stays well under the input dtype's own unit roundoff (fp16 and bf16: 1/8 of
+// it; fp32: the level of fp32 accumulation error, for the |lse| of ordinary logits). See
+// src/cpu/backward.cpp for why an fp32 lse cannot pin P down for extreme logits.
+inline float stored_lse_limit(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16: return 1024.0f;   // u = 2^-11
+    case DType::kBFloat16: return 8192.0f;  // u = 2^-8
+    default: return 16.0f;                  // u = 2^-24
+  }
+}
+
 struct KvWriteProblem {
   DType dtype = DType::kFloat32;
   int64_t batch = 0, heads_kv = 0, head_dim_qk = 0, head_dim_v = 0;

@@ -21,6 +21,7 @@ const char* tier_name(Tier tier) {
     case Tier::kCudaFp32: return "cuda-fp32";
     case Tier::kCudaDecode: return "cuda-decode";
     case Tier::kCudaWgmma: return "cuda-wgmma-sm90";
+    case Tier::kCudaBackward: return "cuda-bwd";
   }
   return "unknown";
 }
@@ -116,7 +117,12 @@ TierChoice select_cuda(const Problem& p, Op op) {
       if (cuda::decode_tier_supports(p, true, &why)) return TierChoice{Tier::kCudaDecode, Backend::kCuda, why};
       return none(Backend::kCuda, "cuda-decode cannot serve this KV-cache call: " + why);
     case Op::kBackward:
-      return none(Backend::kCuda, "no CUDA tier serves the backward yet (the CPU backend does)");
+      if (cuda::device_capability() < 80)
+        return none(Backend::kCuda, "cuda-bwd needs compute capability 8.0 or newer; this device is " +
+                                        std::to_string(cuda::device_capability() / 10) + "." +
+                                        std::to_string(cuda::device_capability() % 10));
+      if (cuda::backward_tier_supports(p, &why)) return TierChoice{Tier::kCudaBackward, Backend::kCuda, why};
+      return none(Backend::kCuda, "cuda-bwd cannot serve this call: " + why);
     case Op::kPagedKvWrite:
       return none(Backend::kCuda, "paged_kv_write takes a KvWriteProblem (see the overload below)");
   }

@@ -17,6 +17,7 @@ enum class Tier : int32_t {
   kCudaFp32,        // src/cuda: exact fp32 (no TF32)
   kCudaDecode,      // src/cuda: split-KV decoding for short query lengths
   kCudaWgmma,       // src/cuda: fp16/bf16 prefill on Hopper's wgmma, sm90a
+  kCudaBackward,    // src/cuda: the backward, fp32 SIMT, every dtype
 };
 
 const char* tier_name(Tier tier);

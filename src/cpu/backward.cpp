@@ -73,16 +73,8 @@ constexpr int64_t kTargetWorkItems = 64;
 constexpr int64_t kMaxSplits = 16;
 constexpr int64_t kSplitScratchBudgetBytes = int64_t{512} << 20;
 
-// Rows whose |lse| exceeds this have their softmax recomputed (see above). Below it, half an ulp
-// of an fp32 lse (|lse| * 2^-24) stays well under the input dtype's own unit roundoff (fp16 and
-// bf16: 1/8 of it; fp32: the level of fp32 accumulation error, for the |lse| of ordinary logits).
-float stored_lse_limit(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16: return 1024.0f;   // u = 2^-11
-    case DType::kBFloat16: return 8192.0f;  // u = 2^-8
-    default: return 16.0f;                  // u = 2^-24
-  }
-}
+// Rows whose |lse| exceeds core::stored_lse_limit() have their softmax recomputed (see above).
+using core::stored_lse_limit;
 
 // On the bit patterns (an integer max the compiler vectorizes): finite means an exponent below
 // all ones.

@@ -1,5 +1,5 @@
-// The CUDA backend's entry points: device queries, and the forward and KV-cache dispatch from a
-// selected tier to the kernel launch of the right tile shape.
+// The CUDA backend's entry points: device queries, and the forward, KV-cache and backward
+// dispatch from a selected tier to the kernel launch of the right tile shape.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -133,7 +133,12 @@ void kvcache(const core::Problem& p, core::Tier tier, void* stream) {
   }
 }
 
-void backward(const core::BwdProblem&, core::Tier, void*) { no_tier("attention_backward"); }
+void backward(const core::BwdProblem& bp, core::Tier tier, void* stream) {
+  std::string why;
+  if (tier != core::Tier::kCudaBackward) no_tier("attention_backward");
+  if (!backward_tier_supports(bp.fwd, &why)) throw Error("cuda-bwd cannot serve this call: " + why);
+  launch_backward(bp, as_stream(stream));
+}
 
 void copy_index_to_host(const int32_t* src, int64_t count, int32_t* dst, void* stream) {
   if (count <= 0) return;

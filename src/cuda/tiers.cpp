@@ -152,4 +152,23 @@ bool fp32_kvcache_supports(const core::Problem& p, std::string* why) {
   return answer(p, problem, os.str(), why);
 }
 
+bool backward_tier_supports(const core::Problem& p, std::string* why) {
+  std::string problem = shape_problem(p);
+  if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) problem = "a backward over paged K/V is not supported";
+  if (!problem.empty()) {
+    if (why) *why = problem;
+    return false;
+  }
+  if (why) {
+    core::Text os;
+    os << "cuda-bwd serves this " << dtype_name(p.dtype)
+       << " backward: fp32 SIMT arithmetic (no tensor cores yet), dk/dv per 16-key block over the query heads of "
+          "its group, dq per 16-row query block, P recomputed from the forward's LSE, deterministic (no atomics); "
+          "head dims Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v << "; " << features(p);
+    *why = os.str();
+  }
+  return true;
+}
+
 }  // namespace flashsdpa::cuda

@@ -1,4 +1,4 @@
-// What each CUDA forward tier serves, host-only (no CUDA types), so the selector and
+// What each CUDA tier serves, host-only (no CUDA types), so the selector and
 // `flashsdpa explain` can tell why a call lands where it does.
 #pragma once
 
@@ -34,6 +34,11 @@ bool fp32_tier_supports(const core::Problem& p, std::string* why);
 // rotated as they load. Every mask and modifier; Dqk, Dv in 1..256. num_splits is ignored: the
 // fp32 tier does not split keys.
 bool fp32_kvcache_supports(const core::Problem& p, std::string* why);
+
+// cuda-bwd: the backward (dq, dk, dv, dsinks) for fp16/bf16/fp32 in fp32 SIMT arithmetic,
+// deterministic. Batched, varlen and dense-cache K/V (the validator refuses paged K/V), every mask
+// and modifier; Dqk, Dv in 1..256. On true, *why says how the call will run.
+bool backward_tier_supports(const core::Problem& p, std::string* why);
 
 // The padded head dim a tier runs a problem with (64, 128 or 256), 0 when none fits.
 int padded_head_dim(const core::Problem& p);

@@ -100,6 +100,19 @@ inline AttnParams device_params(const AttnCase& c, const DeviceMirror& dev) {
   return p;
 }
 
+// c.bwd_params() with every tensor replaced by its device mirror.
+inline AttnBwdParams device_bwd_params(const AttnCase& c, const DeviceMirror& dev, bool deterministic = false) {
+  AttnBwdParams p;
+  p.fwd = device_params(c, dev);
+  p.dout = dev.ref(c.dout);
+  p.dq = dev.ref(c.dq);
+  p.dk = dev.ref(c.dk);
+  p.dv = dev.ref(c.dv);
+  p.dsinks = dev.ref(c.dsinks);
+  p.deterministic = deterministic;
+  return p;
+}
+
 inline ExecContext cuda_context(bool check = false) {
   ExecContext ctx;
   ctx.backend = Backend::kCuda;
@@ -114,6 +127,26 @@ inline std::string run_on_gpu(AttnCase& c, const std::function<void(const AttnPa
   if (!dev.error().empty()) return dev.error();
   const AttnParams params = device_params(c, dev);
   std::string failure = run_and_catch([&] { call(params); });
+  if (failure.empty()) failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
+  if (failure.empty()) failure = dev.copy_back();
+  return failure;
+}
+
+// run_on_gpu for attention_backward: mirrors of c's tensors (out and lse from an earlier forward,
+// poisoned gradients), the backward, and everything copied back; when expected_tier is given,
+// the selector must name that tier.
+inline std::string run_backward_on_gpu(AttnCase& c, bool deterministic, const std::string& expected_tier) {
+  DeviceMirror dev(c.tensors());
+  if (!dev.error().empty()) return dev.error();
+  const AttnBwdParams params = device_bwd_params(c, dev, deterministic);
+  std::string failure = run_and_catch([&] {
+    const ExecContext ctx = cuda_context();
+    if (!expected_tier.empty()) {
+      const Selection sel = explain(params.fwd, Op::kBackward, ctx);
+      if (sel.tier != expected_tier) throw Error("explain chose " + sel.tier + " (expected " + expected_tier + "): " + sel.reason);
+    }
+    attention_backward(params, ctx);
+  });
   if (failure.empty()) failure = cuda_failure(cudaDeviceSynchronize(), "kernel");
   if (failure.empty()) failure = dev.copy_back();
   return failure;
@@ -143,6 +176,15 @@ inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_t
       attention_forward(params, ctx);
     });
   });
+}
+
+// check_backward_run (test_util.h) on the GPU: the CUDA forward writes out and lse, then
+// attention_backward on the tier the selector names (which must be cuda-bwd).
+inline std::string check_backward_cuda(AttnCase& c, bool deterministic = false) {
+  return check_backward_run(
+      c, unchecked_host(),
+      [&] { return run_on_gpu(c, [&](const AttnParams& params) { attention_forward(params, cuda_context()); }); },
+      [&] { return run_backward_on_gpu(c, deterministic, "cuda-bwd"); });
 }
 
 // The tier the selector must name for a case: fp32 runs exact SIMT; fp16/bf16 queries of at most
