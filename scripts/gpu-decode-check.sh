@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# One pass over cuda-decode on a GPU machine: build the decode tests and benchmark, every Decode*
-# test, compute-sanitizer (memcheck and racecheck) on the small Decode*.Sanitize* subset, and the
-# decode bandwidth benchmark against torch SDPA (flash, cuDNN) and a device-to-device copy.
+# One pass over cuda-decode on a GPU machine, for every kernel variant under measurement: build
+# the decode tests and benchmark, every Decode* test (the attention tests are parameterised over
+# the variants: Decode/<Suite>.<Test>/<variant>), the decode bandwidth benchmark of every variant
+# against torch SDPA (flash, cuDNN) and a device-to-device copy, compute-sanitizer (memcheck and
+# racecheck) on the small Decode*.Sanitize* subset (every variant), then per variant per-CTA
+# timelines, forced split counts at B 1 x 32k and B 8 x 8k, and Nsight Compute kernel times.
 # Everything lands in the output folder given as $1 (at most eight files):
 #   build.log  tests.log  sanitizer.log  bench.log  decode.{json,md,png}
+# The steps run in order of importance; past DECODE_CHECK_BUDGET seconds the optional ones
+# (sweeps, timelines, ncu) are skipped, so a run under a wall-clock limit still returns the tests
+# and the benchmark.
 #
 #   scripts/gpu-decode-check.sh OUT_DIR
 # Environment:
@@ -11,6 +17,9 @@
 #   FLASHSDPA_CUDA_GENCODE  nvcc -gencode flags (default: sm_90a only)
 #   DECODE_CHECK_TESTS      gtest filter for the test step (default: Decode*)
 #   DECODE_CHECK_BENCH      1 (default) runs the benchmark; 0 skips it
+#   DECODE_CHECK_VARIANTS   kernel variants, comma-separated, the first one the main table's
+#                           (default: pair,wide,fused,wide_fused; pair is the shipped kernel)
+#   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 # Exit status: non-zero when the build, a test or the sanitizer failed.
 set -u -o pipefail
@@ -21,7 +30,19 @@ out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-decode-gpu}
 gencode=${FLASHSDPA_CUDA_GENCODE:--gencode=arch=compute_90a,code=sm_90a}
+variants=${DECODE_CHECK_VARIANTS:-pair,wide,fused,wide_fused}
+budget=${DECODE_CHECK_BUDGET:-330}
+bench="$build/flashsdpa_decode_bench"
 status=0
+SECONDS=0
+parts=$(mktemp -d)  # per-process logs, merged into $out (which takes at most eight files)
+
+# True while there is time left for an optional step.
+in_budget() {
+  if [ "$SECONDS" -lt "$budget" ]; then return 0; fi
+  echo "skipped (budget of $budget s spent): $1" | tee -a "$out/bench.log"
+  return 1
+}
 
 echo "== build"
 {
@@ -35,40 +56,96 @@ echo "== build"
 } > "$out/build.log" 2>&1 || { echo "BUILD FAILED (see build.log)"; tail -30 "$out/build.log"; exit 1; }
 grep -E "build time|decode.*spill" "$out/build.log" | sort -u | head
 
-echo "== tests"
-"$build/flashsdpa_cuda_tests" --gtest_filter="${DECODE_CHECK_TESTS:-Decode*}" > "$out/tests.log" 2>&1 || status=1
-grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|tests ran|Failure" "$out/tests.log" | head -60
+echo "== tests (variants: $variants) at ${SECONDS} s"
+# The variants' tests run as parallel processes (their float64 references are CPU work; the GPU
+# calls are small), then the rest of Decode*; DECODE_CHECK_TESTS runs one filter instead.
+tests="$build/flashsdpa_cuda_tests"
+if [ -n "${DECODE_CHECK_TESTS:-}" ]; then
+  "$tests" --gtest_filter="$DECODE_CHECK_TESTS" > "$out/tests.log" 2>&1 || status=1
+else
+  pids=()
+  for v in ${variants//,/ }; do
+    "$tests" --gtest_filter="Decode*/$v" > "$parts/tests.$v.log" 2>&1 &
+    pids+=($!)
+  done
+  "$tests" --gtest_filter="Decode*-Decode/*" > "$parts/tests.~other.log" 2>&1 &
+  pids+=($!)
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  cat "$parts"/tests.*.log > "$out/tests.log"
+fi
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure" "$out/tests.log" | head -40
+# Per variant: tests passed and failed (the parameter is the test name's last part).
+for v in ${variants//,/ }; do
+  echo "  $v: $(grep -cE "^\[       OK \].*/$v " "$out/tests.log") ok, $(grep -cE "^\[  FAILED  \].*/$v " "$out/tests.log") failed"
+done
 
-echo "== compute-sanitizer (Decode*.Sanitize*)"
-{
-  for tool in memcheck racecheck; do
+if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
+  echo "== benchmark (variants: $variants) at ${SECONDS} s"
+  PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$bench" --variants "$variants" \
+    --out "$out/${RESULTS_NAME:-decode}" > "$out/bench.log" 2>&1 || { echo "BENCHMARK FAILED"; status=1; }
+fi
+
+echo "== compute-sanitizer (Decode*.Sanitize*, every variant) at ${SECONDS} s"
+# memcheck and racecheck side by side (each serialises its own kernels; neither is timed).
+for tool in memcheck racecheck; do
+  {
     echo "---- $tool"
     compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
       --gtest_filter='Decode*.Sanitize*' 2>&1 || echo "SANITIZER $tool FAILED (exit $?)"
-  done
-} > "$out/sanitizer.log" 2>&1
+  } > "$parts/sanitizer.$tool.log" 2>&1 &
+done
+wait
+cat "$parts/sanitizer.memcheck.log" "$parts/sanitizer.racecheck.log" > "$out/sanitizer.log"
 grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
 grep -q "SANITIZER .* FAILED" "$out/sanitizer.log" && status=1
 
 if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
-  echo "== benchmark"
-  PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$build/flashsdpa_decode_bench" \
-    --out "$out/${RESULTS_NAME:-decode}" > "$out/bench.log" 2>&1 || { echo "BENCHMARK FAILED"; status=1; }
-  # The split heuristic against forced split counts at batch 1 (the shape where splits matter).
-  for splits in 8 16 32 64 128; do
-    "$build/flashsdpa_decode_bench" --splits $splits 1,32768,32,8,128,dense,0 1,8192,64,8,128,dense,0
-  done >> "$out/bench.log" 2>&1
   # Timelines of one call per shape: when CTAs start, get their first chunk, finish; the combine.
-  "$build/flashsdpa_decode_bench" --trace 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0 32,4096,32,8,128,dense,0 \
-    64,16384,32,8,128,dense,0 1,8192,64,8,128,dense,0 1,32768,32,8,128,paged,16 >> "$out/bench.log" 2>&1
-  # Kernel durations and DRAM read rate of one batch-1 call at the clocks of the timed runs (the per-call time above includes
-  # launches and the combine).
+  for v in ${variants//,/ }; do
+    in_budget "timelines $v" || break
+    echo "---- timelines, $v" >> "$out/bench.log"
+    "$bench" --variant "$v" --trace 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0 32,4096,32,8,128,dense,0 \
+      64,16384,32,8,128,dense,0 1,8192,64,8,128,dense,0 1,32768,32,8,128,paged,16 >> "$out/bench.log" 2>&1
+  done
+  # The split heuristic against forced split counts (the wide CTA halves the resident CTAs the
+  # heuristic sees: 16 splits at B 1 x 32k, 2 at B 8 x 8k).
+  for v in ${variants//,/ }; do
+    in_budget "split sweep $v" || break
+    echo "---- forced splits, $v" >> "$out/bench.log"
+    for splits in 2 4 8 16 32 64; do
+      "$bench" --variant "$v" --splits $splits 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0
+    done >> "$out/bench.log" 2>&1
+  done
+  # Kernel durations and DRAM read rate of one batch-1 call at the clocks of the timed runs (the
+  # per-call time above includes launches and the combine).
   if command -v ncu > /dev/null; then
-    echo "---- ncu, batch 1 x 32k dense" >> "$out/bench.log"
-    timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_read.sum.per_second \
-      -k regex:"split_kv|combine" -s 6 -c 4 "$build/flashsdpa_decode_bench" 1,32768,32,8,128,dense,0 \
-      >> "$out/bench.log" 2>&1 || echo "ncu failed" >> "$out/bench.log"
+    for v in ${variants//,/ }; do
+      in_budget "ncu $v" || break
+      echo "---- ncu, batch 1 x 32k dense, $v" >> "$out/bench.log"
+      timeout 60 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_read.sum.per_second \
+        -k regex:"split_kv|combine" -s 6 -c 4 "$bench" --variant "$v" 1,32768,32,8,128,dense,0 \
+        >> "$out/bench.log" 2>&1 || echo "ncu failed ($v)" >> "$out/bench.log"
+    done
   fi
-  tail -75 "$out/bench.log"
+  # The short summary last: the variant comparison table, then timelines and split sweeps.
+  sed -n '/^Every kernel variant/,$p' "$out/${RESULTS_NAME:-decode}.md" 2>/dev/null
+  python3 - "$out/bench.log" <<'PY'
+import json, sys
+sweeps = {}
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    if "trace" in r:
+        print("%-40s ctas %4d first %5.1f loop p10/p50/max %6.1f %6.1f %6.1f end %6.1f combine %6.1f-%6.1f" % (
+            r["trace"], r["ctas"], r["first_chunk_p50"], r["loop_end_p10"], r["loop_end_p50"], r["loop_end_max"],
+            r["end_max"], r["combine_start"], r["combine_end"]))
+    elif r.get("num_splits", 0) > 0:
+        key = (r["variant"], r["batch"], r["seqlen_k"])
+        sweeps.setdefault(key, []).append("%d:%.1f" % (r["num_splits"], r["graph_us"]))
+for (v, b, s), cells in sweeps.items():
+    print("splits (graph us) %-10s B %2d x %5d: %s" % (v, b, s, " ".join(cells)))
+PY
 fi
+echo "total: ${SECONDS} s"
 exit $status

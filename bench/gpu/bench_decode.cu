@@ -7,7 +7,9 @@
 //   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
-// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end).
+// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
+// --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: pair, the
+// shipped kernel and default, wide, fused, wide_fused). Options apply to the shapes after them.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
@@ -134,6 +136,7 @@ struct Shape {
 struct Options {
   int splits = 0;
   bool trace = false;
+  int variant = 0;
 };
 
 double percentile(std::vector<double> v, double q) {
@@ -151,10 +154,10 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   check(cudaMemset(buffer.ptr, 0, buffer.bytes), "trace memset");
   call();  // the previous call of the other cache set, untraced
   check(cudaStreamSynchronize(stream), "trace warm-up");
-  flashsdpa::cuda::DecodeDebug debug;
+  const flashsdpa::cuda::DecodeDebug saved = flashsdpa::cuda::decode_debug();
+  flashsdpa::cuda::DecodeDebug debug = saved;
   debug.trace = static_cast<unsigned long long*>(buffer.ptr);
   debug.trace_capacity = capacity;
-  flashsdpa::cuda::DecodeDebug saved;
   flashsdpa::cuda::decode_set_debug(debug);
   call();
   check(cudaStreamSynchronize(stream), "traced call");
@@ -269,8 +272,9 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const double graph_us = time_graph_us(step, stream, 10);
   if (opt.trace) {
     char label[96];
-    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d", (long long)s.batch, (long long)s.seqlen,
-                  (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0), splits);
+    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d %s", (long long)s.batch,
+                  (long long)s.seqlen, (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0),
+                  splits, flashsdpa::cuda::decode_variant_name(opt.variant));
     trace_call([&] { step(); }, stream, label);
   }
 
@@ -281,11 +285,12 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
-              "\"page_size\": %lld, \"num_splits\": %d, \"us\": %.2f, \"gbps\": %.1f, \"graph_us\": %.2f, "
-              "\"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
+              "\"page_size\": %lld, \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
+              "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
-              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits, us, kv_bytes / us * 1e-3,
-              graph_us, graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits,
+              flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
+              graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
 }
 
@@ -313,6 +318,18 @@ int main(int argc, char** argv) {
       opt.splits = std::atoi(argv[++n]);
     } else if (arg == "--trace") {
       opt.trace = true;
+    } else if (arg == "--variant" && n + 1 < argc) {
+      const std::string name = argv[++n];
+      opt.variant = -1;
+      for (int v = 0; v < flashsdpa::cuda::kDecodeVariants; ++v)
+        if (name == flashsdpa::cuda::decode_variant_name(v)) opt.variant = v;
+      if (opt.variant < 0) {
+        std::fprintf(stderr, "unknown variant '%s'\n", name.c_str());
+        return 2;
+      }
+      flashsdpa::cuda::DecodeDebug debug = flashsdpa::cuda::decode_debug();
+      debug.variant = opt.variant;
+      flashsdpa::cuda::decode_set_debug(debug);
     } else {
       Shape s;
       if (!parse_shape(argv[n], &s)) {

@@ -12,6 +12,10 @@ torch's SDPA has no paged cache: paged rows carry the dense shape's torch number
 backend refuses grouped-query attention (enable_gqa), it runs on K/V expanded to the query heads
 (expansion not timed) and the row says so.
 
+With --variants pair,wide,... flashsdpa runs once per kernel variant (the benchmark's --variant;
+torch's backends once): the first variant fills the main table and the plot, and a second table
+compares every variant's time per shape.
+
     python3 bench/gpu/bench_decode.py --bench build/flashsdpa_decode_bench --out bench/results/DATE-GPU-decode
 """
 import argparse
@@ -122,8 +126,9 @@ def copy_gbps():
     return 2.0 * n / us * 1e-3
 
 
-def run_flashsdpa(bench, shapes):
-    args = [bench] + [f"{b},{s},{hq},{hkv},{hd},{layout},{page}" for (b, s, hq, hkv, hd, layout, page) in shapes]
+def run_flashsdpa(bench, shapes, variant):
+    args = [bench, "--variant", variant] + [f"{b},{s},{hq},{hkv},{hd},{layout},{page}"
+                                             for (b, s, hq, hkv, hd, layout, page) in shapes]
     done = subprocess.run(args, check=True, capture_output=True, text=True)
     rows = {}
     for line in done.stdout.splitlines():
@@ -136,12 +141,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True, help="path of flashsdpa_decode_bench")
     ap.add_argument("--out", required=True, help="output path without extension (.json, .md, .png)")
+    ap.add_argument("--variants", default="pair", help="comma-separated kernel variants, the first one the main table's")
     args = ap.parse_args()
+    variants = args.variants.split(",")
 
     shapes = [(b, s, 32, 8, 128, layout, page) for (b, s) in MAIN_SHAPES for (layout, page) in MAIN_LAYOUTS]
     shapes += [(b, WIDE_SEQLENS[0], 64, 8, 128, layout, page) for b in WIDE_BATCHES for (layout, page) in MAIN_LAYOUTS[:2]]
     shapes += [(b, WIDE_SEQLENS[1], 64, 8, 128, "dense", 0) for b in WIDE_BATCHES]
-    ours = run_flashsdpa(args.bench, shapes)
+    ours = {v: run_flashsdpa(args.bench, shapes, v) for v in variants}
     copy = copy_gbps()
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)")
 
@@ -157,15 +164,16 @@ def main():
     # Primary numbers come from CUDA-graph replays when every backend of the row could be
     # captured (the same method for all), else from eager loops.
     rows = []
-    for shape in shapes:
+    for variant, shape in [(v, shape) for v in variants for shape in shapes]:
         b, s, hq, hkv, hd, layout, page = shape
-        r = ours[shape]
+        r = ours[variant][shape]
         flash_eager, flash_graph, flash_note = peers[(b, s, hq, hkv, hd)]["flash"]
         cudnn_eager, cudnn_graph, cudnn_note = peers[(b, s, hq, hkv, hd)]["cudnn"]
         graphed = r["graph_gbps"] > 0 and all(
             g is not None for g, e in ((flash_graph, flash_eager), (cudnn_graph, cudnn_eager)) if e is not None)
         rows.append({
-            "batch": b, "seqlen_k": s, "hq": hq, "hkv": hkv, "hd": hd, "layout": layout, "page_size": page,
+            "variant": variant, "batch": b, "seqlen_k": s, "hq": hq, "hkv": hkv, "hd": hd, "layout": layout,
+            "page_size": page,
             "flashsdpa_gbps": r["graph_gbps"] if graphed else r["gbps"],
             "torch_flash_gbps": flash_graph if graphed else flash_eager,
             "cudnn_gbps": cudnn_graph if graphed else cudnn_eager,
@@ -188,6 +196,7 @@ def main():
                   "cuda::kvcache, no append), torch SDPA on identically shaped random inputs; GB/s = bytes of K and "
                   "V read / time; copy = (read + write) / time of a 2 GiB device-to-device copy; every backend alternates "
                   "two copies of K/V below 1 GiB so that no call reads the previous one's K/V from L2",
+        "variants": variants,
         "rows": rows,
     }
     with open(args.out + ".json", "w") as f:
@@ -210,7 +219,11 @@ def write_table(meta, path):
         "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us | timing | flashsdpa eager GB/s |",
         "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
-    for r in meta["rows"]:
+    main = [r for r in meta["rows"] if r["variant"] == meta["variants"][0]]
+    if len(meta["variants"]) > 1:
+        lines.insert(2, f"Kernel variant of this table: {meta['variants'][0]} (every variant: the table after it).")
+        lines.insert(3, "")
+    for r in main:
         layout = r["layout"] + (f" {r['page_size']}" if r["layout"] == "paged" else "")
         flash = fmt(r["torch_flash_gbps"]) + (" (expanded)" if r["torch_flash_note"] == "expanded K/V" else "")
         cudnn = fmt(r["cudnn_gbps"]) + (" (expanded)" if r["cudnn_note"] == "expanded K/V" else "")
@@ -221,6 +234,24 @@ def write_table(meta, path):
     lines.append("")
     lines.append(f"Device-to-device copy: {meta['rows'][0]['copy_gbps']:.0f} GB/s (read + write). torch's SDPA has no "
                  "paged cache: its numbers on paged rows are those of the dense shape.")
+    if len(meta["variants"]) > 1:
+        lines += ["", "Every kernel variant: us per call (% of copy, vs cuDNN); the fastest in bold.", "",
+                  "| batch | keys | Hq/Hkv | layout | " + " | ".join(meta["variants"]) + " |",
+                  "| ---: | ---: | ---: | --- | " + " | ".join("---:" for _ in meta["variants"]) + " |"]
+        by_key = {}
+        for r in meta["rows"]:
+            key = (r["batch"], r["seqlen_k"], r["hq"], r["hkv"], r["layout"], r["page_size"])
+            by_key.setdefault(key, {})[r["variant"]] = r
+        for (b, s, hq, hkv, layout, page), per in by_key.items():
+            best = min(per[v]["flashsdpa_us"] for v in meta["variants"])
+            cells = []
+            for v in meta["variants"]:
+                r = per[v]
+                vs = "" if not r["cudnn_gbps"] else f", {r['flashsdpa_gbps'] / r['cudnn_gbps']:.2f}x"
+                cell = f"{r['flashsdpa_us']:.1f} ({100 * r['flashsdpa_gbps'] / r['copy_gbps']:.0f}%{vs})"
+                cells.append(f"**{cell}**" if r["flashsdpa_us"] == best else cell)
+            name = layout + (f" {page}" if layout == "paged" else "")
+            lines.append(f"| {b} | {s} | {hq}/{hkv} | {name} | " + " | ".join(cells) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -233,7 +264,7 @@ def write_plot(meta, path):
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
-    rows = [r for r in meta["rows"] if r["hq"] == 32]
+    rows = [r for r in meta["rows"] if r["hq"] == 32 and r["variant"] == meta["variants"][0]]
     labels = [f"B{r['batch']} S{r['seqlen_k'] // 1024}k\n{r['layout']}{'' if r['layout'] == 'dense' else r['page_size']}"
               for r in rows]
     x = range(len(rows))

@@ -7,17 +7,19 @@
 // is the M of one m16n8k16 tensor-core instruction: decode (Sq = 1) with GQA group 4 or 8 fills
 // 4 or 8 of them, and the padded rows cost no memory traffic.
 //
-// Inside a CTA the key range of the split is cut into chunks of 16 keys; warp w takes chunks w,
-// w + 4, w + 8, ... and runs its own cp.async pipeline (kStages chunks deep, 16-byte copies of
-// whole 16-key K and V chunks into shared memory), its own scores (Q K^T on tensor cores), online
-// softmax and P V accumulation. Warps never wait for each other inside the loop; at the end the
-// four partial (max, sum, O) are merged through shared memory. Paged addressing is resolved once
+// Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 in
+// the wide variant) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async pipeline
+// (kStages chunks deep, 16-byte copies of whole 16-key K and V chunks into shared memory), its
+// own scores (Q K^T on tensor cores), online softmax and P V accumulation. Warps never wait for
+// each other inside the loop; at the end the W partial (max, sum, O) are merged through shared
+// memory in warp order. Paged addressing is resolved once
 // per chunk: lanes 0..15 look up the block table for one key each, and the row offsets travel to
 // the copying lanes by shuffle.
 //
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
 // its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
 // them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
+// In the fused-combine variant the last CTA of a tile's splits merges them instead (same order).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,10 +41,16 @@ namespace {
 
 constexpr int kRows = 16;   // packed query rows per CTA: the M of m16n8k16
 constexpr int kChunk = 16;  // keys per warp step: two n8 score tiles, the K of the P V product
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kThreadsPerRow = kThreads / kRows;  // query-tile load and output: 8 threads per row
-constexpr int kMaxSplits = 128;                   // as flash-attn; the combine gives each split a thread
+constexpr int kMaxSplits = 128;  // as flash-attn; the combine gives each split a thread
+// Warps per attention CTA: 4 (two CTAs per SM at head dim 128), or 8 in the wide variant (one
+// CTA per SM holding the same bytes in flight; docs/perf-log.md, CUDA decode, run 6).
+constexpr int kNarrowWarps = 4;
+constexpr int kWideWarps = 8;
+// The query-tile load and the output give each row kWarps * 32 / kRows threads (8 or 16).
+template <int kWarps>
+constexpr int threads_per_row() {
+  return kWarps * 32 / kRows;
+}
 
 // Shared-memory geometry of one head-dim bucket.
 //
@@ -51,7 +59,8 @@ constexpr int kMaxSplits = 128;                   // as flash-attn; the combine 
 // while it computes the third: 4 warps x 2 x 8 KB = 64 KB per CTA, and the 109 KB CTA leaves room
 // for a second CTA on an SM (228 KB), so ~128 KB per SM is in flight — several times the ~25 KB
 // Little's law asks for at 25 GB/s per SM and ~1 us of loaded latency. Head dim 64 chunks are
-// half the size, so 4 stages; head dim 256 chunks are 16 KB, so 2 stages (one CTA per SM).
+// half the size, so 4 stages; head dim 256 chunks are 16 KB, so 2 stages (one CTA per SM). An
+// 8-warp CTA at head dim 128 is 213 KB: one per SM, the same bytes in flight.
 template <int kHeadDim>
 struct Tile {
   static constexpr int kStages = kHeadDim <= 64 ? 4 : kHeadDim <= 128 ? 3 : 2;
@@ -68,15 +77,22 @@ struct Tile {
   static constexpr int kChunkElems = kChunk * kPitch;
   static constexpr size_t kQBytes = size_t(kRows) * kPitch * 2;
   static constexpr size_t kStageBytes = 2 * size_t(kChunkElems) * 2;  // K and V chunks, 16-bit elements
-  static constexpr size_t kPipelineBytes = size_t(kWarps) * kStages * kStageBytes;
-  static constexpr size_t kMaskBytes = size_t(kWarps) * kStages * sizeof(uint32_t);
-  static constexpr size_t kSmemBytes = kQBytes + kPipelineBytes + kMaskBytes;
-
-  // After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum.
-  static constexpr int kOPitch = kHeadDim + 4;
-  static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (kOPitch + 2) * sizeof(float);
-  static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
+  static constexpr int kOPitch = kHeadDim + 4;  // fp32 O rows of the merge
   static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
+};
+
+// Shared memory of a CTA of kWarps warps: the query tile, each warp's pipeline, the valid-key
+// masks. After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum
+// (the merge), then, in the fused combine, each warp's split weights.
+template <int kHeadDim, int kWarps>
+struct CtaSmem {
+  using Cfg = Tile<kHeadDim>;
+  static constexpr size_t kPipelineBytes = size_t(kWarps) * Cfg::kStages * Cfg::kStageBytes;
+  static constexpr size_t kMaskBytes = size_t(kWarps) * Cfg::kStages * sizeof(uint32_t);
+  static constexpr size_t kBytes = Cfg::kQBytes + kPipelineBytes + kMaskBytes;
+  static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (Cfg::kOPitch + 2) * sizeof(float);
+  static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
+  static_assert(size_t(kWarps) * kMaxSplits * sizeof(float) <= kPipelineBytes, "the combine weights alias the pipeline");
 };
 
 struct Args {
@@ -90,6 +106,7 @@ struct Args {
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   unsigned long long* trace;  // benchmark timeline: per CTA smid, start, first chunk, loop end, end
   int trace_capacity;      // records of 5 words: attention CTAs in the first half, the combine's after
+  unsigned* tile_counters;  // fused combine: per tile, splits done this call (zero between calls); else null
 };
 
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -202,10 +219,11 @@ __device__ __forceinline__ void query_pair(int t, int rotary_dim, bool interleav
 }
 
 // The tile's query rows, as each thread holds them between fetch_query and store_query:
-// kThreadsPerRow threads share a row, each owning whole element pairs (so rotation needs no
+// threads_per_row() threads share a row, each owning whole element pairs (so rotation needs no
 // staging), with the row's rotary factors.
-template <int kHeadDim>
+template <int kHeadDim, int kWarps>
 struct QueryPairs {
+  static constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   static constexpr int kPerThread = kHeadDim / 2 / kThreadsPerRow;
   float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
   bool rotated;  // the row has rotary factors (rotary call, position inside the tables)
@@ -215,9 +233,10 @@ struct QueryPairs {
 // into registers. Called before the first K/V copies: behind them, these few loads would wait
 // for the whole K/V prologue of the SM to arrive. The row's geometry (a division included) is
 // worked out once per thread. Padded rows and dims past Dqk are zeros.
-template <class E, int kHeadDim>
-__device__ QueryPairs<kHeadDim> fetch_query(const Args& a, const CtaWork& w) {
+template <class E, int kHeadDim, int kWarps>
+__device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork& w) {
   using T = typename E::T;
+  constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   const core::Problem& p = a.p;
   const int rotary_dim = a.rotate_q ? static_cast<int>(p.rotary_dim) : 0;
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
@@ -228,7 +247,7 @@ __device__ QueryPairs<kHeadDim> fetch_query(const Args& a, const CtaWork& w) {
   const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
   const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
 
-  QueryPairs<kHeadDim> q;
+  QueryPairs<kHeadDim, kWarps> q;
   q.rotated = table_row >= 0;
 #pragma unroll
   for (int n = 0; n < q.kPerThread; ++n) {
@@ -247,11 +266,12 @@ __device__ QueryPairs<kHeadDim> fetch_query(const Args& a, const CtaWork& w) {
 // Rotates the fetched rows (in fp32, like the reference, then rounded) into shared memory (the
 // 16-bit A operand) and leaves the A fragments in q_frag when they live in registers
 // (Tile::kQInRegisters).
-template <class E, int kHeadDim>
-__device__ void store_query(const Args& a, const QueryPairs<kHeadDim>& q, typename E::T* q_tile,
+template <class E, int kHeadDim, int kWarps>
+__device__ void store_query(const Args& a, const QueryPairs<kHeadDim, kWarps>& q, typename E::T* q_tile,
                             uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4]) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
+  constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   const int rotary_dim = a.rotate_q ? static_cast<int>(a.p.rotary_dim) : 0;
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
 #pragma unroll
@@ -533,14 +553,15 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 
 // ---- output -------------------------------------------------------------------------------------
 
-// Merges the four warps' states through shared memory and writes out = O / Z and lse, with the
+// Merges the warps' states through shared memory and writes out = O / Z and lse, with the
 // sink in Z when the call has sinks — only when this CTA is the whole row: with splits it writes
 // the split's partials, and the combine adds the sink once.
-template <class E, int kHeadDim>
+template <class E, int kHeadDim, int kWarps>
 __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
                                 int warp) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
+  constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   const core::Problem& p = a.p;
   float* o_all = merge;                                         // [kWarps][kRows][kOPitch]
   float* max_all = merge + kWarps * kRows * Cfg::kOPitch;       // [kWarps][kRows]
@@ -603,12 +624,123 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   }
 }
 
+// ---- fused combine (variant kDecodeFusedCombine) -------------------------------------------------
+
+// True in every thread of the CTA that is the last of its tile's splits to finish; that CTA then
+// sees every split's partials (the threadfence-reduction pattern). The last CTA puts the counter
+// back to zero: the next kernel on the stream waits for this grid to finish before it touches
+// the counters (griddepcontrol.wait first thing), so no call has to clear them.
+__device__ bool last_split_of_tile(const Args& a, uint32_t* flag) {
+  __threadfence();  // this CTA's partials are visible device-wide before it counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool last = atomicAdd(a.tile_counters + blockIdx.x, 1u) + 1 == gridDim.y;
+    if (last) atomicExch(a.tile_counters + blockIdx.x, 0u);
+    *flag = last;
+  }
+  __syncthreads();
+  const bool last = *flag != 0;
+  if (last) __threadfence();
+  return last;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+constexpr int kFusedBatch = 16;  // partial rows per lane in flight at once
+
+// The last CTA of a tile merges the tile's rows over the splits, one warp per row: the lse of
+// every split (lanes over splits) and their weights, then the partial rows as float4 columns
+// (lanes over columns) with kFusedBatch splits in flight, added in split order — the arithmetic
+// of combine_splits_kernel in a fixed order, so the result does not depend on which CTA ends
+// last. Partials are read from L2 (__ldcg): other SMs wrote them.
+template <class E, int kHeadDim, int kWarps>
+__device__ void combine_tile(const Args& a, const CtaWork& w, float* weights_all, int lane, int warp) {
+  using T = typename E::T;
+  constexpr int kColumns = kHeadDim / 4;
+  const core::Problem& p = a.p;
+  const int n = a.num_splits;
+  float* weights = weights_all + warp * kMaxSplits;  // this warp's [kMaxSplits]
+  const uint32_t group = static_cast<uint32_t>(p.group);
+#pragma unroll 1
+  for (int row = warp; row < kRows; row += kWarps) {
+    const int64_t packed = w.row0 + row;
+    if (packed >= w.packed_rows) break;
+    const uint32_t row_i = static_cast<uint32_t>(packed) / group;
+    const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
+    const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
+    // Split s of the row: its lse at lse_row[s * split_stride], its partial row at
+    // out_row + s * split_stride * kHeadDim.
+    const int64_t split_stride = a.q_rows * p.heads_q;
+    const float* lse_row = a.partial_lse + r * p.heads_q + h;
+    const float4* out_row = reinterpret_cast<const float4*>(a.partial_out + (r * p.heads_q + h) * kHeadDim);
+
+    core::SoftmaxRow<float> total;
+    float m = -INFINITY;
+#pragma unroll 1
+    for (int s = lane; s < n; s += 32) {
+      const float lse = __ldcg(lse_row + s * split_stride);
+      weights[s] = lse;
+      m = fmaxf(m, lse);
+    }
+    total.max = warp_max(m);
+    float z = 0.0f;
+#pragma unroll 1
+    for (int s = lane; s < n; s += 32) {
+      const float lse = weights[s];
+      weights[s] = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty split weighs 0
+      z += weights[s];
+    }
+    total.sum = warp_sum(z);
+    __syncwarp();  // every lane's weights are written
+    const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
+    const float scale = sink_factor * total.inv_sum();
+    T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, w.s, w.b, i, h);
+#pragma unroll 1
+    for (int c0 = 0; c0 < kColumns; c0 += 32) {
+      const int column = c0 + lane;
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 1
+      for (int first = 0; first < n; first += kFusedBatch) {
+        float4 o[kFusedBatch];
+#pragma unroll
+        for (int u = 0; u < kFusedBatch; ++u)
+          o[u] = first + u < n && column < kColumns ? __ldcg(out_row + (first + u) * split_stride * (kHeadDim / 4) + column)
+                                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int u = 0; u < kFusedBatch; ++u) {
+          if (first + u >= n) break;
+          const float ws = weights[first + u];
+          acc.x += ws * o[u].x;
+          acc.y += ws * o[u].y;
+          acc.z += ws * o[u].z;
+          acc.w += ws * o[u].w;
+        }
+      }
+      const float values[4] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (column < kColumns && 4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
+    }
+    if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
+    __syncwarp();  // the weights are read before the next row overwrites them
+  }
+}
+
 // ---- the kernels --------------------------------------------------------------------------------
 
 // Programmatic dependent launch (sm_90): each kernel of a decode call is launched while the one
 // before it is still running and waits on the device before reading anything, which hides the
 // launch latency (a few us, several percent of a 50 us decode step). The attention kernel lets
-// the combine launch once its main loop is done. Elsewhere these are no-ops and launches
+// the combine (or the next call) launch once its main loop is done. Elsewhere these are no-ops and launches
 // serialise as usual.
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -621,10 +753,13 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #endif
 }
 
-template <class E, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args a) {
+// kFused: the fused-combine variant's instantiation (its last CTA per tile merges the splits when
+// a.tile_counters is set); the shipped kernel has no trace of it.
+template <class E, int kHeadDim, int kWarps, bool kFused>
+__global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
+  using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
   unsigned long long t_first = 0;
@@ -634,7 +769,7 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);
   unsigned char* pipeline = smem + Cfg::kQBytes;
-  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Cfg::kPipelineBytes);
+  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Smem::kPipelineBytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
@@ -653,7 +788,7 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
 
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
   // the query does not queue behind the chunks.
-  const QueryPairs<kHeadDim> query = fetch_query<E, kHeadDim>(a, w);
+  const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
   const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
   const CommonKeys common = common_keys(rows);
   uint32_t q_frag[Cfg::kQFragments][4];
@@ -671,7 +806,7 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
     if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
     cp_async_commit();
     if (n < 0) {
-      if (n == -1) store_query<E, kHeadDim>(a, query, q_tile, q_frag);
+      if (n == -1) store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
       continue;
     }
     cp_async_wait<Cfg::kStages - 1>();
@@ -688,7 +823,22 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
   allow_dependent_launch();
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
-  merge_and_store<E, kHeadDim>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
+  merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
+  if constexpr (kFused) {
+    if (a.tile_counters != nullptr && last_split_of_tile(a, valid_masks)) {  // the merge area is free again
+      const unsigned long long t_combine = a.trace != nullptr ? global_ns() : 0;
+      combine_tile<E, kHeadDim, kWarps>(a, w, reinterpret_cast<float*>(pipeline), lane, warp);
+      if (a.trace != nullptr) {
+        __syncthreads();
+        // The combine's records (second half of the buffer): one (start, end) per tile.
+        const int64_t first = 5 * int64_t(a.trace_capacity / 2);
+        if (threadIdx.x == 0 && first + 2 * int64_t(blockIdx.x) + 1 < 5 * int64_t(a.trace_capacity)) {
+          a.trace[first + 2 * blockIdx.x] = t_combine;
+          a.trace[first + 2 * blockIdx.x + 1] = global_ns();
+        }
+      }
+    }
+  }
   if (a.trace != nullptr && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
@@ -709,6 +859,8 @@ __global__ void __launch_bounds__(kThreads) split_kv_attention_kernel(const Args
 // rows as float4 columns by groups of threads — and pays about one memory latency, not one per
 // split. Reductions run in a fixed order: the result does not depend on timing.
 constexpr int kCombineBatch = 8;  // partial rows per thread in flight at once
+constexpr int kCombineWarps = 4;
+constexpr int kCombineThreads = kCombineWarps * 32;
 
 template <typename T>
 __device__ float block_reduce(float x, float* scratch, T op) {
@@ -718,20 +870,20 @@ __device__ float block_reduce(float x, float* scratch, T op) {
   __syncthreads();
   float total = scratch[0];
 #pragma unroll
-  for (int k = 1; k < kWarps; ++k) total = op(total, scratch[k]);
+  for (int k = 1; k < kCombineWarps; ++k) total = op(total, scratch[k]);
   __syncthreads();
   return total;
 }
 
 template <class E, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Args a) {
+__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const Args a) {
   using T = typename E::T;
   constexpr int kColumns = kHeadDim / 4;         // float4 columns of a partial row
-  constexpr int kGroups = kThreads / kColumns;   // threads per column, each taking every kGroups-th split
-  static_assert(kGroups * kColumns == kThreads && kMaxSplits <= kThreads, "combine layout");
+  constexpr int kGroups = kCombineThreads / kColumns;  // threads per column, each taking every kGroups-th split
+  static_assert(kGroups * kColumns == kCombineThreads && kMaxSplits <= kCombineThreads, "combine layout");
   __shared__ float weight[kMaxSplits];
   __shared__ float4 columns[kGroups][kColumns];
-  __shared__ float scratch[kWarps];
+  __shared__ float scratch[kCombineWarps];
 
   const core::Problem& p = a.p;
   const int64_t b = blockIdx.y;
@@ -815,26 +967,58 @@ int current_device() {
   return device;
 }
 
-// CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM).
-// Also raises the kernel's dynamic shared-memory limit, once per device.
-template <class E, int kHeadDim>
+// CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM), or
+// 0 when its shared memory exceeds what a CTA may have on this device (the 8-warp CTA off
+// Hopper). Also raises the kernel's dynamic shared-memory limit, once per device.
+template <class E, int kHeadDim, int kWarps, bool kFused>
 int resident_ctas(int device) {
   static std::mutex mutex;
   static int resident[kMaxDevices] = {};
   std::lock_guard<std::mutex> lock(mutex);
   if (resident[device] == 0) {
-    const int smem = static_cast<int>(Tile<kHeadDim>::kSmemBytes);
-    check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "cudaFuncSetAttribute");
-    int per_sm = 0, sms = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim>,
-                                                             kThreads, smem),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    resident[device] = std::max(per_sm, 1) * std::max(sms, 1);
+    const int smem = static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes);
+    int smem_limit = 0;
+    check_cuda(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    if (smem > smem_limit) {
+      resident[device] = -1;
+    } else {
+      check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                 "cudaFuncSetAttribute");
+      int per_sm = 0, sms = 0;
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>,
+                                                               kWarps * 32, smem),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+      resident[device] = std::max(per_sm, 1) * std::max(sms, 1);
+    }
   }
-  return resident[device];
+  return std::max(resident[device], 0);
+}
+
+// The fused combine's per-tile counters (variant kDecodeFusedCombine): zero between calls, since
+// the last CTA of every tile resets its own. Allocated and cleared once per device, on the
+// caller's stream and outside stream capture (nullptr while capturing before the first eager
+// call: that call runs the combine kernel). Calls running concurrently on two streams would share
+// them: this variant must not ship as it is.
+constexpr int64_t kCounterSlots = int64_t{1} << 16;
+
+unsigned* tile_counters(int device, cudaStream_t stream) {
+  static std::mutex mutex;
+  static unsigned* counters[kMaxDevices] = {};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counters[device] == nullptr) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+    if (capture != cudaStreamCaptureStatusNone) return nullptr;
+    void* buffer = nullptr;
+    check_cuda(cudaMalloc(&buffer, kCounterSlots * sizeof(unsigned)), "cudaMalloc");
+    check_cuda(cudaMemsetAsync(buffer, 0, kCounterSlots * sizeof(unsigned), stream), "cudaMemsetAsync");
+    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    counters[device] = static_cast<unsigned*>(buffer);
+  }
+  return counters[device];
 }
 
 // Split scratch comes from a stream-ordered pool of its own that keeps freed memory (a decode
@@ -882,14 +1066,14 @@ int choose_splits(int64_t work, int64_t max_keys, int resident) {
 // Launches with programmatic dependent launch: the kernel may start while the previous one on
 // the stream drains and waits for it on the device (griddepcontrol.wait), which hides the
 // launch latency between the steps of a decode call.
-void launch_overlapped(void (*kernel)(Args), dim3 grid, size_t smem, cudaStream_t stream, const Args& a,
+void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream, const Args& a,
                        const char* what) {
   cudaLaunchAttribute overlap[1];
   overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(threads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = overlap;
@@ -899,9 +1083,8 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, size_t smem, cudaStream_
 
 DecodeDebug g_debug;
 
-template <class E, int kHeadDim>
+template <class E, int kHeadDim, int kWarps, bool kFused>
 void launch_attention(const core::Problem& p, cudaStream_t stream) {
-  using Cfg = Tile<kHeadDim>;
   Args a{};
   a.p = p;
   a.trace = g_debug.trace;
@@ -919,7 +1102,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 
   const int device = current_device();
   const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
-  const int resident = resident_ctas<E, kHeadDim>(device);  // also raises the shared-memory limit
+  const int resident = resident_ctas<E, kHeadDim, kWarps, kFused>(device);  // also raises the shared-memory limit
   int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
   // At most kMaxSplits (as flash-attn), and no more than there are 16-key chunks.
   splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
@@ -934,22 +1117,47 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
     a.partial_lse = a.partial_out + slots * kHeadDim;
   }
 
+  if (kFused && splits > 1 && work <= kCounterSlots) a.tile_counters = tile_counters(device, stream);
+
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(split_kv_attention_kernel<E, kHeadDim>, grid, Cfg::kSmemBytes, stream, a,
-                    "split_kv_attention_kernel launch");
+  launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>, grid, kWarps * 32,
+                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
-    const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
-    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, 0, stream, a, "combine_splits_kernel launch");
+    if (a.tile_counters == nullptr) {
+      const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
+      launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineThreads, 0, stream, a,
+                        "combine_splits_kernel launch");
+    }
     check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
   }
+}
+
+// The variants under measurement exist at head dim 128 (the issue's shapes) only, so they cost
+// 6 instantiations, not 18; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
+// where it fits the device's shared memory (Hopper), the 4-warp CTA otherwise.
+template <class E, int kHeadDim>
+void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
+  if constexpr (kHeadDim == 128) {
+    const bool fused = (g_debug.variant & kDecodeFusedCombine) != 0;
+    if ((g_debug.variant & kDecodeWide) && resident_ctas<E, kHeadDim, kWideWarps, false>(current_device()) > 0) {
+      if (fused) launch_attention<E, kHeadDim, kWideWarps, true>(p, stream);
+      else launch_attention<E, kHeadDim, kWideWarps, false>(p, stream);
+      return;
+    }
+    if (fused) {
+      launch_attention<E, kHeadDim, kNarrowWarps, true>(p, stream);
+      return;
+    }
+  }
+  launch_attention<E, kHeadDim, kNarrowWarps, false>(p, stream);
 }
 
 template <class E>
 void launch_for_head_dim(const core::Problem& p, cudaStream_t stream) {
   const int64_t d = std::max(p.head_dim_qk, p.head_dim_v);
-  if (d <= 64) launch_attention<E, 64>(p, stream);
-  else if (d <= 128) launch_attention<E, 128>(p, stream);
-  else launch_attention<E, 256>(p, stream);
+  if (d <= 64) launch_for_variant<E, 64>(p, stream);
+  else if (d <= 128) launch_for_variant<E, 128>(p, stream);
+  else launch_for_variant<E, 256>(p, stream);
 }
 
 void attend(const core::Problem& p, cudaStream_t stream) {
@@ -974,6 +1182,7 @@ void decode_kvcache(const core::Problem& p, void* stream) {
 }
 
 void decode_set_debug(const DecodeDebug& debug) { decode::g_debug = debug; }
+DecodeDebug decode_debug() { return decode::g_debug; }
 
 void decode_forward(const core::Problem& p, void* stream) {
   decode::require_served(p, false);

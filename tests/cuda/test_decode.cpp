@@ -11,6 +11,10 @@
 // paged_kv_write), so these tests do not depend on how the selector routes calls; the tier is
 // cuda-decode for fp16/bf16 and cuda-fp32 for fp32 (kvcache_tier). Tests named Sanitize* are
 // small and also run under compute-sanitizer (scripts/gpu-decode-check.sh).
+//
+// The attention tests (DecodeKvcache, DecodeSafety, DecodeForward) run once per kernel variant
+// (cuda::decode_variant_name: the shipped kernel and those under measurement), named
+// Decode/<Suite>.<Test>/<variant>.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,6 +38,22 @@ const std::vector<DType> kFp32 = {DType::kFloat32};
 core::Tier kvcache_tier(DType dtype) {
   return dtype == DType::kFloat32 ? core::Tier::kCudaFp32 : core::Tier::kCudaDecode;
 }
+
+// Selects the kernel variant of the test's parameter through the tier's test hook.
+class DecodeVariantTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    cuda::DecodeDebug debug;
+    debug.variant = GetParam();
+    cuda::decode_set_debug(debug);
+  }
+  void TearDown() override { cuda::decode_set_debug(cuda::DecodeDebug{}); }
+};
+class DecodeKvcache : public DecodeVariantTest {};
+class DecodeSafety : public DecodeVariantTest {};
+class DecodeForward : public DecodeVariantTest {};
+
+std::string variant_name(const ::testing::TestParamInfo<int>& info) { return cuda::decode_variant_name(info.param); }
 
 core::ValidateOptions device_options(bool checked) {
   core::ValidateOptions options;
@@ -101,12 +121,12 @@ void expect_kvcache_passes(AttnConfig c, const std::vector<Layout>& layouts = {L
 
 // ---- attention_kvcache --------------------------------------------------------------------------
 
-TEST(DecodeKvcache, PlainDecodeWithEmptySequence) {
+TEST_P(DecodeKvcache, PlainDecodeWithEmptySequence) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   expect_kvcache_passes(decode_config(Layout::kDenseCache, DType::kBFloat16));
 }
 
-TEST(DecodeKvcache, AppendWithRotary) {
+TEST_P(DecodeKvcache, AppendWithRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 10;
   for (bool interleaved : {true, false}) {
@@ -125,7 +145,7 @@ TEST(DecodeKvcache, AppendWithRotary) {
   }
 }
 
-TEST(DecodeKvcache, SpeculativeRowsWithWindowAndWideGroups) {
+TEST_P(DecodeKvcache, SpeculativeRowsWithWindowAndWideGroups) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
   c.heads_q = 16;  // group 8: 5 query rows x 8 heads = 40 packed rows, three query tiles
@@ -143,7 +163,7 @@ TEST(DecodeKvcache, SpeculativeRowsWithWindowAndWideGroups) {
   expect_kvcache_passes(c);
 }
 
-TEST(DecodeKvcache, ModifiersSinksLeftpad) {
+TEST_P(DecodeKvcache, ModifiersSinksLeftpad) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
   c.seqlen_q = c.seqlen_new = 2;
@@ -163,7 +183,7 @@ TEST(DecodeKvcache, ModifiersSinksLeftpad) {
   expect_kvcache_passes(c);
 }
 
-TEST(DecodeKvcache, CacheBatchIdx) {
+TEST_P(DecodeKvcache, CacheBatchIdx) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
   c.cache_batch_idx = true;
@@ -174,7 +194,7 @@ TEST(DecodeKvcache, CacheBatchIdx) {
   expect_kvcache_passes(c, {Layout::kDenseCache});
 }
 
-TEST(DecodeKvcache, HeadDims) {
+TEST_P(DecodeKvcache, HeadDims) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {256, 256}, {59, 59}, {40, 40},
                                                          {111, 111}, {72, 40}, {128, 64}, {1, 3}};
@@ -192,7 +212,7 @@ TEST(DecodeKvcache, HeadDims) {
   }
 }
 
-TEST(DecodeKvcache, PagedBlockSizes) {
+TEST_P(DecodeKvcache, PagedBlockSizes) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int64_t block_size : {1, 5, 16, 256}) {
     AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
@@ -206,7 +226,7 @@ TEST(DecodeKvcache, PagedBlockSizes) {
   }
 }
 
-TEST(DecodeKvcache, PaddedStridesAndExtremeLogits) {
+TEST_P(DecodeKvcache, PaddedStridesAndExtremeLogits) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat16);
   c.padded_strides = true;  // rows not 16-byte aligned: the element-load path
@@ -218,7 +238,7 @@ TEST(DecodeKvcache, PaddedStridesAndExtremeLogits) {
   expect_kvcache_passes(c);
 }
 
-TEST(DecodeKvcache, MultiQueryAndNoLse) {
+TEST_P(DecodeKvcache, MultiQueryAndNoLse) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat16);
   c.heads_q = 32;
@@ -228,7 +248,7 @@ TEST(DecodeKvcache, MultiQueryAndNoLse) {
 }
 
 // One split and many must both pass the SPEC rule on the same inputs.
-TEST(DecodeKvcache, SplitCountsAgree) {
+TEST_P(DecodeKvcache, SplitCountsAgree) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int splits : {1, 2, 7, 64, 0}) {
     AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
@@ -241,7 +261,7 @@ TEST(DecodeKvcache, SplitCountsAgree) {
 }
 
 // Random configurations over everything at once.
-TEST(DecodeKvcache, SampledGrid) {
+TEST_P(DecodeKvcache, SampledGrid) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int n = 0; n < 48; ++n) {
     Rng rng(0xdec0de00u + n);
@@ -284,7 +304,7 @@ TEST(DecodeKvcache, SampledGrid) {
 // The same logical cache, dense and paged (block sizes 16 and 7), gives bit-identical results on
 // both KV-cache tiers: chunks (cuda-decode) and key tiles (cuda-fp32) are logical key ranges, so
 // only the addressing differs.
-TEST(DecodeKvcache, PagedEqualsDenseBitForBit) {
+TEST_P(DecodeKvcache, PagedEqualsDenseBitForBit) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int64_t block_size : {16, 7}) {
     for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {  // cuda-decode and cuda-fp32
@@ -326,6 +346,35 @@ TEST(DecodeKvcache, PagedEqualsDenseBitForBit) {
   }
 }
 
+// Repeated calls give the same bits: every reduction has a fixed order, whichever CTA of a tile
+// finishes first or last (in the fused-combine variant the last one merges the splits). Also
+// catches combine counters not back at zero after a call: the next call would merge too early
+// or never, and fail the SPEC rule.
+TEST_P(DecodeKvcache, RepeatsBitForBit) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+  c.cache_capacity = 2000;
+  c.cache_seqlens = {1990, 1, 1300};
+  c.seqlen_q = c.seqlen_new = 5;  // group 4: two query tiles per (sequence, kv head)
+  c.causal = true;
+  c.sinks = true;
+  for (int splits : {16, 0}) {
+    c.num_splits = splits;
+    std::vector<uint8_t> first_out, first_lse;
+    for (int run = 0; run < 3; ++run) {
+      AttnCase a(c);
+      ASSERT_EQ(check_kvcache_gpu(a), "") << c.describe() << ", run " << run;
+      if (run == 0) {
+        first_out = a.out.guarded_bytes();
+        first_lse = a.lse.guarded_bytes();
+      } else {
+        EXPECT_EQ(a.out.guarded_bytes(), first_out) << c.describe() << ": out differs in run " << run;
+        EXPECT_EQ(a.lse.guarded_bytes(), first_lse) << c.describe() << ": lse differs in run " << run;
+      }
+    }
+  }
+}
+
 // Sets every element of logical key j of sequence b (all kv heads) in K, V or both to NaN.
 void poison_key(AttnCase& a, int64_t b, int64_t j, bool k, bool v) {
   const AttnConfig& c = a.config;
@@ -347,7 +396,7 @@ void poison_key(AttnCase& a, int64_t b, int64_t j, bool k, bool v) {
 // window, past the cache length, and keys that some rows of a 16-row tile see and others mask
 // (a window's first key, a causal key near the end) — those share a chunk with allowed keys.
 // Rows that see a NaN key must be NaN, every other row finite and within the SPEC rule.
-TEST(DecodeKvcache, MaskedNaNKeysReachNoRow) {
+TEST_P(DecodeKvcache, MaskedNaNKeysReachNoRow) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
     for (DType dtype : kHalfTypes) {
@@ -416,7 +465,7 @@ AttnCase bad_index_case(DType dtype, Layout layout, uint64_t seed) {
   return a;
 }
 
-TEST(DecodeSafety, SanitizeBadIndicesReadAndWriteNothing) {
+TEST_P(DecodeSafety, SanitizeBadIndicesReadAndWriteNothing) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
     AttnCase a = bad_index_case(DType::kFloat16, layout, 77);
@@ -424,7 +473,7 @@ TEST(DecodeSafety, SanitizeBadIndicesReadAndWriteNothing) {
   }
 }
 
-TEST(DecodeSafety, CheckedModeRaisesAndWritesNothing) {
+TEST_P(DecodeSafety, CheckedModeRaisesAndWritesNothing) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
     AttnCase a = bad_index_case(DType::kBFloat16, layout, 78);
@@ -449,7 +498,7 @@ TEST(DecodeSafety, CheckedModeRaisesAndWritesNothing) {
   }
 }
 
-TEST(DecodeKvcache, SanitizeBasic) {
+TEST_P(DecodeKvcache, SanitizeBasic) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
   c.cache_capacity = 300;
@@ -872,7 +921,7 @@ TEST(DecodeKvWrite, SanitizeBadIndicesWriteNothing) {
 
 // ---- forward: continuous batching and short queries ----------------------------------------------
 
-TEST(DecodeForward, VarlenQueriesOverPagedCache) {
+TEST_P(DecodeForward, VarlenQueriesOverPagedCache) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 200;
   for (int64_t block_size : {16, 256, 3}) {
@@ -896,7 +945,7 @@ TEST(DecodeForward, VarlenQueriesOverPagedCache) {
   }
 }
 
-TEST(DecodeForward, ShortBatchedQueries) {
+TEST_P(DecodeForward, ShortBatchedQueries) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (DType dtype : kHalfTypes) {
     AttnConfig c;
@@ -934,6 +983,10 @@ TEST(DecodeTier, SupportsSaysWhy) {
   p.seqlen_q = 1000;
   EXPECT_FALSE(cuda::decode_tier_supports(p, false, &why));
 }
+
+INSTANTIATE_TEST_SUITE_P(Decode, DecodeKvcache, ::testing::Range(0, cuda::kDecodeVariants), variant_name);
+INSTANTIATE_TEST_SUITE_P(Decode, DecodeSafety, ::testing::Range(0, cuda::kDecodeVariants), variant_name);
+INSTANTIATE_TEST_SUITE_P(Decode, DecodeForward, ::testing::Range(0, cuda::kDecodeVariants), variant_name);
 
 }  // namespace
 }  // namespace flashsdpa::test
