@@ -13,6 +13,7 @@
 #   GPU_CHECK_BENCH         full (default: flashsdpa and torch's backends) | flashsdpa | none
 #   GPU_CHECK_FLEX          1 (default) times compiled FlexAttention too; 0 skips it
 #   GPU_CHECK_FLEX_BUDGET   seconds of the torch benchmark after which FlexAttention is skipped
+#   GPU_CHECK_SHARDS        parallel test processes (default: half the cores)
 #   GPU_CHECK_TESTS         gtest filter for the test step (default: all, then CudaForward* again
 #                           with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80; "-" skips the tests)
 #   GPU_CHECK_SANITIZER     0 skips compute-sanitizer
@@ -50,32 +51,56 @@ grep -E "build time|spill" "$out/build.log" | sort -u | head -20
 # (cuda-wgmma-sm90 on compute capability 9.0) and once forced onto cuda-mma-sm80, so both stay tested.
 mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80)
 
+# The GPU tests spend most of their time in the float64 reference on the CPU, so they run as
+# parallel gtest shards (one process each, sharing the GPU); in one process the suite took over
+# 4 minutes on the H100 machine.
+shards=${GPU_CHECK_SHARDS:-$(( jobs / 2 > 1 ? jobs / 2 : 1 ))}
+run_sharded() {  # label, then the command; logs concatenated in shard order on stdout
+  local label=$1 dir i failed=0
+  shift
+  dir=$(mktemp -d)
+  local pids=()
+  for ((i = 0; i < shards; i++)); do
+    GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i "$@" > "$dir/$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed=1; done
+  for ((i = 0; i < shards; i++)); do echo "==== shard $i of $shards ($label)"; cat "$dir/$i.log"; done
+  rm -rf "$dir"
+  [ $failed = 0 ] || echo "TESTS FAILED ($label)"
+}
+
 if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
-  echo "== GPU tests"
+  echo "== GPU tests ($shards shards)"
   {
-    "$build/flashsdpa_cuda_tests" --gtest_filter="${GPU_CHECK_TESTS:-*}" || echo "TESTS FAILED (as selected)"
-    echo "==== again with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80"
+    run_sharded "as selected" "$build/flashsdpa_cuda_tests" --gtest_filter="${GPU_CHECK_TESTS:-*}"
     mma_filter=${GPU_CHECK_TESTS:-CudaForward*}
     [ "$mma_filter" = "*" ] && mma_filter='CudaForward*'
-    "${mma_pass[@]}" "$build/flashsdpa_cuda_tests" --gtest_filter="$mma_filter" || echo "TESTS FAILED (cuda-mma-sm80)"
+    run_sharded "cuda-mma-sm80" "${mma_pass[@]}" "$build/flashsdpa_cuda_tests" --gtest_filter="$mma_filter"
   } > "$out/tests.log" 2>&1
   grep -q "TESTS FAILED" "$out/tests.log" && status=1
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure|error|^====|TESTS FAILED" "$out/tests.log" | head -60
+  echo "  passed: $(grep -c '^\[       OK \]' "$out/tests.log"), failed: $(grep -c '^\[  FAILED  \] .*(' "$out/tests.log")"
+  grep -E "^\[  FAILED  \] .*\(|Failure|TESTS FAILED" "$out/tests.log" | head -40
 fi
 
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
   echo "== compute-sanitizer (CudaForward.Sanitize*, CudaBackward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
-  {
-    for pass in selected mma; do
-      runner=()
-      [ "$pass" = mma ] && runner=("${mma_pass[@]}")
-      for tool in memcheck racecheck; do
+  # The four runs side by side (each serialises its own kernels; none is timed).
+  san_dir=$(mktemp -d)
+  for pass in selected mma; do
+    runner=()
+    [ "$pass" = mma ] && runner=("${mma_pass[@]}")
+    for tool in memcheck racecheck; do
+      {
         echo "---- $tool ($pass)"
         "${runner[@]}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
           --gtest_filter='CudaForward.Sanitize*:CudaBackward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
-      done
+      } > "$san_dir/$pass.$tool.log" 2>&1 &
     done
-  } > "$out/sanitizer.log" 2>&1
+  done
+  wait
+  cat "$san_dir"/*.log > "$out/sanitizer.log"
+  rm -rf "$san_dir"
   grep -E "^---- |ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
   grep -q "SANITIZER .* FAILED" "$out/sanitizer.log" && status=1
 fi
