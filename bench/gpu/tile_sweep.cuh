@@ -13,15 +13,6 @@
 
 namespace flashsdpa::bench {
 
-// The L2 cache budget of one longest-first group (block_order.h), as a fraction of the L2 size:
-// the backend uses 1.0; the sweep times others on the built shapes.
-inline double l2_bytes() {
-  int device = 0, bytes = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device);
-  return bytes;
-}
-
 // order_groups < 0: the backend's choice (the L2 size per group); otherwise as given.
 template <class Tile>
 void sweep_one(const core::Problem& p, const char* name, double flop, int iters, int64_t order_groups = -1) {

@@ -12,6 +12,15 @@
 
 namespace flashsdpa::bench {
 
+// The L2 cache budget of one longest-first group (block_order.h), as a fraction of the L2 size:
+// the backend uses 1.0; the sweep times others on the built shapes.
+inline double l2_bytes() {
+  int device = 0, bytes = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device);
+  return bytes;
+}
+
 // Median milliseconds of `iters` launches (CUDA events around each), after `warmups` untimed ones.
 template <class Launch>
 double median_ms(Launch&& launch, int warmups, int iters) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/block_order.h"
 #include "cuda/forward_fp32.cuh"
 #include "tile_sweep.h"
 
@@ -33,7 +34,7 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
   cuda::Fp32Args args;
   args.p = p;
   args.vector_io = true;
-  args.reverse_tiles = p.window_right >= 0;
+  args.order_groups = p.window_right >= 0 ? cuda::longest_first_groups(p, l2_bytes()) : 0;
   const double median = median_ms([&] { cuda::launch_fp32_tile<Tile>(args, nullptr); }, 2, iters);
   // Contiguous out of the benchmark's problems: batch x seqlen x heads x Dv floats.
   std::vector<float> out(static_cast<size_t>(p.batch * p.seqlen_q * p.heads_q * p.head_dim_v));

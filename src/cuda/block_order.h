@@ -69,4 +69,21 @@ inline int64_t longest_first_groups(const core::Problem& p, double l2_budget) {
   return static_cast<double>(g) < groups ? g + 1 : g;
 }
 
+// Blocks a grid may hold for longest_first_work's 32-bit count; beyond that the natural order.
+inline bool fits_block_order(int64_t tiles, int64_t heads, int64_t batch) {
+  return static_cast<double>(tiles) * static_cast<double>(heads) * static_cast<double>(batch) < 4294967296.0;
+}
+
+#ifdef __CUDACC__
+// The work item of the calling block of a (query tiles, heads, sequences) grid: the grid's
+// natural order when order_groups is 0 (masks under which every tile does the same work), else
+// longest first in that many groups.
+__device__ __forceinline__ BlockWork this_block_work(int64_t order_groups) {
+  if (order_groups == 0) return BlockWork{blockIdx.x, blockIdx.y, blockIdx.z};
+  return longest_first_work(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y,
+                            gridDim.z, static_cast<uint32_t>(order_groups));
+}
+
+#endif
+
 }  // namespace flashsdpa::cuda

@@ -23,11 +23,11 @@ using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
 }  // namespace
 
-void launch_fp32_forward(const core::Problem& p, bool vector_io, cudaStream_t stream) {
+void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_groups, cudaStream_t stream) {
   Fp32Args args;
   args.p = p;
   args.vector_io = vector_io;
-  args.reverse_tiles = p.window_right >= 0;
+  args.order_groups = order_groups;
   const int64_t d = p.head_dim_qk > p.head_dim_v ? p.head_dim_qk : p.head_dim_v;
   if (d <= 64) {
     launch_fp32_tile<Fp32TileD64>(args, stream);

@@ -34,6 +34,7 @@
 #include "core/problem.h"
 #include "core/rotary.h"
 #include "core/sequence.h"
+#include "cuda/block_order.h"
 #include "cuda/device_utils.cuh"
 
 namespace flashsdpa::cuda {
@@ -41,7 +42,9 @@ namespace flashsdpa::cuda {
 struct Fp32Args {
   core::Problem p;
   bool vector_io;      // rows 16-byte aligned and D % 4 == 0
-  bool reverse_tiles;  // causal / right window: the longest query tiles first
+  // Causal masks and windows with a right edge: longest query tiles first across the grid, in this
+  // many L2-sized groups (block_order.h, as the tensor-core tiers); 0: the grid's order.
+  int64_t order_groups;
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
@@ -311,9 +314,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
   const core::Problem& p = args.p;
 
   // ---- this block's rows and keys --------------------------------------------------------------
-  const int64_t b = blockIdx.z, h = blockIdx.y, kv_head = h / p.group;
+  const BlockWork work = this_block_work(args.order_groups);
+  const int64_t b = work.batch, h = work.head, kv_head = h / p.group, tile = work.tile;
   const core::SeqView seq = core::sequence(p, b);
-  const int64_t tile = args.reverse_tiles ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int64_t row0 = tile * Tile::kBlockM;
   if (row0 >= seq.sq) return;
   const int64_t row_end = core::min_i64(row0 + Tile::kBlockM, seq.sq);
@@ -535,7 +538,9 @@ void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
   const int64_t tiles = (p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  Fp32Args launch_args = args;
+  if (!fits_block_order(tiles, p.heads_q, p.batch)) launch_args.order_groups = 0;
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
   check_cuda(cudaGetLastError(), "fp32_forward_kernel launch");
 }
 

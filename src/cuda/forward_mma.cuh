@@ -592,11 +592,7 @@ __device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile:
 
 // The (query tile, head, sequence) this block computes: the grid's natural order, or longest
 // first in L2-sized groups when args.order_groups > 0 (block_order.h).
-__device__ __forceinline__ BlockWork block_work(const MmaArgs& args) {
-  if (args.order_groups == 0) return BlockWork{blockIdx.x, blockIdx.y, blockIdx.z};
-  return longest_first_work(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y,
-                            gridDim.z, static_cast<uint32_t>(args.order_groups));
-}
+__device__ __forceinline__ BlockWork block_work(const MmaArgs& args) { return this_block_work(args.order_groups); }
 
 // Resolves this block's sequence, head, query rows, mask and K/V bases (linear layouts) once.
 // False when the block's query tile lies past its sequence's end (nothing to compute).
@@ -790,7 +786,7 @@ inline bool tensor_core_grid(int64_t block_m, dim3* grid, MmaArgs* args) {
   const int64_t tiles = (rows + block_m - 1) / block_m;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return false;
   *grid = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
-  if (static_cast<double>(tiles) * static_cast<double>(p.heads_q * p.batch) >= 4294967296.0) args->order_groups = 0;
+  if (!fits_block_order(tiles, p.heads_q, p.batch)) args->order_groups = 0;
   return true;
 }
 

@@ -26,8 +26,9 @@ void launch_mma_forward_d64(const MmaArgs& args, cudaStream_t stream);
 void launch_mma_forward_d128(const MmaArgs& args, cudaStream_t stream);
 void launch_mma_forward_d256(const MmaArgs& args, cudaStream_t stream);
 
-// Exact fp32 forward (forward_fp32.cu). vector_io: rows 16-byte aligned and D % 4 == 0.
-void launch_fp32_forward(const core::Problem& p, bool vector_io, cudaStream_t stream);
+// Exact fp32 forward (forward_fp32.cu). vector_io: rows 16-byte aligned and D % 4 == 0;
+// order_groups as MmaArgs::order_groups.
+void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_groups, cudaStream_t stream);
 
 // The backward (tier cuda-bwd, backward.cu): dq, dk, dv and dsinks in fp32 SIMT, deterministic.
 void launch_backward(const core::BwdProblem& bp, cudaStream_t stream);
