@@ -53,7 +53,7 @@ case "$part" in
     # every step, so a step cut off by its time box still leaves the earlier ones.
     GPU_CHECK_FLEX_BUDGET=150 BUILD_DIR="$root/build-gpu" \
       timeout 400 bash "$root/scripts/gpu-check.sh" "$work/forward" || status=1
-    cp "$work"/forward/prefill.* "$out"/ 2>/dev/null
+    cp "$work"/forward/prefill.* "$work"/forward/backward.* "$out"/ 2>/dev/null
     tar -C "$work" -czf "$out/$part-logs.tgz" .
     STEPS="build suite-cuda transformers-cuda compile-cuda" timeout 130 bash "$root/scripts/torch-check.sh" \
       "$work/torch" > "$work/torch-check.log" 2>&1 || status=1

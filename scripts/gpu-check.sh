@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One pass over the CUDA backend on a GPU machine: build, every GPU test, compute-sanitizer
 # (memcheck and racecheck) on the small CudaForward.Sanitize* and CudaBackward.Sanitize* subsets,
-# and the prefill benchmark.
+# beside the tests, then the prefill and backward benchmarks.
 # The forward tests and the sanitizer run twice: as selected, and forced onto cuda-mma-sm80.
-# Everything lands in the output folder given as $1 (at most eight files):
+# Everything lands in the output folder given as $1:
 #   build.log  tests.log  sanitizer.log  flashsdpa.jsonl  bench.log  prefill.{json,md,png}
+#   backward.{json,md}
 #
 #   scripts/gpu-check.sh OUT_DIR
 # Environment:
@@ -70,6 +71,23 @@ run_sharded() {  # label, then the command; logs concatenated in shard order on 
   [ $failed = 0 ] || echo "TESTS FAILED ($label)"
 }
 
+# compute-sanitizer runs beside the tests: four runs (memcheck and racecheck, as selected and
+# forced onto cuda-mma-sm80) on the small Sanitize* subsets, none of it timed.
+san_dir=$(mktemp -d)
+if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
+  for pass in selected mma; do
+    runner=()
+    [ "$pass" = mma ] && runner=("${mma_pass[@]}")
+    for tool in memcheck racecheck; do
+      {
+        echo "---- $tool ($pass)"
+        "${runner[@]}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
+          --gtest_filter='CudaForward.Sanitize*:CudaBackward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
+      } > "$san_dir/$pass.$tool.log" 2>&1 &
+    done
+  done
+fi
+
 if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
   echo "== GPU tests ($shards shards)"
   {
@@ -85,25 +103,12 @@ fi
 
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
   echo "== compute-sanitizer (CudaForward.Sanitize*, CudaBackward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
-  # The four runs side by side (each serialises its own kernels; none is timed).
-  san_dir=$(mktemp -d)
-  for pass in selected mma; do
-    runner=()
-    [ "$pass" = mma ] && runner=("${mma_pass[@]}")
-    for tool in memcheck racecheck; do
-      {
-        echo "---- $tool ($pass)"
-        "${runner[@]}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/flashsdpa_cuda_tests" \
-          --gtest_filter='CudaForward.Sanitize*:CudaBackward.Sanitize*' 2>&1 || echo "SANITIZER $tool ($pass) FAILED (exit $?)"
-      } > "$san_dir/$pass.$tool.log" 2>&1 &
-    done
-  done
   wait
   cat "$san_dir"/*.log > "$out/sanitizer.log"
-  rm -rf "$san_dir"
   grep -E "^---- |ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
   grep -q "SANITIZER .* FAILED" "$out/sanitizer.log" && status=1
 fi
+rm -rf "$san_dir"
 
 if [ "$bench_mode" != none ]; then
   echo "== benchmark"
@@ -125,6 +130,10 @@ for line in open(sys.argv[1]):
     PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_prefill.py" --flashsdpa-jsonl "$out/flashsdpa.jsonl" \
       --prefix "$out/prefill" "${flex[@]}" >> "$out/bench.log" 2>&1 || status=1
     [ -f "$out/prefill.md" ] && cat "$out/prefill.md"
+    echo "== backward benchmark"
+    PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_backward.py" --flashsdpa-bin "$build/flashsdpa_gpu_bench" \
+      --prefix "$out/backward" >> "$out/bench.log" 2>&1 || status=1
+    [ -f "$out/backward.md" ] && cat "$out/backward.md"
   fi
 fi
 if [ "${GPU_CHECK_SWEEP:-0}" = 1 ]; then

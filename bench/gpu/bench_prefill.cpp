@@ -11,6 +11,8 @@
 //   flashsdpa_gpu_bench --sweep-fp32        the same for the exact fp32 tier's shapes
 //                                           (bench/gpu/tile_sweep_fp32_d*.cu)
 //   flashsdpa_gpu_bench --memory            peak extra device memory at 128k tokens
+//   flashsdpa_gpu_bench --backward          the backward (dq, dk, dv) over a small grid
+//                                           (bench/gpu/bench_backward.py adds torch's backends)
 //                                           (B 1, H 8, hd 64, causal, window 128, sinks)
 //
 // Inputs are a counter hash (bench_input_value) that bench_prefill.py reproduces bit for bit in
@@ -221,6 +223,48 @@ void run_memory() {
       static_cast<long long>(free_before) - static_cast<long long>(free_during), ms);
 }
 
+// The backward: dq, dk, dv of one point, after a forward that wrote out and lse. TFLOP/s with
+// FlashAttention-2's count for the backward, 2.5x the forward's (five products instead of two),
+// whatever the tier computes (cuda-bwd recomputes S and dP in its dQ pass: 1.4x that count).
+void run_backward_point(const Point& pt, int iters) {
+  using namespace flashsdpa;
+  const DType dtype = parse_dtype(pt.dtype);
+  const int64_t esize = dtype_size(dtype);
+  const int64_t n = pt.batch * pt.seqlen * pt.heads * pt.hd;
+  DeviceBuffer q(n * esize), k(n * esize), v(n * esize), out(n * esize), dout(n * esize);
+  DeviceBuffer dq(n * esize), dk(n * esize), dv(n * esize), lse(pt.batch * pt.heads * pt.seqlen * 4);
+  fill(q, dtype, n, 1);
+  fill(k, dtype, n, 2);
+  fill(v, dtype, n, 3);
+  fill(dout, dtype, n, 4);
+  AttnBwdParams bp;
+  bp.fwd.q = TensorRef::contiguous(q.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.fwd.k = TensorRef::contiguous(k.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.fwd.v = TensorRef::contiguous(v.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.fwd.out = TensorRef::contiguous(out.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.fwd.lse = TensorRef::contiguous(lse.ptr, DType::kFloat32, {pt.batch, pt.heads, pt.seqlen});
+  bp.fwd.causal = pt.causal;
+  bp.dout = TensorRef::contiguous(dout.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.dq = TensorRef::contiguous(dq.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.dk = TensorRef::contiguous(dk.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  bp.dv = TensorRef::contiguous(dv.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  ExecContext ctx;
+  ctx.backend = Backend::kCuda;
+  attention_forward(bp.fwd, ctx);
+  const Selection sel = explain(bp.fwd, Op::kBackward, ctx);
+  attention_backward(bp, ctx);  // warm-up
+  check(cudaDeviceSynchronize(), "warm-up");
+  const double median = bench::median_ms([&] { attention_backward(bp, ctx); }, 0, iters);
+  const double tflops = 2.5 * flop_count(pt.batch, pt.heads, pt.seqlen, pt.hd, pt.causal) / (median * 1e-3) / 1e12;
+  std::printf(
+      "{\"op\": \"backward\", \"dtype\": \"%s\", \"hd\": %lld, \"seqlen\": %lld, \"batch\": %lld, \"heads\": %lld, "
+      "\"causal\": %s, \"ms\": %.4f, \"tflops\": %.3f, \"tier\": \"%s\"}\n",
+      pt.dtype.c_str(), static_cast<long long>(pt.hd), static_cast<long long>(pt.seqlen),
+      static_cast<long long>(pt.batch), static_cast<long long>(pt.heads), pt.causal ? "true" : "false", median, tflops,
+      sel.tier.c_str());
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,6 +282,16 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--memory") == 0) {
     run_memory();
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--backward") == 0) {
+    for (const char* dtype : {"bf16", "fp32"}) {
+      for (int64_t hd : {64, 128}) {
+        for (int64_t seqlen : {1024, 4096}) {
+          for (bool causal : {false, true}) run_backward_point({dtype, hd, seqlen, 16384 / seqlen, 2048 / hd, causal}, 3);
+        }
+      }
+    }
     return 0;
   }
   if (argc == 8 && std::strcmp(argv[1], "--one") == 0) {
