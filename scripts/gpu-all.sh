@@ -55,7 +55,7 @@ case "$part" in
       timeout 400 bash "$root/scripts/gpu-check.sh" "$work/forward" || status=1
     cp "$work"/forward/prefill.* "$work"/forward/backward.* "$out"/ 2>/dev/null
     tar -C "$work" -czf "$out/$part-logs.tgz" .
-    STEPS="build suite-cuda transformers-cuda compile-cuda" timeout 130 bash "$root/scripts/torch-check.sh" \
+    STEPS="build suite-cuda transformers-cuda compile-cuda" timeout 170 bash "$root/scripts/torch-check.sh" \
       "$work/torch" > "$work/torch-check.log" 2>&1 || status=1
     cat "$work/torch/summary.txt" 2>/dev/null
     tar -C "$work" -czf "$out/$part-logs.tgz" .
