@@ -10,6 +10,7 @@
 //                                           also times block orders (tile_sweep.cuh)
 //   flashsdpa_gpu_bench --sweep-fp32        the same for the exact fp32 tier's shapes
 //                                           (bench/gpu/tile_sweep_fp32_d*.cu)
+//   flashsdpa_gpu_bench --sweep-fp32-tc     the 3xTF32 tensor-core prototype against cuda-fp32 (hd 128)
 //   flashsdpa_gpu_bench --memory            peak extra device memory at 128k tokens
 //   flashsdpa_gpu_bench --backward          the backward (dq, dk, dv) over a small grid
 //                                           (bench/gpu/bench_backward.py adds torch's backends)
@@ -142,7 +143,7 @@ void run_point(const Point& pt, int iters) {
 
 // Times the candidate tile shapes of bench/gpu/tile_sweep_d*.cu (bf16) or tile_sweep_fp32_d*.cu
 // (fp32) on one validated problem each.
-void run_sweep(DType dtype) {
+void run_sweep(DType dtype, bool tensor_core_fp32 = false) {
   using namespace flashsdpa;
   const int64_t esize = dtype_size(dtype);
   for (int64_t hd : {64, 128, 256}) {
@@ -163,7 +164,9 @@ void run_sweep(DType dtype) {
         options.check_index_values = false;
         const core::Problem problem = core::prepare_forward(p, options);
         const double flop = flop_count(b, h, seqlen, hd, causal);
-        if (dtype == DType::kFloat32) {
+        if (tensor_core_fp32) {
+          bench::sweep_fp32_tc(problem, flop, 5);
+        } else if (dtype == DType::kFloat32) {
           if (hd == 64) bench::sweep_fp32_d64(problem, flop, 5);
           if (hd == 128) bench::sweep_fp32_d128(problem, flop, 5);
           if (hd == 256) bench::sweep_fp32_d256(problem, flop, 5);
@@ -278,6 +281,10 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--sweep-fp32") == 0) {
     run_sweep(flashsdpa::DType::kFloat32);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--sweep-fp32-tc") == 0) {
+    run_sweep(flashsdpa::DType::kFloat32, true);
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--memory") == 0) {

@@ -50,5 +50,7 @@ void sweep_d256(const core::Problem& p, double flop, int iters);
 void sweep_fp32_d64(const core::Problem& p, double flop, int iters);
 void sweep_fp32_d128(const core::Problem& p, double flop, int iters);
 void sweep_fp32_d256(const core::Problem& p, double flop, int iters);
+// The 3xTF32 tensor-core prototype (tile_sweep_fp32_tc.cu): hd 128, Sq == Sk, dense batched.
+void sweep_fp32_tc(const core::Problem& p, double flop, int iters);
 
 }  // namespace flashsdpa::bench
