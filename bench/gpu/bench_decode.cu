@@ -9,9 +9,7 @@
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
 // summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: pair, the
-// shipped kernel and default, wide, dyn, wide_dyn); --unit-static-percent P the share of a tile's
-// keys the dyn variants give out as static units (1..100; default 50). Options apply to the
-// shapes after them.
+// shipped kernel and default, and wide). Options apply to the shapes after them.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
@@ -273,12 +271,10 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const double us = time_us(step, stream);
   const double graph_us = time_graph_us(step, stream, 10);
   if (opt.trace) {
-    char label[128];
-    const int share = flashsdpa::cuda::decode_debug().unit_static_percent;
-    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d %s%s", (long long)s.batch,
+    char label[96];
+    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d %s", (long long)s.batch,
                   (long long)s.seqlen, (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0),
-                  splits, flashsdpa::cuda::decode_variant_name(opt.variant),
-                  share > 0 ? (" static " + std::to_string(share) + "%").c_str() : "");
+                  splits, flashsdpa::cuda::decode_variant_name(opt.variant));
     trace_call([&] { step(); }, stream, label);
   }
 
@@ -290,12 +286,11 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
               "\"page_size\": %lld, \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
-              "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld, \"unit_static_percent\": %d}\n",
+              "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
               s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits,
               flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
-              graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad,
-              flashsdpa::cuda::decode_debug().unit_static_percent);
+              graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
 }
 
@@ -321,10 +316,6 @@ int main(int argc, char** argv) {
       run_copy(stream);
     } else if (arg == "--splits" && n + 1 < argc) {
       opt.splits = std::atoi(argv[++n]);
-    } else if (arg == "--unit-static-percent" && n + 1 < argc) {
-      flashsdpa::cuda::DecodeDebug debug = flashsdpa::cuda::decode_debug();
-      debug.unit_static_percent = std::atoi(argv[++n]);
-      flashsdpa::cuda::decode_set_debug(debug);
     } else if (arg == "--trace") {
       opt.trace = true;
     } else if (arg == "--variant" && n + 1 < argc) {

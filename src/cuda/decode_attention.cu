@@ -17,17 +17,8 @@
 // the copying lanes by shuffle.
 //
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
-// its lse) to scratch sized splits x query rows x heads x Dv, and combine_partials_kernel merges
+// its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
 // them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
-//
-// Units (the dynamic kernel, variant kDecodeDynamic; docs/perf-log.md, CUDA decode, run 7). CTAs
-// of one wave do not get equal shares of DRAM, so with equal work per CTA the slowest sets the
-// end. unit_attention_kernel cuts each tile's chunks into units instead: one static unit per warp
-// of the tile's CTAs (half of the keys), then small dynamic units that warps take from a
-// per-tile counter as they run dry. Each warp keeps its own pipeline running across its units and
-// writes every unit's partial (O / Z, lse) to the unit's slot; the combine adds the slots in
-// order. Unit boundaries depend on the tile's key count and the launch only, so which warp took
-// a unit never changes a bit of the result.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -91,7 +82,7 @@ struct Tile {
 
 // Shared memory of a CTA of kWarps warps: the query tile, each warp's pipeline, the valid-key
 // masks. After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum
-// (the merge). The unit kernel adds per stage the chunk's index and unit slot, and has no merge.
+// (the merge).
 template <int kHeadDim, int kWarps>
 struct CtaSmem {
   using Cfg = Tile<kHeadDim>;
@@ -100,13 +91,11 @@ struct CtaSmem {
   static constexpr size_t kBytes = Cfg::kQBytes + kPipelineBytes + kMaskBytes;
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (Cfg::kOPitch + 2) * sizeof(float);
   static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
-  static constexpr size_t kUnitKernelBytes = kBytes + 2 * kMaskBytes;  // + chunk index and slot per stage
 };
 
 struct Args {
   core::Problem p;
-  int num_splits;          // CTAs per tile (grid y)
-  int partials;            // partial slots per query row: num_splits, or the unit kernel's units
+  int num_splits;
   int64_t m_tiles;         // query tiles per (sequence, kv head)
   int64_t q_rows;          // dense query rows: batch * seqlen_q (batched) or total_q (varlen)
   float* partial_out;      // [num_splits][q_rows][Hq][kHeadDim] when num_splits > 1
@@ -115,13 +104,6 @@ struct Args {
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   unsigned long long* trace;  // benchmark timeline: per CTA smid, start, first chunk, loop end, end
   int trace_capacity;      // records of 5 words: attention CTAs in the first half, the combine's after
-  // Unit kernel: dynamic units per tile at most (slots num_splits * warps .. + this), and per tile
-  // the next dynamic unit to hand out (zeroed by zero_counters_kernel before the attention).
-  int max_dynamic_units;
-  int unit_warps;  // warps per tile: num_splits x warps per CTA
-  int unit_static_percent;  // share of a tile's chunks in static units (50; the benchmark varies it)
-  unsigned* unit_counters;
-  int64_t tiles;
 };
 
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -147,13 +129,12 @@ struct CtaWork {
   int64_t chunk0;              // first chunk start (a multiple of kChunk; keys before key_begin masked)
 };
 
-// The unit kernel (and its combine) pass splits = 1, split = 0: the whole tile.
-__device__ CtaWork cta_work(const Args& a, uint32_t tile, int num_splits, int split) {
+__device__ CtaWork cta_work(const Args& a) {
   const core::Problem& p = a.p;
   CtaWork w;
   // 32-bit divisions (a 64-bit division by a run-time value is a ~70-instruction call): the grid,
   // packed rows and key counts are below 2^31 (decode_tier_supports).
-  const uint32_t m_tiles = static_cast<uint32_t>(a.m_tiles);
+  const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
   const uint32_t m_tile = tile % m_tiles, bh = tile / m_tiles;
   w.hkv = bh % static_cast<uint32_t>(p.heads_kv);
   w.b = bh / static_cast<uint32_t>(p.heads_kv);
@@ -174,9 +155,9 @@ __device__ CtaWork cta_work(const Args& a, uint32_t tile, int num_splits, int sp
   const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
   if (hi <= lo) return w;
   const int64_t base = lo / kChunk * kChunk;
-  const uint32_t splits = static_cast<uint32_t>(num_splits);
+  const uint32_t splits = static_cast<uint32_t>(a.num_splits);
   const int64_t per_split = ceil_div((static_cast<uint32_t>(hi - base) + splits - 1) / splits, kChunk) * kChunk;
-  const int64_t split_begin = base + split * per_split;
+  const int64_t split_begin = base + blockIdx.y * per_split;
   w.chunk0 = split_begin;
   w.key_begin = max(split_begin, lo);
   w.key_end = min(split_begin + per_split, hi);
@@ -658,20 +639,6 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #endif
 }
 
-// The benchmark's timeline record of this CTA (bench-only: a.trace set).
-__device__ void record_cta_trace(const Args& a, unsigned long long t_start, unsigned long long t_first,
-                                 unsigned long long t_loop) {
-  if (a.trace == nullptr || threadIdx.x != 0) return;
-  const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
-  if (cta >= a.trace_capacity / 2) return;
-  unsigned long long* rec = a.trace + 5 * cta;
-  rec[0] = sm_id() + 1;
-  rec[1] = t_start;
-  rec[2] = t_first;
-  rec[3] = t_loop;
-  rec[4] = global_ns();
-}
-
 template <class E, int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const Args a) {
   using T = typename E::T;
@@ -680,7 +647,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
   unsigned long long t_first = 0;
-  const CtaWork w = cta_work(a, blockIdx.x, a.num_splits, blockIdx.y);
+  const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
 
   extern __shared__ __align__(16) unsigned char smem[];
@@ -741,265 +708,30 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
   merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
-  record_cta_trace(a, t_start, t_first, t_loop);
-}
-
-// ---- units (the dynamic kernel) -----------------------------------------------------------------
-
-// How a tile's chunks [0, chunks) are cut into units. Every unit is a strided set of chunks
-// (stride kWarps), so that the warps of one CTA, and warps that take neighbouring dynamic units
-// at about the same time, read neighbouring chunks together as the split kernel's warps do (run
-// 7's first version gave each warp a contiguous range: 4x as many separate streams, 5% slower
-// even where no unit moved). Static unit wg = c * kWarps + w (warp w of the tile's CTA c):
-// chunks c * kWarps * S + w + kWarps * k, k < S — half of the tile in all. Dynamic unit t, in
-// groups of kWarps units of U chunks: chunks P + (t / kWarps) * kWarps * U + t % kWarps +
-// kWarps * k, k < U, below `chunks` (P = warps * S, the first chunk of the pool). U is at least
-// kMinUnitChunks (64 keys: the unit's partial, 512 bytes per real row, stays ~6% of its K/V) and
-// large enough that there are at most kUnitsPerWarp dynamic units per warp.
-constexpr int kMinUnitChunks = 4;
-constexpr int kUnitsPerWarp = 4;
-constexpr int kMaxUnits = 512;  // partial slots per row: the unit combine gives each a thread
-constexpr int kClaimAhead = 2;  // a warp claims its next dynamic unit this many chunks before it needs it
-constexpr uint32_t kUnitEnds = 1u << 31;  // stage flag: the chunk is its unit's last
-
-struct UnitPlan {
-  int warps, static_chunks, unit_chunks, dynamic_units;
-  __device__ int pool_first() const { return warps * static_chunks; }
-};
-
-__device__ __forceinline__ int tile_chunks(const CtaWork& w) {
-  return w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kChunk)) : 0;
-}
-
-// Dynamic units of a pool of `pool` chunks cut into units of `unit` chunks, in groups of kWarps.
-template <int kWarps>
-__device__ __forceinline__ int dynamic_unit_count(int pool, int unit) {
-  const int group = kWarps * unit, full = pool / group;
-  return kWarps * full + min(kWarps, pool - full * group);
-}
-
-// max_dynamic (a multiple of kWarps) bounds the dynamic units, the slots the launch sized: a tile
-// longer than the launch expected gets longer units, never more slots.
-template <int kWarps>
-__device__ UnitPlan unit_plan(int chunks, int warps, int max_dynamic, int static_percent) {
-  UnitPlan u;
-  u.warps = warps;
-  u.static_chunks = static_cast<int>(uint64_t(chunks) * static_cast<uint32_t>(static_percent) / 100u) / warps;
-  const int pool = chunks - warps * u.static_chunks;
-  u.unit_chunks = max(kMinUnitChunks, (pool + kUnitsPerWarp * warps - 1) / (kUnitsPerWarp * warps));
-  if (dynamic_unit_count<kWarps>(pool, u.unit_chunks) > max_dynamic) u.unit_chunks = (pool + max_dynamic - 1) / max_dynamic;
-  u.dynamic_units = pool > 0 ? dynamic_unit_count<kWarps>(pool, u.unit_chunks) : 0;
-  return u;
-}
-
-// Index of (slot, row) in the partials: the split partials' layout.
-__device__ __forceinline__ int64_t partial_index(const Args& a, const CtaWork& w, const RowInfo& row, int slot) {
-  const core::Problem& p = a.p;
-  const int64_t q_row = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + row.i;
-  return (int64_t(slot) * a.q_rows + q_row) * p.heads_q + row.h;
-}
-
-// Writes one unit's partial rows from a warp's registers: O / Z and lse per valid row of the tile,
-// at the unit's slot. Every unit the plan has is non-empty and written; slots the plan leaves
-// unused get lse = -inf only (mark_unused_slots), and the unit combine skips them.
-template <int kHeadDim>
-__device__ void store_unit_partial(const Args& a, const CtaWork& w, const RowInfo (&rows)[2], int slot,
-                                   const WarpState<kHeadDim>& st, int lane) {
-  const int t = lane % 4;
-  float sums[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) sums[r] = quad_sum(st.row[r].sum);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (!rows[r].valid) continue;
-    core::SoftmaxRow<float> total;
-    total.max = st.row[r].max;
-    total.sum = sums[r];
-    const float scale = total.inv_sum();
-    const int64_t index = partial_index(a, w, rows[r], slot);
-    float* partial = a.partial_out + index * kHeadDim;
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      *reinterpret_cast<float2*>(partial + n * 8 + 2 * t) = make_float2(st.o[n][2 * r] * scale, st.o[n][2 * r + 1] * scale);
+  if (a.trace != nullptr && threadIdx.x == 0) {
+    const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
+    if (cta < a.trace_capacity / 2) {
+      unsigned long long* rec = a.trace + 5 * cta;
+      rec[0] = sm_id() + 1;
+      rec[1] = t_start;
+      rec[2] = t_first;
+      rec[3] = t_loop;
+      rec[4] = global_ns();
     }
-    if (t == 0) a.partial_lse[index] = total.lse();
   }
 }
 
-// lse = -inf for the tile's valid rows at slots [first, last).
-__device__ void mark_unused_slots(const Args& a, const CtaWork& w, const RowInfo (&rows)[2], int first, int last, int lane) {
-  if (lane % 4 != 0) return;
-  for (int slot = first; slot < last; ++slot)
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (rows[r].valid) a.partial_lse[partial_index(a, w, rows[r], slot)] = -INFINITY;
-}
-
-// One CTA per (tile, CTA of the tile), grid (tiles, num_splits), each warp a worker of its own:
-// its static unit, then dynamic units from the tile's counter until none is left. A warp's
-// pipeline runs on across its units: each stage carries its chunk's index and unit slot, and
-// the chunk that ends a unit writes the unit's partial and clears the warp's state. The next
-// dynamic unit is claimed kClaimAhead chunks before the copies need it, so the atomic's latency
-// overlaps the stream.
-template <class E, int kHeadDim, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) unit_attention_kernel(const Args a) {
-  using T = typename E::T;
-  using Cfg = Tile<kHeadDim>;
-  using Smem = CtaSmem<kHeadDim, kWarps>;
-  wait_for_primary_grid();  // inputs and the zeroed counters
-  const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
-  unsigned long long t_first = 0;
-  const CtaWork w = cta_work(a, blockIdx.x, 1, 0);
-  if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
-
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* q_tile = reinterpret_cast<T*>(smem);
-  unsigned char* pipeline = smem + Cfg::kQBytes;
-  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Smem::kPipelineBytes);
-  int* chunk_index = reinterpret_cast<int*>(valid_masks + kWarps * Cfg::kStages);
-  int* chunk_slot = chunk_index + kWarps * Cfg::kStages;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-
-  T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
-  uint32_t* my_masks = valid_masks + warp * Cfg::kStages;
-  int* my_index = chunk_index + warp * Cfg::kStages;
-  int* my_slot = chunk_slot + warp * Cfg::kStages;
-  auto k_stage = [&](int stage) { return my_stages + size_t(stage) * 2 * Cfg::kChunkElems; };
-  auto v_stage = [&](int stage) { return k_stage(stage) + Cfg::kChunkElems; };
-
-  // The tile's plan lives in shared memory (read when a warp moves to a dynamic unit), not in
-  // registers the chunk loop needs.
-  __shared__ UnitPlan plan_shared;
-  __shared__ int chunks_shared;
-  // The copy cursor: `left` chunks of unit `slot` are still to be issued, the next one `next`.
-  int slot, next, left;
-  {
-    const int chunks = tile_chunks(w);
-    const UnitPlan plan = unit_plan<kWarps>(chunks, a.unit_warps, a.max_dynamic_units, a.unit_static_percent);
-    if (threadIdx.x == 0) {
-      plan_shared = plan;
-      chunks_shared = chunks;
-    }
-    slot = static_cast<int>(blockIdx.y) * kWarps + warp;
-    next = static_cast<int>(blockIdx.y) * kWarps * plan.static_chunks + warp;
-    left = plan.static_chunks;
-  }
-  __syncthreads();
-  const UnitPlan& plan = plan_shared;
-
-  const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
-  const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
-  const CommonKeys common = common_keys(rows);
-  uint32_t q_frag[Cfg::kQFragments][4];
-  WarpState<kHeadDim> st;
-  auto clear_state = [&] {
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
-    st.row[0] = st.row[1] = core::SoftmaxRow<float>{};
-  };
-  clear_state();
-
-  bool issuing = true, claimed = false;
-  unsigned ticket = 0;  // lane 0's claimed dynamic unit
-  auto claim = [&] {
-    if (lane == 0) ticket = atomicAdd(a.unit_counters + blockIdx.x, 1u);
-    claimed = true;
-  };
-  auto next_unit = [&] {
-    if (!claimed) claim();
-    const int t = static_cast<int>(__shfl_sync(0xffffffffu, ticket, 0));
-    claimed = false;
-    if (t >= plan.dynamic_units) {
-      issuing = false;
-      return;
-    }
-    slot = plan.warps + t;
-    next = plan.pool_first() + t / kWarps * kWarps * plan.unit_chunks + t % kWarps;
-    left = min(plan.unit_chunks, static_cast<int>(ceil_div(chunks_shared - next, kWarps)));
-  };
-  if (left == 0) next_unit();  // no static units (a short tile)
-  if (blockIdx.y == 0 && warp == 0) {  // slots this tile leaves unused
-    if (plan.static_chunks == 0) mark_unused_slots(a, w, rows, 0, plan.warps, lane);
-    mark_unused_slots(a, w, rows, plan.warps + plan.dynamic_units, plan.warps + a.max_dynamic_units, lane);
-  }
-
-  int issued = 0;
-  auto issue = [&] {
-    const int stage = issued % Cfg::kStages;
-    if (!claimed && left <= kClaimAhead) claim();
-    const uint32_t valid =
-        load_kv_chunk<E, kHeadDim>(a, w, w.chunk0 + int64_t(next) * kChunk, k_stage(stage), v_stage(stage), lane);
-    if (lane == 0) {
-      my_masks[stage] = valid | (left == 1 ? kUnitEnds : 0u);
-      my_index[stage] = next;
-      my_slot[stage] = slot;
-    }
-    ++issued;
-    next += kWarps;
-    if (--left == 0) next_unit();
-  };
-
-  // As in split_kv_attention_kernel: the loop starts kStages - 1 steps early to issue the first
-  // copies, and the last of those steps stores the query tile.
-  for (int n = 1 - Cfg::kStages;; ++n) {
-    if (issuing) issue();  // refills the stage chunk n - 1 used
-    cp_async_commit();
-    if (n < 0) {
-      if (n == -1) store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
-      continue;
-    }
-    if (n >= issued) break;
-    cp_async_wait<Cfg::kStages - 1>();
-    __syncwarp();
-    if (a.trace != nullptr && n == 0) t_first = global_ns();
-    const int stage = n % Cfg::kStages;
-    const uint32_t meta = my_masks[stage], valid = meta & ~kUnitEnds;
-    const int64_t key0 = w.chunk0 + int64_t(my_index[stage]) * kChunk;
-    float s[2][4];
-    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), key0, valid, rows, w.mask.diag, lane, s);
-    const uint32_t edge = edge_keys(key0, valid, common);
-    chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), key0, edge, rows, lane);
-    if (meta & kUnitEnds) {
-      store_unit_partial<kHeadDim>(a, w, rows, my_slot[stage], st, lane);
-      clear_state();
-    }
-    __syncwarp();
-  }
-  cp_async_wait<0>();
-  allow_dependent_launch();
-  if (a.trace != nullptr) {
-    __syncthreads();  // the timeline's loop end is the CTA's last warp's
-    record_cta_trace(a, t_start, t_first, global_ns());
-  }
-}
-
-// Zeroes the unit kernel's per-tile counters (they live in the call's scratch, so calls on
-// different streams never share them). Launched before the attention with programmatic
-// dependent launch; the attention waits for it on the device.
-__global__ void zero_counters_kernel(const Args a) {
-  wait_for_primary_grid();  // the scratch may be the previous kernel's until it ends
-  allow_dependent_launch();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.tiles; i += int64_t(gridDim.x) * blockDim.x)
-    a.unit_counters[i] = 0;
-}
-
-// Merges the partials (splits or units) of one (query row, head). The partial lse values are the
-// logits of normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s
-// - M) and M their max, then the sink joins Z once (core::SoftmaxRow). Every load is independent
-// of the others, so the CTA issues them together — the lse of each partial by one thread, the
-// partial rows as float4 columns by groups of threads — and pays about one memory latency, not
-// one per partial. Reductions run in a fixed order: the result does not depend on timing.
-// Shapes: the splits' combine, 128 threads per (row, head) (up to 128 partials). The units'
-// combine: a row's columns in kSlices CTAs of 128 x kSlices threads (1, 2 or 4 slices for up to
-// 32, 128, 512 partials), so that each thread reads at most one batch of kCombineBatch partial
-// rows. kUnits also skips partials whose lse is -inf: empty units, and slots the tile's plan
-// left unused, whose rows were never written.
+// Merges the splits of one (query row, head) per CTA. The partial lse values are the logits of
+// normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s - M) and
+// M their max, then the sink joins Z once (core::SoftmaxRow). Every load is independent of the
+// others, so the CTA issues them together — the lse of each split by one thread, the partial
+// rows as float4 columns by groups of threads — and pays about one memory latency, not one per
+// split. Reductions run in a fixed order: the result does not depend on timing.
 constexpr int kCombineBatch = 8;  // partial rows per thread in flight at once
-static_assert(kMaxSplits <= 128 && kMaxUnits <= 512, "a thread per partial's lse");
+constexpr int kCombineWarps = 4;
+constexpr int kCombineThreads = kCombineWarps * 32;
 
-template <int kThreads, typename T>
+template <typename T>
 __device__ float block_reduce(float x, float* scratch, T op) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
@@ -1007,93 +739,72 @@ __device__ float block_reduce(float x, float* scratch, T op) {
   __syncthreads();
   float total = scratch[0];
 #pragma unroll
-  for (int k = 1; k < kThreads / 32; ++k) total = op(total, scratch[k]);
+  for (int k = 1; k < kCombineWarps; ++k) total = op(total, scratch[k]);
   __syncthreads();
   return total;
 }
 
-template <class E, int kHeadDim, bool kUnits, int kThreads, int kSlices>
-__global__ void __launch_bounds__(kThreads) combine_partials_kernel(const Args a) {
+template <class E, int kHeadDim>
+__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const Args a) {
   using T = typename E::T;
-  constexpr int kColumns = kHeadDim / 4 / kSlices;  // float4 columns of a partial row in this CTA
-  constexpr int kGroups = kThreads / kColumns;      // threads per column, each taking every kGroups-th partial
-  constexpr int kFold = kGroups > 8 ? 8 : kGroups;  // groups left after the first fold of the column sums
-  static_assert(kGroups * kColumns == kThreads && kGroups % kFold == 0, "combine layout");
-  __shared__ float weight[kThreads];
+  constexpr int kColumns = kHeadDim / 4;         // float4 columns of a partial row
+  constexpr int kGroups = kCombineThreads / kColumns;  // threads per column, each taking every kGroups-th split
+  static_assert(kGroups * kColumns == kCombineThreads && kMaxSplits <= kCombineThreads, "combine layout");
+  __shared__ float weight[kMaxSplits];
   __shared__ float4 columns[kGroups][kColumns];
-  __shared__ float scratch[kThreads / 32];
+  __shared__ float scratch[kCombineWarps];
 
   const core::Problem& p = a.p;
   const int64_t b = blockIdx.y;
   const core::SeqView s = core::sequence(p, b);
-  const int64_t row_head = blockIdx.x / kSlices, i = row_head / p.heads_q, h = row_head % p.heads_q;
+  const int64_t i = blockIdx.x / p.heads_q, h = blockIdx.x % p.heads_q;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
-  const int n = a.partials;
-  auto slot = [&](int partial) { return (int64_t(partial) * a.q_rows + r) * p.heads_q + h; };
-  const int group = threadIdx.x / kColumns;
-  const int column = static_cast<int>(blockIdx.x % kSlices) * kColumns + threadIdx.x % kColumns;
-  wait_for_primary_grid();  // every partial is written
+  auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
+  const int n = a.num_splits, column = threadIdx.x % kColumns, group = threadIdx.x / kColumns;
+  wait_for_primary_grid();  // the partials of every split are written
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
 
   float4 o[kCombineBatch];
   auto load_batch = [&](int first) {
 #pragma unroll
     for (int u = 0; u < kCombineBatch; ++u) {
-      const int partial = first + u * kGroups;
-      o[u] = partial < n ? reinterpret_cast<const float4*>(a.partial_out + slot(partial) * kHeadDim)[column]
-                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const int split = first + u * kGroups;
+      o[u] = split < n ? reinterpret_cast<const float4*>(a.partial_out + slot(split) * kHeadDim)[column]
+                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   };
   const float lse = threadIdx.x < n ? a.partial_lse[slot(threadIdx.x)] : -INFINITY;
   load_batch(group);  // in flight while the weights are worked out
 
   core::SoftmaxRow<float> total;
-  total.max = block_reduce<kThreads>(lse, scratch, [](float x, float y) { return fmaxf(x, y); });
-  const float w = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty partial weighs 0
-  // kUnits: -1 marks a partial to skip (its rows may never have been written); weights are >= 0
-  // or NaN otherwise.
-  if (threadIdx.x < n) weight[threadIdx.x] = kUnits && lse == -INFINITY ? -1.0f : w;
-  total.sum = block_reduce<kThreads>(w, scratch, [](float x, float y) { return x + y; });  // also publishes weight[]
+  total.max = block_reduce(lse, scratch, [](float x, float y) { return fmaxf(x, y); });
+  const float w = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty split weighs 0
+  if (threadIdx.x < n) weight[threadIdx.x] = w;
+  total.sum = block_reduce(w, scratch, [](float x, float y) { return x + y; });  // also publishes weight[]
 
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   for (int first = group; first < n; first += kGroups * kCombineBatch) {
     if (first != group) load_batch(first);
 #pragma unroll
     for (int u = 0; u < kCombineBatch; ++u) {
-      const int partial = first + u * kGroups;
-      if (partial >= n) break;
-      const float ws = weight[partial];
-      if (kUnits && ws < 0.0f) continue;
+      const int split = first + u * kGroups;
+      if (split >= n) break;
+      const float ws = weight[split];
       acc.x += ws * o[u].x;
       acc.y += ws * o[u].y;
       acc.z += ws * o[u].z;
       acc.w += ws * o[u].w;
     }
   }
-  const int local = threadIdx.x % kColumns;
-  columns[group][local] = acc;
+  columns[group][column] = acc;
   __syncthreads();
-  // Fold the groups' sums in a fixed order: groups g, g + kFold, ... into group g < kFold, then
-  // those into group 0.
-  if constexpr (kFold < kGroups) {
-    if (group < kFold) {
-      for (int g = group + kFold; g < kGroups; g += kFold) {
-        acc.x += columns[g][local].x;
-        acc.y += columns[g][local].y;
-        acc.z += columns[g][local].z;
-        acc.w += columns[g][local].w;
-      }
-      columns[group][local] = acc;
-    }
-    __syncthreads();
-  }
   if (group != 0) return;
-  for (int g = 1; g < kFold; ++g) {
-    acc.x += columns[g][local].x;
-    acc.y += columns[g][local].y;
-    acc.z += columns[g][local].z;
-    acc.w += columns[g][local].w;
+  for (int g = 1; g < kGroups; ++g) {
+    acc.x += columns[g][column].x;
+    acc.y += columns[g][column].y;
+    acc.z += columns[g][column].z;
+    acc.w += columns[g][column].w;
   }
   const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
   const float scale = sink_factor * total.inv_sum();
@@ -1102,7 +813,7 @@ __global__ void __launch_bounds__(kThreads) combine_partials_kernel(const Args a
 #pragma unroll
   for (int e = 0; e < 4; ++e)
     if (4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
-  if (column == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
+  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
   if (a.trace != nullptr && threadIdx.x == 0) {
     // The second half of the buffer: one (start, end) per combine CTA.
     const int64_t first = 5 * int64_t(a.trace_capacity / 2);
@@ -1128,34 +839,24 @@ int current_device() {
 // CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM), or
 // 0 when its shared memory exceeds what a CTA may have on this device (the 8-warp CTA off
 // Hopper). Also raises the kernel's dynamic shared-memory limit, once per device.
-template <class E, int kHeadDim, int kWarps, bool kUnits>
-auto attention_kernel() {
-  if constexpr (kUnits) return unit_attention_kernel<E, kHeadDim, kWarps>;
-  else return split_kv_attention_kernel<E, kHeadDim, kWarps>;
-}
-template <int kHeadDim, int kWarps, bool kUnits>
-constexpr size_t attention_smem() {
-  return kUnits ? CtaSmem<kHeadDim, kWarps>::kUnitKernelBytes : CtaSmem<kHeadDim, kWarps>::kBytes;
-}
-
-template <class E, int kHeadDim, int kWarps, bool kUnits>
+template <class E, int kHeadDim, int kWarps>
 int resident_ctas(int device) {
   static std::mutex mutex;
   static int resident[kMaxDevices] = {};
   std::lock_guard<std::mutex> lock(mutex);
   if (resident[device] == 0) {
-    const int smem = static_cast<int>(attention_smem<kHeadDim, kWarps, kUnits>());
+    const int smem = static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes);
     int smem_limit = 0;
     check_cuda(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                "cudaDeviceGetAttribute");
     if (smem > smem_limit) {
       resident[device] = -1;
     } else {
-      check_cuda(cudaFuncSetAttribute(attention_kernel<E, kHeadDim, kWarps, kUnits>(),
+      check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim, kWarps>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                  "cudaFuncSetAttribute");
       int per_sm = 0, sms = 0;
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_kernel<E, kHeadDim, kWarps, kUnits>(),
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim, kWarps>,
                                                                kWarps * 32, smem),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -1227,20 +928,7 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem
 
 DecodeDebug g_debug;
 
-// CTAs per tile: num_splits, or the heuristic's choice for the split kernel of kWarps warps; at
-// most kMaxSplits (as flash-attn) and no more than there are 16-key chunks. 0: nothing to launch.
 template <class E, int kHeadDim, int kWarps>
-int split_count(const core::Problem& p) {
-  const int64_t work = p.batch * p.heads_kv * ceil_div(p.seqlen_q * p.group, kRows);
-  if (work == 0) return 0;
-  const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
-  const int resident = resident_ctas<E, kHeadDim, kWarps, false>(current_device());
-  const int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
-  return static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
-}
-
-// kUnits: the unit kernel (variant kDecodeDynamic) and its combine; else the split kernel.
-template <class E, int kHeadDim, int kWarps, bool kUnits>
 void launch_attention(const core::Problem& p, cudaStream_t stream) {
   Args a{};
   a.p = p;
@@ -1251,7 +939,6 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
   const int64_t work = p.batch * p.heads_kv * a.m_tiles;
   if (work == 0 || a.q_rows == 0) return;
-  a.tiles = work;
 
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   a.vector_kv = p.head_dim_qk % 8 == 0 && p.head_dim_v % 8 == 0 && aligned(p.k.ptr) && aligned(p.v.ptr);
@@ -1260,86 +947,44 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 
   const int device = current_device();
   const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
-  resident_ctas<E, kHeadDim, kWarps, kUnits>(device);  // raises the kernel's shared-memory limit
-  // The unit kernel keeps its static units (a warp each) to half of kMaxUnits.
-  const int splits = kUnits ? std::min(split_count<E, kHeadDim, kWarps>(p), kMaxUnits / 2 / kWarps)
-                            : split_count<E, kHeadDim, kWarps>(p);
+  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);  // also raises the shared-memory limit
+  int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
+  // At most kMaxSplits (as flash-attn), and no more than there are 16-key chunks.
+  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
   a.num_splits = splits;
-  a.partials = splits;
-  if (kUnits) {
-    // Slots for the static units (a warp each) and the dynamic units of the longest tile
-    // (unit_plan: a pool of at most half the chunks plus a chunk per warp, in units of at least
-    // kMinUnitChunks, at most kUnitsPerWarp per warp, plus a partial group of kWarps), as a
-    // multiple of kWarps.
-    a.unit_static_percent = g_debug.unit_static_percent > 0 ? std::min(g_debug.unit_static_percent, 100) : 50;
-    const int64_t warps = int64_t(splits) * kWarps, chunks = ceil_div(max_keys, kChunk) + 1;
-    const int64_t pool = chunks * (100 - a.unit_static_percent) / 100 + warps + 1;
-    const int64_t dynamic = std::min(kUnitsPerWarp * warps, ceil_div(pool, kMinUnitChunks)) + kWarps;
-    a.max_dynamic_units = static_cast<int>(std::clamp<int64_t>(ceil_div(dynamic, kWarps) * kWarps, kWarps, kMaxUnits - warps));
-    a.unit_warps = static_cast<int>(warps);
-    a.partials = static_cast<int>(warps) + a.max_dynamic_units;
-  }
 
   void* scratch = nullptr;
-  const bool combine = kUnits || splits > 1;
-  if (combine) {
-    const size_t slots = size_t(a.partials) * a.q_rows * p.heads_q;
-    const size_t bytes = slots * (kHeadDim + 1) * sizeof(float) + (kUnits ? size_t(work) * sizeof(unsigned) : 0);
+  if (splits > 1) {
+    const size_t slots = size_t(splits) * a.q_rows * p.heads_q;
+    const size_t bytes = slots * (kHeadDim + 1) * sizeof(float);
     check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
     a.partial_out = static_cast<float*>(scratch);
     a.partial_lse = a.partial_out + slots * kHeadDim;
-    if (kUnits) a.unit_counters = reinterpret_cast<unsigned*>(a.partial_lse + slots);
   }
 
-  if (kUnits) {
-    const int threads = 256;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(work, threads), 1024));
-    launch_overlapped(zero_counters_kernel, dim3(blocks), threads, 0, stream, a, "zero_counters_kernel launch");
-  }
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(attention_kernel<E, kHeadDim, kWarps, kUnits>(), grid, kWarps * 32,
-                    attention_smem<kHeadDim, kWarps, kUnits>(), stream, a, "decode attention kernel launch");
-  if (combine) {
-    const unsigned rows = static_cast<unsigned>(p.seqlen_q * p.heads_q);
-    const unsigned batch = static_cast<unsigned>(p.batch);
-    auto combine_with = [&](auto kernel, unsigned slices) {
-      launch_overlapped(kernel, dim3(rows * slices, batch), 128 * slices, 0, stream, a, "combine_partials_kernel launch");
-    };
-    if (!kUnits) combine_with(combine_partials_kernel<E, kHeadDim, false, 128, 1>, 1);
-    else if (a.partials <= 32) combine_with(combine_partials_kernel<E, kHeadDim, true, 128, 1>, 1);
-    else if (a.partials <= 128) combine_with(combine_partials_kernel<E, kHeadDim, true, 256, 2>, 2);
-    else combine_with(combine_partials_kernel<E, kHeadDim, true, 512, 4>, 4);
+  launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps>, grid, kWarps * 32,
+                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
+  if (splits > 1) {
+    const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
+    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineThreads, 0, stream, a,
+                      "combine_splits_kernel launch");
     check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
   }
 }
 
-// The variants under measurement exist at head dim 128 (the issue's shapes) only, so they cost
-// 6 instantiations, not 18; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
-// where it fits the device's shared memory (Hopper), the 4-warp CTA otherwise. The unit kernel
-// runs where the split kernel would split the keys (a rule on shapes only: paged and dense
-// calls take the same kernel), everywhere when the benchmark sets unit_static_percent.
+// The variant under measurement exists at head dim 128 (the issue's shapes) only, so it costs
+// 2 instantiations, not 6; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
+// where it fits the device's shared memory (Hopper), the 4-warp CTA otherwise.
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
-    const bool units = (g_debug.variant & kDecodeDynamic) != 0 &&
-                       (g_debug.unit_static_percent > 0 || split_count<E, kHeadDim, kNarrowWarps>(p) > 1);
-    if (g_debug.variant & kDecodeWide) {
-      const int device = current_device();
-      if (units && resident_ctas<E, kHeadDim, kWideWarps, true>(device) > 0) {
-        launch_attention<E, kHeadDim, kWideWarps, true>(p, stream);
-        return;
-      }
-      if (!units && resident_ctas<E, kHeadDim, kWideWarps, false>(device) > 0) {
-        launch_attention<E, kHeadDim, kWideWarps, false>(p, stream);
-        return;
-      }
-    }
-    if (units) {
-      launch_attention<E, kHeadDim, kNarrowWarps, true>(p, stream);
+    if ((g_debug.variant & kDecodeWide) && resident_ctas<E, kHeadDim, kWideWarps>(current_device()) > 0) {
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps, false>(p, stream);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
 }
 
 template <class E>

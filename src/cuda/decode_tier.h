@@ -29,15 +29,10 @@ void decode_forward(const core::Problem& p, void* stream);  // attend only
 // the splits.
 //   kDecodeWide: one 8-warp CTA per SM at head dims up to 128 where its shared memory fits
 //     (213 KB at 128: Hopper; elsewhere the 4-warp CTA runs).
-//   kDecodeDynamic: the unit kernel at head dim 128: each warp takes a static unit of its tile's
-//     keys, then small units from a per-tile counter (in the call's scratch) as it runs dry;
-//     every unit's partial has its own slot and the combine adds them in slot order, so results
-//     do not depend on which warp took which unit.
 inline constexpr int kDecodeWide = 1;
-inline constexpr int kDecodeDynamic = 2;
-inline constexpr int kDecodeVariants = 4;
+inline constexpr int kDecodeVariants = 2;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"pair", "wide", "dyn", "wide_dyn"};
+  static const char* const names[kDecodeVariants] = {"pair", "wide"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
@@ -49,9 +44,6 @@ struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of 5 words
   int variant = 0;
-  // kDecodeDynamic: share of a tile's chunks in static units, 1..100 (0: 50); set, the unit kernel
-  // also runs where the split kernel would not split.
-  int unit_static_percent = 0;
 };
 void decode_set_debug(const DecodeDebug& debug);
 DecodeDebug decode_debug();

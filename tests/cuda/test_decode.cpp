@@ -347,8 +347,7 @@ TEST_P(DecodeKvcache, PagedEqualsDenseBitForBit) {
 }
 
 // Repeated calls give the same bits: every reduction has a fixed order, whichever CTA of a tile
-// finishes first or last, and in the dynamic variant whichever warp takes which unit. Also
-// catches unit counters not zeroed for a call: units would be skipped and fail the SPEC rule.
+// finishes first or last.
 TEST_P(DecodeKvcache, RepeatsBitForBit) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
@@ -512,9 +511,8 @@ TEST_P(DecodeKvcache, SanitizeBasic) {
   expect_kvcache_passes(c, {Layout::kDenseCache});
 }
 
-// Many key splits over one long and one short sequence: in the dynamic variant hundreds of unit
-// partials per row (the combine's 512-thread shape) and tiles too short for static units (their
-// slots are skipped), next to tiles with both kinds of unit. Small enough for the sanitizer.
+// Many key splits over one long, one short and one middling sequence: splits with no keys next to
+// full ones, and 40 partial rows per row in the combine. Small enough for the sanitizer.
 TEST_P(DecodeKvcache, SanitizeManySplits) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
