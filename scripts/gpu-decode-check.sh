@@ -18,7 +18,7 @@
 #   DECODE_CHECK_TESTS      gtest filter for the test step (default: Decode*)
 #   DECODE_CHECK_BENCH      1 (default) runs the benchmark; 0 skips it
 #   DECODE_CHECK_VARIANTS   kernel variants, comma-separated, the first one the main table's
-#                           (default: pair,wide,fused,wide_fused; pair is the shipped kernel)
+#                           (default: pair,wide; pair is the shipped kernel)
 #   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 # Exit status: non-zero when the build, a test or the sanitizer failed.
@@ -30,7 +30,7 @@ out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-decode-gpu}
 gencode=${FLASHSDPA_CUDA_GENCODE:--gencode=arch=compute_90a,code=sm_90a}
-variants=${DECODE_CHECK_VARIANTS:-pair,wide,fused,wide_fused}
+variants=${DECODE_CHECK_VARIANTS:-pair,wide}
 budget=${DECODE_CHECK_BUDGET:-330}
 bench="$build/flashsdpa_decode_bench"
 status=0

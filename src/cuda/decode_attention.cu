@@ -19,7 +19,6 @@
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
 // its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
 // them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
-// In the fused-combine variant the last CTA of a tile's splits merges them instead (same order).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -83,7 +82,7 @@ struct Tile {
 
 // Shared memory of a CTA of kWarps warps: the query tile, each warp's pipeline, the valid-key
 // masks. After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum
-// (the merge), then, in the fused combine, each warp's split weights.
+// (the merge).
 template <int kHeadDim, int kWarps>
 struct CtaSmem {
   using Cfg = Tile<kHeadDim>;
@@ -92,7 +91,6 @@ struct CtaSmem {
   static constexpr size_t kBytes = Cfg::kQBytes + kPipelineBytes + kMaskBytes;
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (Cfg::kOPitch + 2) * sizeof(float);
   static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
-  static_assert(size_t(kWarps) * kMaxSplits * sizeof(float) <= kPipelineBytes, "the combine weights alias the pipeline");
 };
 
 struct Args {
@@ -106,7 +104,6 @@ struct Args {
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   unsigned long long* trace;  // benchmark timeline: per CTA smid, start, first chunk, loop end, end
   int trace_capacity;      // records of 5 words: attention CTAs in the first half, the combine's after
-  unsigned* tile_counters;  // fused combine: per tile, splits done this call (zero between calls); else null
 };
 
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -624,117 +621,6 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   }
 }
 
-// ---- fused combine (variant kDecodeFusedCombine) -------------------------------------------------
-
-// True in every thread of the CTA that is the last of its tile's splits to finish; that CTA then
-// sees every split's partials (the threadfence-reduction pattern). The last CTA puts the counter
-// back to zero: the next kernel on the stream waits for this grid to finish before it touches
-// the counters (griddepcontrol.wait first thing), so no call has to clear them.
-__device__ bool last_split_of_tile(const Args& a, uint32_t* flag) {
-  __threadfence();  // this CTA's partials are visible device-wide before it counts itself
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const bool last = atomicAdd(a.tile_counters + blockIdx.x, 1u) + 1 == gridDim.y;
-    if (last) atomicExch(a.tile_counters + blockIdx.x, 0u);
-    *flag = last;
-  }
-  __syncthreads();
-  const bool last = *flag != 0;
-  if (last) __threadfence();
-  return last;
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-constexpr int kFusedBatch = 16;  // partial rows per lane in flight at once
-
-// The last CTA of a tile merges the tile's rows over the splits, one warp per row: the lse of
-// every split (lanes over splits) and their weights, then the partial rows as float4 columns
-// (lanes over columns) with kFusedBatch splits in flight, added in split order — the arithmetic
-// of combine_splits_kernel in a fixed order, so the result does not depend on which CTA ends
-// last. Partials are read from L2 (__ldcg): other SMs wrote them.
-template <class E, int kHeadDim, int kWarps>
-__device__ void combine_tile(const Args& a, const CtaWork& w, float* weights_all, int lane, int warp) {
-  using T = typename E::T;
-  constexpr int kColumns = kHeadDim / 4;
-  const core::Problem& p = a.p;
-  const int n = a.num_splits;
-  float* weights = weights_all + warp * kMaxSplits;  // this warp's [kMaxSplits]
-  const uint32_t group = static_cast<uint32_t>(p.group);
-#pragma unroll 1
-  for (int row = warp; row < kRows; row += kWarps) {
-    const int64_t packed = w.row0 + row;
-    if (packed >= w.packed_rows) break;
-    const uint32_t row_i = static_cast<uint32_t>(packed) / group;
-    const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
-    const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
-    // Split s of the row: its lse at lse_row[s * split_stride], its partial row at
-    // out_row + s * split_stride * kHeadDim.
-    const int64_t split_stride = a.q_rows * p.heads_q;
-    const float* lse_row = a.partial_lse + r * p.heads_q + h;
-    const float4* out_row = reinterpret_cast<const float4*>(a.partial_out + (r * p.heads_q + h) * kHeadDim);
-
-    core::SoftmaxRow<float> total;
-    float m = -INFINITY;
-#pragma unroll 1
-    for (int s = lane; s < n; s += 32) {
-      const float lse = __ldcg(lse_row + s * split_stride);
-      weights[s] = lse;
-      m = fmaxf(m, lse);
-    }
-    total.max = warp_max(m);
-    float z = 0.0f;
-#pragma unroll 1
-    for (int s = lane; s < n; s += 32) {
-      const float lse = weights[s];
-      weights[s] = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty split weighs 0
-      z += weights[s];
-    }
-    total.sum = warp_sum(z);
-    __syncwarp();  // every lane's weights are written
-    const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
-    const float scale = sink_factor * total.inv_sum();
-    T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, w.s, w.b, i, h);
-#pragma unroll 1
-    for (int c0 = 0; c0 < kColumns; c0 += 32) {
-      const int column = c0 + lane;
-      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 1
-      for (int first = 0; first < n; first += kFusedBatch) {
-        float4 o[kFusedBatch];
-#pragma unroll
-        for (int u = 0; u < kFusedBatch; ++u)
-          o[u] = first + u < n && column < kColumns ? __ldcg(out_row + (first + u) * split_stride * (kHeadDim / 4) + column)
-                                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int u = 0; u < kFusedBatch; ++u) {
-          if (first + u >= n) break;
-          const float ws = weights[first + u];
-          acc.x += ws * o[u].x;
-          acc.y += ws * o[u].y;
-          acc.z += ws * o[u].z;
-          acc.w += ws * o[u].w;
-        }
-      }
-      const float values[4] = {acc.x, acc.y, acc.z, acc.w};
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (column < kColumns && 4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
-    }
-    if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
-    __syncwarp();  // the weights are read before the next row overwrites them
-  }
-}
-
 // ---- the kernels --------------------------------------------------------------------------------
 
 // Programmatic dependent launch (sm_90): each kernel of a decode call is launched while the one
@@ -753,9 +639,7 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 #endif
 }
 
-// kFused: the fused-combine variant's instantiation (its last CTA per tile merges the splits when
-// a.tile_counters is set); the shipped kernel has no trace of it.
-template <class E, int kHeadDim, int kWarps, bool kFused>
+template <class E, int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
@@ -824,21 +708,6 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
   merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
-  if constexpr (kFused) {
-    if (a.tile_counters != nullptr && last_split_of_tile(a, valid_masks)) {  // the merge area is free again
-      const unsigned long long t_combine = a.trace != nullptr ? global_ns() : 0;
-      combine_tile<E, kHeadDim, kWarps>(a, w, reinterpret_cast<float*>(pipeline), lane, warp);
-      if (a.trace != nullptr) {
-        __syncthreads();
-        // The combine's records (second half of the buffer): one (start, end) per tile.
-        const int64_t first = 5 * int64_t(a.trace_capacity / 2);
-        if (threadIdx.x == 0 && first + 2 * int64_t(blockIdx.x) + 1 < 5 * int64_t(a.trace_capacity)) {
-          a.trace[first + 2 * blockIdx.x] = t_combine;
-          a.trace[first + 2 * blockIdx.x + 1] = global_ns();
-        }
-      }
-    }
-  }
   if (a.trace != nullptr && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
@@ -970,7 +839,7 @@ int current_device() {
 // CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM), or
 // 0 when its shared memory exceeds what a CTA may have on this device (the 8-warp CTA off
 // Hopper). Also raises the kernel's dynamic shared-memory limit, once per device.
-template <class E, int kHeadDim, int kWarps, bool kFused>
+template <class E, int kHeadDim, int kWarps>
 int resident_ctas(int device) {
   static std::mutex mutex;
   static int resident[kMaxDevices] = {};
@@ -983,11 +852,11 @@ int resident_ctas(int device) {
     if (smem > smem_limit) {
       resident[device] = -1;
     } else {
-      check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>,
+      check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim, kWarps>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                  "cudaFuncSetAttribute");
       int per_sm = 0, sms = 0;
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>,
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim, kWarps>,
                                                                kWarps * 32, smem),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -995,30 +864,6 @@ int resident_ctas(int device) {
     }
   }
   return std::max(resident[device], 0);
-}
-
-// The fused combine's per-tile counters (variant kDecodeFusedCombine): zero between calls, since
-// the last CTA of every tile resets its own. Allocated and cleared once per device, on the
-// caller's stream and outside stream capture (nullptr while capturing before the first eager
-// call: that call runs the combine kernel). Calls running concurrently on two streams would share
-// them: this variant must not ship as it is.
-constexpr int64_t kCounterSlots = int64_t{1} << 16;
-
-unsigned* tile_counters(int device, cudaStream_t stream) {
-  static std::mutex mutex;
-  static unsigned* counters[kMaxDevices] = {};
-  std::lock_guard<std::mutex> lock(mutex);
-  if (counters[device] == nullptr) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    check_cuda(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
-    if (capture != cudaStreamCaptureStatusNone) return nullptr;
-    void* buffer = nullptr;
-    check_cuda(cudaMalloc(&buffer, kCounterSlots * sizeof(unsigned)), "cudaMalloc");
-    check_cuda(cudaMemsetAsync(buffer, 0, kCounterSlots * sizeof(unsigned), stream), "cudaMemsetAsync");
-    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    counters[device] = static_cast<unsigned*>(buffer);
-  }
-  return counters[device];
 }
 
 // Split scratch comes from a stream-ordered pool of its own that keeps freed memory (a decode
@@ -1083,7 +928,7 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem
 
 DecodeDebug g_debug;
 
-template <class E, int kHeadDim, int kWarps, bool kFused>
+template <class E, int kHeadDim, int kWarps>
 void launch_attention(const core::Problem& p, cudaStream_t stream) {
   Args a{};
   a.p = p;
@@ -1102,7 +947,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 
   const int device = current_device();
   const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
-  const int resident = resident_ctas<E, kHeadDim, kWarps, kFused>(device);  // also raises the shared-memory limit
+  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);  // also raises the shared-memory limit
   int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
   // At most kMaxSplits (as flash-attn), and no more than there are 16-key chunks.
   splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
@@ -1117,39 +962,29 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
     a.partial_lse = a.partial_out + slots * kHeadDim;
   }
 
-  if (kFused && splits > 1 && work <= kCounterSlots) a.tile_counters = tile_counters(device, stream);
-
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps, kFused>, grid, kWarps * 32,
+  launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps>, grid, kWarps * 32,
                     CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
-    if (a.tile_counters == nullptr) {
-      const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
-      launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineThreads, 0, stream, a,
-                        "combine_splits_kernel launch");
-    }
+    const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
+    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineThreads, 0, stream, a,
+                      "combine_splits_kernel launch");
     check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
   }
 }
 
-// The variants under measurement exist at head dim 128 (the issue's shapes) only, so they cost
-// 6 instantiations, not 18; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
+// The variant under measurement exists at head dim 128 (the issue's shapes) only, so it costs
+// 2 instantiations, not 6; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
 // where it fits the device's shared memory (Hopper), the 4-warp CTA otherwise.
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
-    const bool fused = (g_debug.variant & kDecodeFusedCombine) != 0;
-    if ((g_debug.variant & kDecodeWide) && resident_ctas<E, kHeadDim, kWideWarps, false>(current_device()) > 0) {
-      if (fused) launch_attention<E, kHeadDim, kWideWarps, true>(p, stream);
-      else launch_attention<E, kHeadDim, kWideWarps, false>(p, stream);
-      return;
-    }
-    if (fused) {
-      launch_attention<E, kHeadDim, kNarrowWarps, true>(p, stream);
+    if ((g_debug.variant & kDecodeWide) && resident_ctas<E, kHeadDim, kWideWarps>(current_device()) > 0) {
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps, false>(p, stream);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
 }
 
 template <class E>

@@ -24,26 +24,22 @@ inline constexpr int64_t kDecodeMaxQueryLen = 16;
 void decode_kvcache(const core::Problem& p, void* stream);  // append (+ rotary), then attend
 void decode_forward(const core::Problem& p, void* stream);  // attend only
 
-// Kernel variants under measurement (docs/perf-log.md, CUDA decode, run 6), as bits of
+// Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-7), as bits of
 // DecodeDebug::variant. 0 is the shipped kernel: two 4-warp CTAs per SM, a combine kernel after
 // the splits.
 //   kDecodeWide: one 8-warp CTA per SM at head dims up to 128 where its shared memory fits
-//     (213 KB at 128: Hopper; elsewhere the shipped kernel runs).
-//   kDecodeFusedCombine: the last CTA of a tile's splits merges them (no combine kernel), counted
-//     by self-resetting per-tile counters of the device. Not safe for decode calls that run
-//     concurrently on two streams of one device (they would share the counters).
+//     (213 KB at 128: Hopper; elsewhere the 4-warp CTA runs).
 inline constexpr int kDecodeWide = 1;
-inline constexpr int kDecodeFusedCombine = 2;
-inline constexpr int kDecodeVariants = 4;
+inline constexpr int kDecodeVariants = 2;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"pair", "wide", "fused", "wide_fused"};
+  static const char* const names[kDecodeVariants] = {"pair", "wide"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
 // SM id + 1, start, first chunk ready, main loop done, end, in ns; then, from the buffer's
-// middle, per combine CTA or fused combine: start, end). `variant`: the kernel variant.
+// middle, per combine CTA: start, end). `variant`: the kernel variant.
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of 5 words

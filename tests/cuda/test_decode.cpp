@@ -347,9 +347,7 @@ TEST_P(DecodeKvcache, PagedEqualsDenseBitForBit) {
 }
 
 // Repeated calls give the same bits: every reduction has a fixed order, whichever CTA of a tile
-// finishes first or last (in the fused-combine variant the last one merges the splits). Also
-// catches combine counters not back at zero after a call: the next call would merge too early
-// or never, and fail the SPEC rule.
+// finishes first or last.
 TEST_P(DecodeKvcache, RepeatsBitForBit) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
@@ -511,6 +509,20 @@ TEST_P(DecodeKvcache, SanitizeBasic) {
   c.head_dim_qk = c.head_dim_v = 59;
   c.rotary_dim = 58;
   expect_kvcache_passes(c, {Layout::kDenseCache});
+}
+
+// Many key splits over one long, one short and one middling sequence: splits with no keys next to
+// full ones, and 40 partial rows per row in the combine. Small enough for the sanitizer.
+TEST_P(DecodeKvcache, SanitizeManySplits) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+  c.cache_capacity = 2100;
+  c.cache_seqlens = {2000, 5, 1234};
+  c.sinks = true;
+  for (int splits : {8, 40}) {
+    c.num_splits = splits;
+    expect_kvcache_passes(c);
+  }
 }
 
 // ---- attention_kvcache on fp32 caches: cuda-fp32 ----------------------------------------------------
