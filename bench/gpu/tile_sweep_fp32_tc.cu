@@ -47,14 +47,6 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// c += a b with a and b split: three TF32 products, the small ones first.
-__device__ __forceinline__ void mma_3xtf32(float (&c)[4], const uint32_t (&a_big)[4], const uint32_t (&a_small)[4],
-                                           uint32_t b0_big, uint32_t b1_big, uint32_t b0_small, uint32_t b1_small) {
-  mma_tf32(c, a_small, b0_big, b1_big);
-  mma_tf32(c, a_big, b0_small, b1_small);
-  mma_tf32(c, a_big, b0_big, b1_big);
-}
-
 // rows x 128 floats from global (row r at src + r * row_stride) into shared memory, 16-byte copies.
 __device__ __forceinline__ void copy_rows(float* dst, const float* src, int64_t row_stride, int rows) {
   for (int c = threadIdx.x; c < rows * (kD / 4); c += kThreads) {
@@ -108,13 +100,20 @@ __global__ void __launch_bounds__(kThreads, 1) fp32_tc_kernel(const core::Proble
       split(q_warp[(g + 8) * kPitch + d0 + t], a_big[1], a_small[1]);
       split(q_warp[g * kPitch + d0 + t + 4], a_big[2], a_small[2]);
       split(q_warp[(g + 8) * kPitch + d0 + t + 4], a_big[3], a_small[3]);
+      // The three products as three passes over the 8 key groups, so that consecutive MMAs write
+      // different accumulators instead of waiting on each other.
+      uint32_t kb[kBlockN / 8][2], ks_[kBlockN / 8][2];
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
-        uint32_t b0, b1, b0s, b1s;
-        split(kt_s[(8 * j + g) * kPitch + d0 + t], b0, b0s);
-        split(kt_s[(8 * j + g) * kPitch + d0 + t + 4], b1, b1s);
-        mma_3xtf32(s[j], a_big, a_small, b0, b1, b0s, b1s);
+        split(kt_s[(8 * j + g) * kPitch + d0 + t], kb[j][0], ks_[j][0]);
+        split(kt_s[(8 * j + g) * kPitch + d0 + t + 4], kb[j][1], ks_[j][1]);
       }
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) mma_tf32(s[j], a_small, kb[j][0], kb[j][1]);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) mma_tf32(s[j], a_big, ks_[j][0], ks_[j][1]);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) mma_tf32(s[j], a_big, kb[j][0], kb[j][1]);
     }
 
     // ---- mask (causal diagonal tiles), online softmax ------------------------------------------
@@ -168,12 +167,21 @@ __global__ void __launch_bounds__(kThreads, 1) fp32_tc_kernel(const core::Proble
       split(s[j][1], a_big[2], a_small[2]);
       split(s[j][3], a_big[3], a_small[3]);
       const float* v0 = vt_s + (8 * j + 2 * t) * kPitch + g;
+      // Output tiles in groups of 4, the three products as passes over the group (see S).
 #pragma unroll
-      for (int c = 0; c < kD / 8; ++c) {
-        uint32_t b0, b1, b0s, b1s;
-        split(v0[8 * c], b0, b0s);
-        split(v0[kPitch + 8 * c], b1, b1s);
-        mma_3xtf32(o[c], a_big, a_small, b0, b1, b0s, b1s);
+      for (int c0 = 0; c0 < kD / 8; c0 += 4) {
+        uint32_t vb[4][2], vs_[4][2];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          split(v0[8 * (c0 + c)], vb[c][0], vs_[c][0]);
+          split(v0[kPitch + 8 * (c0 + c)], vb[c][1], vs_[c][1]);
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) mma_tf32(o[c0 + c], a_small, vb[c][0], vb[c][1]);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) mma_tf32(o[c0 + c], a_big, vs_[c][0], vs_[c][1]);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) mma_tf32(o[c0 + c], a_big, vb[c][0], vb[c][1]);
       }
     }
     __syncthreads();  // every warp is done with tile kt's buffers before they are refilled
