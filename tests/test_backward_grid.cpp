@@ -25,47 +25,7 @@ AttnConfig backward_config(int n) {
   pick_heads(c, rng, n, 4);
   const int64_t per_pair = c.heads_q * (2 * c.head_dim_qk + 2 * c.head_dim_v);
   const int64_t budget = std::max<int64_t>(64, 16'000'000 / per_pair);
-  const std::vector<int64_t> sizes = {1, 5, 17, 33, 64, 97, 130, 257};
-  auto pair = [&](int relation) {
-    int64_t a = rng.pick(sizes), b = rng.pick(sizes);
-    while (a * b > budget) (a > b ? a : b) /= 2;
-    a = std::max<int64_t>(a, 1);
-    b = std::max<int64_t>(b, 1);
-    if (relation == 1) return std::make_pair(a, a);
-    if (a == b) b = a + 3;
-    return relation == 0 ? std::make_pair(std::min(a, b), std::max(a, b)) : std::make_pair(std::max(a, b), std::min(a, b));
-  };
-  const int relation = static_cast<int>(covering_pick(4, n, 3));
-  if (covering_pick(5, n, 3) == 2) {
-    c.layout = Layout::kVarlen;
-    c.batch = rng.uniform_int(2, 4);
-    for (int64_t b = 0; b < c.batch; ++b) {
-      auto [sq, sk] = pair(relation);
-      c.seqlens_q.push_back(rng.coin(0.2) ? 0 : sq);
-      c.seqlens_k.push_back(rng.coin(0.2) ? 0 : sk);
-    }
-  } else {
-    c.batch = rng.uniform_int(1, 2);
-    std::tie(c.seqlen_q, c.seqlen_k) = pair(relation);
-  }
-  const int mask_kind = static_cast<int>(covering_pick(6, n, 4));
-  if (mask_kind == 1) c.causal = true;
-  if (mask_kind == 2) {
-    c.window_left = rng.uniform_int(0, 30);
-    c.window_right = rng.coin() ? -1 : rng.uniform_int(0, 30);
-  }
-  if (mask_kind == 3) {
-    c.causal = true;
-    c.window_left = rng.uniform_int(0, 30);
-  }
-  const int modifiers = static_cast<int>(covering_pick(7, n, 8));
-  if (modifiers & 1) c.softcap = static_cast<float>(rng.pick(std::vector<double>{2.0, 10.0, 50.0}));
-  if (modifiers & 2) c.alibi = rng.coin() ? Alibi::kPerHead : Alibi::kPerBatch;
-  if (modifiers & 4) {
-    c.sinks = true;
-    c.sink_mean = rng.uniform(-1.0, 2.0);
-  }
-  c.padded_strides = rng.coin(0.25);
+  pick_geometry_and_modifiers(c, rng, n, {1, 5, 17, 33, 64, 97, 130, 257}, budget);
   return c;
 }
 

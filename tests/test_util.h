@@ -20,6 +20,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -356,6 +357,55 @@ inline void pick_heads(AttnConfig& c, Rng& rng, int n, int64_t max_mqa_heads) {
     c.heads_kv = ratio == 8 ? 1 : rng.uniform_int(1, 2);
     c.heads_q = c.heads_kv * ratio;
   }
+}
+
+// Grid case n's geometry, mask and modifiers, after its dtype, head dims and heads: Sq < Sk,
+// Sq == Sk or Sq > Sk (axis 4) with lengths drawn from `sizes`, halved while Sq x Sk exceeds
+// `pair_budget`; batched or varlen with empty sequences (axis 5); no mask, causal, a window, or
+// causal + left window (axis 6); softcap, ALiBi and sinks in every combination (axis 7); padded
+// strides in a quarter of the cases. Shared by the CPU and CUDA backward grids.
+inline void pick_geometry_and_modifiers(AttnConfig& c, Rng& rng, int n, const std::vector<int64_t>& sizes,
+                                        int64_t pair_budget) {
+  auto pair = [&](int relation) {
+    int64_t a = rng.pick(sizes), b = rng.pick(sizes);
+    while (a * b > pair_budget) (a > b ? a : b) /= 2;
+    a = std::max<int64_t>(a, 1);
+    b = std::max<int64_t>(b, 1);
+    if (relation == 1) return std::make_pair(a, a);
+    if (a == b) b = a + 3;
+    return relation == 0 ? std::make_pair(std::min(a, b), std::max(a, b)) : std::make_pair(std::max(a, b), std::min(a, b));
+  };
+  const int relation = static_cast<int>(covering_pick(4, n, 3));
+  if (covering_pick(5, n, 3) == 2) {
+    c.layout = Layout::kVarlen;
+    c.batch = rng.uniform_int(2, 4);
+    for (int64_t b = 0; b < c.batch; ++b) {
+      auto [sq, sk] = pair(relation);
+      c.seqlens_q.push_back(rng.coin(0.2) ? 0 : sq);
+      c.seqlens_k.push_back(rng.coin(0.2) ? 0 : sk);
+    }
+  } else {
+    c.batch = rng.uniform_int(1, 2);
+    std::tie(c.seqlen_q, c.seqlen_k) = pair(relation);
+  }
+  const int mask_kind = static_cast<int>(covering_pick(6, n, 4));
+  if (mask_kind == 1) c.causal = true;
+  if (mask_kind == 2) {
+    c.window_left = rng.uniform_int(0, 30);
+    c.window_right = rng.coin() ? -1 : rng.uniform_int(0, 30);
+  }
+  if (mask_kind == 3) {
+    c.causal = true;
+    c.window_left = rng.uniform_int(0, 30);
+  }
+  const int modifiers = static_cast<int>(covering_pick(7, n, 8));
+  if (modifiers & 1) c.softcap = static_cast<float>(rng.pick(std::vector<double>{2.0, 10.0, 50.0}));
+  if (modifiers & 2) c.alibi = rng.coin() ? Alibi::kPerHead : Alibi::kPerBatch;
+  if (modifiers & 4) {
+    c.sinks = true;
+    c.sink_mean = rng.uniform(-1.0, 2.0);
+  }
+  c.padded_strides = rng.coin(0.25);
 }
 
 inline std::vector<int32_t> prefix_sums(const std::vector<int64_t>& lengths) {
