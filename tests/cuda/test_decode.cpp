@@ -260,6 +260,39 @@ TEST_P(DecodeKvcache, SplitCountsAgree) {
   }
 }
 
+// One sampled KV-cache case after its seed, dtype and layout: cache geometry, appended tokens,
+// rotary, cache_batch_idx, left padding, masks, modifiers, sinks, split count (drawn from
+// num_splits) and LSE. Shared by the fp16/bf16 and fp32 sampled grids.
+void draw_kvcache_case(AttnConfig& c, Rng& rng, const std::vector<int64_t>& num_splits) {
+  c.block_size = rng.pick(std::vector<int64_t>{1, 3, 16, 64, 256});
+  c.head_dim_qk = rng.pick(std::vector<int64_t>{64, 128, 256, 96, 40});
+  c.head_dim_v = rng.coin(0.2) ? 64 : c.head_dim_qk;
+  c.heads_kv = rng.uniform_int(1, 3);
+  c.heads_q = c.heads_kv * rng.pick(std::vector<int64_t>{1, 2, 4, 8});
+  c.batch = rng.uniform_int(1, 4);
+  c.cache_capacity = rng.pick(std::vector<int64_t>{16, 97, 600, 2100});
+  c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 4}));
+  c.seqlen_q = rng.coin(0.6) ? 1 : rng.uniform_int(1, 8);
+  for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
+  if (c.seqlen_new > 0 && rng.coin(0.6)) {
+    c.rotary_interleaved = rng.coin();
+    c.rotary_dim = rng.coin() ? c.head_dim_qk : c.head_dim_qk / 2;
+  }
+  if (c.layout == Layout::kDenseCache && rng.coin(0.3)) {
+    c.cache_batch_idx = true;
+    c.extra_cache_rows = 1;
+  }
+  if (rng.coin(0.25))
+    for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b]));
+  c.causal = rng.coin(0.5);
+  if (rng.coin(0.25)) c.window_left = rng.uniform_int(0, 300);
+  if (rng.coin(0.2)) c.softcap = 20.0f;
+  if (rng.coin(0.2)) c.alibi = Alibi::kPerHead;
+  c.sinks = rng.coin(0.3);
+  c.num_splits = static_cast<int>(rng.pick(num_splits));
+  c.with_lse = rng.coin(0.8);
+}
+
 // Random configurations over everything at once.
 TEST_P(DecodeKvcache, SampledGrid) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
@@ -269,33 +302,7 @@ TEST_P(DecodeKvcache, SampledGrid) {
     c.seed = 9000 + n;
     c.dtype = kHalfTypes[n % 2];
     c.layout = (n / 2) % 2 ? Layout::kPagedCache : Layout::kDenseCache;
-    c.block_size = rng.pick(std::vector<int64_t>{1, 3, 16, 64, 256});
-    c.head_dim_qk = rng.pick(std::vector<int64_t>{64, 128, 256, 96, 40});
-    c.head_dim_v = rng.coin(0.2) ? 64 : c.head_dim_qk;
-    c.heads_kv = rng.uniform_int(1, 3);
-    c.heads_q = c.heads_kv * rng.pick(std::vector<int64_t>{1, 2, 4, 8});
-    c.batch = rng.uniform_int(1, 4);
-    c.cache_capacity = rng.pick(std::vector<int64_t>{16, 97, 600, 2100});
-    c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 4}));
-    c.seqlen_q = rng.coin(0.6) ? 1 : rng.uniform_int(1, 8);
-    for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
-    if (c.seqlen_new > 0 && rng.coin(0.6)) {
-      c.rotary_interleaved = rng.coin();
-      c.rotary_dim = rng.coin() ? c.head_dim_qk : c.head_dim_qk / 2;
-    }
-    if (c.layout == Layout::kDenseCache && rng.coin(0.3)) {
-      c.cache_batch_idx = true;
-      c.extra_cache_rows = 1;
-    }
-    if (rng.coin(0.25))
-      for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b]));
-    c.causal = rng.coin(0.5);
-    if (rng.coin(0.25)) c.window_left = rng.uniform_int(0, 300);
-    if (rng.coin(0.2)) c.softcap = 20.0f;
-    if (rng.coin(0.2)) c.alibi = Alibi::kPerHead;
-    c.sinks = rng.coin(0.3);
-    c.num_splits = static_cast<int>(rng.pick(std::vector<int64_t>{0, 0, 1, 3, 16}));
-    c.with_lse = rng.coin(0.8);
+    draw_kvcache_case(c, rng, {0, 0, 1, 3, 16});
     AttnCase a(c);
     EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
   }
@@ -707,33 +714,7 @@ TEST(DecodeKvcacheFp32, SampledGrid) {
     c.seed = 19000 + n;
     c.dtype = DType::kFloat32;
     c.layout = n % 2 ? Layout::kPagedCache : Layout::kDenseCache;
-    c.block_size = rng.pick(std::vector<int64_t>{1, 3, 16, 64, 256});
-    c.head_dim_qk = rng.pick(std::vector<int64_t>{64, 128, 256, 96, 40});
-    c.head_dim_v = rng.coin(0.2) ? 64 : c.head_dim_qk;
-    c.heads_kv = rng.uniform_int(1, 3);
-    c.heads_q = c.heads_kv * rng.pick(std::vector<int64_t>{1, 2, 4, 8});
-    c.batch = rng.uniform_int(1, 4);
-    c.cache_capacity = rng.pick(std::vector<int64_t>{16, 97, 600, 2100});
-    c.seqlen_new = std::min<int64_t>(c.cache_capacity, rng.pick(std::vector<int64_t>{0, 1, 1, 4}));
-    c.seqlen_q = rng.coin(0.6) ? 1 : rng.uniform_int(1, 8);
-    for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back(rng.uniform_int(0, c.cache_capacity - c.seqlen_new));
-    if (c.seqlen_new > 0 && rng.coin(0.6)) {
-      c.rotary_interleaved = rng.coin();
-      c.rotary_dim = rng.coin() ? c.head_dim_qk : c.head_dim_qk / 2;
-    }
-    if (c.layout == Layout::kDenseCache && rng.coin(0.3)) {
-      c.cache_batch_idx = true;
-      c.extra_cache_rows = 1;
-    }
-    if (rng.coin(0.25))
-      for (int64_t b = 0; b < c.batch; ++b) c.cache_leftpad.push_back(rng.uniform_int(0, c.cache_seqlens[b]));
-    c.causal = rng.coin(0.5);
-    if (rng.coin(0.25)) c.window_left = rng.uniform_int(0, 300);
-    if (rng.coin(0.2)) c.softcap = 20.0f;
-    if (rng.coin(0.2)) c.alibi = Alibi::kPerHead;
-    c.sinks = rng.coin(0.3);
-    c.num_splits = static_cast<int>(rng.pick(std::vector<int64_t>{0, 1, 3}));
-    c.with_lse = rng.coin(0.8);
+    draw_kvcache_case(c, rng, {0, 1, 3});
     AttnCase a(c);
     EXPECT_EQ(check_kvcache_gpu(a), "") << c.describe();
   }
