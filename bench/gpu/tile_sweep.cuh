@@ -21,9 +21,7 @@ void sweep_one(const core::Problem& p, const char* name, double flop, int iters,
   args.score_scale_log2 = p.scale * cuda::kLog2e;
   args.vector_io = true;
   args.has_score_mod = false;
-  args.order_groups = order_groups >= 0 ? order_groups
-                      : p.window_right >= 0 ? cuda::longest_first_groups(p, l2_bytes())
-                                            : 0;
+  args.order_groups = order_groups >= 0 ? order_groups : cuda::block_order_groups(p, l2_bytes());
   args.shared_memory_optin = 0;
   const double median = median_ms([&] { cuda::launch_mma_tile<Tile, cuda::BFloat16>(args, nullptr); }, 3, iters);
   std::printf("{\"sweep\": \"%s groups %lld\", \"hd\": %lld, \"seqlen\": %lld, \"causal\": %s, \"smem\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",

@@ -34,7 +34,7 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
   cuda::Fp32Args args;
   args.p = p;
   args.vector_io = true;
-  args.order_groups = p.window_right >= 0 ? cuda::longest_first_groups(p, l2_bytes()) : 0;
+  args.order_groups = cuda::block_order_groups(p, l2_bytes());
   const double median = median_ms([&] { cuda::launch_fp32_tile<Tile>(args, nullptr); }, 2, iters);
   // Contiguous out of the benchmark's problems: batch x seqlen x heads x Dv floats.
   std::vector<float> out(static_cast<size_t>(p.batch * p.seqlen_q * p.heads_q * p.head_dim_v));

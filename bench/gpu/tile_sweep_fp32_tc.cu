@@ -208,10 +208,9 @@ __global__ void __launch_bounds__(kThreads, 1) fp32_tc_kernel(const core::Proble
 
 }  // namespace
 
-// Times the 3xTF32 prototype on one problem and compares its output with cuda-fp32's (the FMA
-// tier, accurate to fp32 rounding): the largest absolute difference, and the same for the FMA
-// tier's output against itself run with the order reversed is not available, so the FMA tier's
-// own distance to float64 is not known here; tests settle accuracy once a tier exists.
+// Times the 3xTF32 prototype on one problem and prints the largest absolute difference between
+// its output and cuda-fp32's (the FMA tier, accurate to fp32 rounding). A distance to float64 is
+// not computed here: tests settle accuracy once a tier exists.
 void sweep_fp32_tc(const core::Problem& p, double flop, int iters) {
   if (p.head_dim_qk != kD || p.head_dim_v != kD || p.seqlen_q != p.seqlen_k || p.seqlen_q % kBlockM != 0) return;
   const bool causal = p.window_right >= 0;

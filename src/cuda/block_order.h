@@ -1,4 +1,5 @@
-// Which (query tile, head, sequence) work item each block of the tensor-core forward takes.
+// Which (query tile, head, sequence) work item each block of a forward kernel takes (the
+// tensor-core tiers and cuda-fp32).
 // Host and device code, no CUDA types: the kernel and its host-side tests share it.
 //
 // The hardware starts blocks roughly in increasing linear index (x fastest). With a causal mask
@@ -67,6 +68,14 @@ inline int64_t longest_first_groups(const core::Problem& p, double l2_budget) {
   if (groups >= static_cast<double>(pairs)) return pairs;
   const int64_t g = static_cast<int64_t>(groups);
   return static_cast<double>(g) < groups ? g + 1 : g;
+}
+
+// The order a forward launch uses: longest first where tiles differ in work (causal, a window's
+// right edge), in groups whose K/V fit `l2_bytes` (the L2 size: measured against half and a
+// quarter of it, and one group, docs/perf-log.md, v5); 0, the natural order, where every tile
+// does the same work.
+inline int64_t block_order_groups(const core::Problem& p, double l2_bytes) {
+  return p.window_right >= 0 ? longest_first_groups(p, l2_bytes) : 0;
 }
 
 // Blocks a grid may hold for longest_first_work's 32-bit count; beyond that the natural order.

@@ -40,11 +40,9 @@ int device_attribute(cudaDeviceAttr attribute) {
 
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
-// Every forward tier's block order: longest first where tiles differ in work (causal, a window's
-// right edge), one group's K/V within the L2 cache's size (measured against half and a quarter of
-// it, and one group: docs/perf-log.md, v5); fp32 gains 4-6% at causal 1k / 4k (fp32 v4).
-int64_t block_order_groups(const core::Problem& p) {
-  return p.window_right >= 0 ? longest_first_groups(p, device_attribute(cudaDevAttrL2CacheSize)) : 0;
+// Every forward tier's block order on this device (block_order.h).
+int64_t block_order(const core::Problem& p) {
+  return block_order_groups(p, device_attribute(cudaDevAttrL2CacheSize));
 }
 
 // What both tensor-core tiers (cuda-mma-sm80, cuda-wgmma-sm90) resolve once on the host.
@@ -54,7 +52,7 @@ MmaArgs tensor_core_args(const core::Problem& p, bool vector_io) {
   args.score_scale_log2 = p.scale * kLog2e;
   args.vector_io = vector_io;
   args.has_score_mod = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  args.order_groups = block_order_groups(p);
+  args.order_groups = block_order(p);
   args.shared_memory_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return args;
 }
@@ -110,7 +108,7 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       return;
     case core::Tier::kCudaFp32:
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
-      launch_fp32_forward(p, all_rows_16_byte_aligned(p), block_order_groups(p), as_stream(stream));
+      launch_fp32_forward(p, all_rows_16_byte_aligned(p), block_order(p), as_stream(stream));
       return;
     case core::Tier::kCudaDecode:
       decode_forward(p, stream);  // short queries, paged continuous batching (decode_tier.h)
@@ -131,7 +129,7 @@ void kvcache(const core::Problem& p, core::Tier tier, void* stream) {
       // The append kernel is the one cuda-decode launches; the attention below reads the appended
       // keys on the same stream, in order, and rotates the queries as it loads them.
       launch_kv_append(p, as_stream(stream));
-      launch_fp32_forward(p, all_rows_16_byte_aligned(p), block_order_groups(p), as_stream(stream));
+      launch_fp32_forward(p, all_rows_16_byte_aligned(p), block_order(p), as_stream(stream));
       return;
     default:
       no_tier("attention_kvcache");
