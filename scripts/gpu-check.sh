@@ -2,7 +2,8 @@
 # One pass over the CUDA backend on a GPU machine: build, every GPU test, compute-sanitizer
 # (memcheck and racecheck) on the small CudaForward.Sanitize* and CudaBackward.Sanitize* subsets,
 # beside the tests, then the prefill and backward benchmarks.
-# The forward tests and the sanitizer run twice: as selected, and forced onto cuda-mma-sm80.
+# The forward tests and the sanitizer run twice: as selected, and forced onto the other prefill
+# tier of each dtype (cuda-mma-sm80 for fp16/bf16, cuda-fp32 for fp32).
 # Everything lands in the output folder given as $1:
 #   build.log  tests.log  sanitizer.log  flashsdpa.jsonl  bench.log  prefill.{json,md,png}
 #   backward.{json,md}
@@ -16,7 +17,7 @@
 #   GPU_CHECK_FLEX_BUDGET   seconds of the torch benchmark after which FlexAttention is skipped
 #   GPU_CHECK_SHARDS        parallel test processes (default: half the cores)
 #   GPU_CHECK_TESTS         gtest filter for the test step (default: all, then CudaForward* again
-#                           with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80; "-" skips the tests)
+#                           with FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80,cuda-fp32; "-" skips the tests)
 #   GPU_CHECK_SANITIZER     0 skips compute-sanitizer
 #   GPU_CHECK_SWEEP         1 also times candidate tile shapes (sweep.jsonl)
 #   GPU_CHECK_NCU           1 also profiles the hd128 16k bf16 forward with Nsight Compute (ncu.txt)
@@ -48,9 +49,10 @@ echo "== build ($jobs jobs)"
 } > "$out/build.log" 2>&1 || { echo "BUILD FAILED (see build.log)"; tail -30 "$out/build.log"; exit 1; }
 grep -E "build time|spill" "$out/build.log" | sort -u | head -20
 
-# The fp16/bf16 prefill has two tiers on Hopper: the CudaForward tests run once as selected
-# (cuda-wgmma-sm90 on compute capability 9.0) and once forced onto cuda-mma-sm80, so both stay tested.
-mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80)
+# The prefill has two tiers per dtype on Hopper: the CudaForward tests run once as selected
+# (cuda-wgmma-sm90 and cuda-3xtf32-sm90 on compute capability 9.0) and once forced onto
+# cuda-mma-sm80 and cuda-fp32, so all four stay tested.
+mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80,cuda-fp32)
 
 # The GPU tests spend most of their time in the float64 reference on the CPU, so they run as
 # parallel gtest shards (one process each, sharing the GPU); in one process the suite took over
@@ -72,7 +74,7 @@ run_sharded() {  # label, then the command; logs concatenated in shard order on 
 }
 
 # compute-sanitizer runs beside the tests: four runs (memcheck and racecheck, as selected and
-# forced onto cuda-mma-sm80) on the small Sanitize* subsets, none of it timed.
+# forced onto cuda-mma-sm80 and cuda-fp32) on the small Sanitize* subsets, none of it timed.
 san_dir=$(mktemp -d)
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
   for pass in selected mma; do
@@ -94,7 +96,7 @@ if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
     run_sharded "as selected" "$build/flashsdpa_cuda_tests" --gtest_filter="${GPU_CHECK_TESTS:-*}"
     mma_filter=${GPU_CHECK_TESTS:-CudaForward*}
     [ "$mma_filter" = "*" ] && mma_filter='CudaForward*'
-    run_sharded "cuda-mma-sm80" "${mma_pass[@]}" "$build/flashsdpa_cuda_tests" --gtest_filter="$mma_filter"
+    run_sharded "cuda-mma-sm80,cuda-fp32" "${mma_pass[@]}" "$build/flashsdpa_cuda_tests" --gtest_filter="$mma_filter"
   } > "$out/tests.log" 2>&1
   grep -q "TESTS FAILED" "$out/tests.log" && status=1
   echo "  passed: $(grep -c '^\[       OK \]' "$out/tests.log"), failed: $(grep -c '^\[  FAILED  \] .*(' "$out/tests.log")"
@@ -102,7 +104,7 @@ if [ "${GPU_CHECK_TESTS:-*}" != - ]; then
 fi
 
 if [ "${GPU_CHECK_SANITIZER:-1}" != 0 ]; then
-  echo "== compute-sanitizer (CudaForward.Sanitize*, CudaBackward.Sanitize*, as selected and forced onto cuda-mma-sm80)"
+  echo "== compute-sanitizer (CudaForward.Sanitize*, CudaBackward.Sanitize*, as selected and forced onto cuda-mma-sm80,cuda-fp32)"
   wait
   cat "$san_dir"/*.log > "$out/sanitizer.log"
   grep -E "^---- |ERROR SUMMARY|RACECHECK SUMMARY|FAILED|PASSED" "$out/sanitizer.log"
@@ -115,14 +117,17 @@ if [ "$bench_mode" != none ]; then
   {
     "$build/flashsdpa_gpu_bench" && "$build/flashsdpa_gpu_bench" --memory
   } > "$out/flashsdpa.jsonl" 2> "$out/bench.log" || status=1
+  # The fp32 grid once more on the FFMA tier, for the ratio of the two fp32 tiers in one job.
+  FLASHSDPA_CUDA_FORWARD_TIER=cuda-fp32 "$build/flashsdpa_gpu_bench" --grid fp32 > "$out/fp32-ffma.jsonl" \
+    2>> "$out/bench.log" || status=1
   python3 -c '
 import json, sys
-for line in open(sys.argv[1]):
+for line in [l for f in sys.argv[1:] for l in open(f)]:
     r = json.loads(line)
     if r.get("memory"):
         print("memory:", line.strip())
         continue
-    print("%s hd%-3d S%-6d %-6s %7.1f TFLOP/s %8.3f ms" % (r["dtype"], r["hd"], r["seqlen"], "causal" if r["causal"] else "", r["tflops"], r["ms"]))' "$out/flashsdpa.jsonl"
+    print("%s hd%-3d S%-6d %-6s %7.1f TFLOP/s %8.3f ms %s" % (r["dtype"], r["hd"], r["seqlen"], "causal" if r["causal"] else "", r["tflops"], r["ms"], r.get("tier", "")))' "$out/flashsdpa.jsonl" "$out/fp32-ffma.jsonl"
   if [ "$bench_mode" = full ]; then
     flex=()
     [ "${GPU_CHECK_FLEX:-1}" = 0 ] && flex=(--no-flex)
@@ -141,7 +146,7 @@ if [ "${GPU_CHECK_SWEEP:-0}" = 1 ]; then
   "$build/flashsdpa_gpu_bench" --sweep > "$out/sweep.jsonl" 2>&1 || status=1
   python3 -c '
 import json, sys
-for line in open(sys.argv[1]):
+for line in [l for f in sys.argv[1:] for l in open(f)]:
     if line.startswith("{"):
         r = json.loads(line)
         print("hd%-3d S%-6d %-6s %-34s %7.1f TFLOP/s" % (r["hd"], r["seqlen"], "causal" if r["causal"] else "", r["sweep"], r["tflops"]))

@@ -5,6 +5,7 @@
 //                                           16k tokens per batch, H = 2048 / hd, causal or not,
 //                                           bf16, fp16, fp32)
 //   flashsdpa_gpu_bench --one DT HD S B H C  one point (DT bf16|fp16|fp32, C 0|1)
+//   flashsdpa_gpu_bench --grid DT            the prefill grid of one dtype
 //   flashsdpa_gpu_bench --sweep             candidate tensor-core tile shapes (bench/gpu/tile_sweep*.cu),
 //                                           bf16, hd 64/128/256, 1k/4k/16k, causal or not; causal
 //                                           also times block orders (tile_sweep.cuh)
@@ -307,7 +308,11 @@ int main(int argc, char** argv) {
     run_point(pt, pt.dtype == "fp32" ? 5 : 20);
     return 0;
   }
+  // --grid DT: the grid of one dtype only (e.g. fp32 with FLASHSDPA_CUDA_FORWARD_TIER=cuda-fp32 to
+  // time the other fp32 tier in the same job).
+  const bool one_dtype = argc == 3 && std::strcmp(argv[1], "--grid") == 0;
   for (const char* dtype : {"bf16", "fp16", "fp32"}) {
+    if (one_dtype && std::strcmp(argv[2], dtype) != 0) continue;
     for (int64_t hd : {64, 128, 256}) {
       for (int64_t seqlen : {1024, 4096, 16384}) {
         for (bool causal : {false, true}) {

@@ -22,6 +22,7 @@ const char* tier_name(Tier tier) {
     case Tier::kCudaDecode: return "cuda-decode";
     case Tier::kCudaWgmma: return "cuda-wgmma-sm90";
     case Tier::kCudaBackward: return "cuda-bwd";
+    case Tier::kCuda3xTf32: return "cuda-3xtf32-sm90";
   }
   return "unknown";
 }
@@ -53,35 +54,62 @@ namespace {
 TierChoice none(Backend backend, std::string why) { return TierChoice{Tier::kNone, backend, std::move(why)}; }
 
 #if defined(FLASHSDPA_WITH_CUDA)
-// The fp16/bf16 forward past the decode rule: cuda-wgmma-sm90 on Hopper (compute capability 9.0)
-// for what it serves, cuda-mma-sm80 for the rest and on every other GPU. The environment
-// variable FLASHSDPA_CUDA_FORWARD_TIER=<tier name> forces one of the two (tests and benchmarks
-// of both tiers on one machine); a call the forced tier cannot serve is refused, not moved.
+// A prefill tier and what it needs beyond its own supports() check.
+struct PrefillTier {
+  Tier tier;
+  bool (*supports)(const Problem&, std::string*);
+  bool hopper_only;  // compute capability 9.0 (wgmma)
+};
+
+// In order of preference: the Hopper tier first where it serves the call, the sm80 tier (fp16/bf16)
+// or the FFMA tier (fp32) for the rest and on every other GPU.
+constexpr PrefillTier kHalfPrefillTiers[] = {{Tier::kCudaWgmma, cuda::wgmma_tier_supports, true},
+                                             {Tier::kCudaMma, cuda::mma_tier_supports, false}};
+constexpr PrefillTier kFp32PrefillTiers[] = {{Tier::kCuda3xTf32, cuda::tf32x3_tier_supports, true},
+                                             {Tier::kCudaFp32, cuda::fp32_tier_supports, false}};
+
+// The forward past the decode rule. FLASHSDPA_CUDA_FORWARD_TIER=<tier>[,<tier>] forces the tier of
+// the dtypes each named tier serves (cuda-wgmma-sm90 or cuda-mma-sm80 for fp16/bf16, cuda-3xtf32-sm90
+// or cuda-fp32 for fp32), so tests and benchmarks run every tier on one machine; a call the forced
+// tier cannot serve is refused, not moved, and a name that is no prefill tier refuses every call.
 TierChoice select_cuda_prefill(const Problem& p) {
-  std::string why;
   const bool hopper = cuda::device_capability() == 90;
+  const bool fp32 = p.dtype == DType::kFloat32;
+  const PrefillTier* tiers = fp32 ? kFp32PrefillTiers : kHalfPrefillTiers;
+  std::string why;
   const char* forced_env = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
-  const std::string forced = forced_env != nullptr ? forced_env : "";
-  if (!forced.empty()) {
-    const std::string prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + forced + ": ";
-    if (forced == tier_name(Tier::kCudaMma)) {
-      if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, prefix + why};
-      return none(Backend::kCuda, prefix + "cuda-mma-sm80 cannot serve this call: " + why);
+  const std::string forced_list = forced_env != nullptr ? forced_env : "";
+  size_t begin = 0;
+  while (begin < forced_list.size()) {
+    size_t end = forced_list.find(',', begin);
+    if (end == std::string::npos) end = forced_list.size();
+    const std::string name = forced_list.substr(begin, end - begin);
+    begin = end + 1;
+    if (name.empty()) continue;
+    const std::string prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + forced_list + ": ";
+    const PrefillTier* match = nullptr;
+    bool known = false;
+    for (const PrefillTier& t : kHalfPrefillTiers) known |= name == tier_name(t.tier);
+    for (int i = 0; i < 2; ++i) {
+      if (name == tier_name(tiers[i].tier)) match = &tiers[i];
+      if (name == tier_name(kFp32PrefillTiers[i].tier)) known = true;
     }
-    if (forced == tier_name(Tier::kCudaWgmma)) {
-      if (!hopper) return none(Backend::kCuda, prefix + "cuda-wgmma-sm90 needs compute capability 9.0");
-      if (cuda::wgmma_tier_supports(p, &why)) return TierChoice{Tier::kCudaWgmma, Backend::kCuda, prefix + why};
-      return none(Backend::kCuda, prefix + "cuda-wgmma-sm90 cannot serve this call: " + why);
-    }
-    return none(Backend::kCuda, prefix + "not an fp16/bf16 prefill tier (cuda-mma-sm80 or cuda-wgmma-sm90)");
+    if (!known)
+      return none(Backend::kCuda, prefix + "not a prefill tier (cuda-wgmma-sm90, cuda-mma-sm80, cuda-3xtf32-sm90, cuda-fp32)");
+    if (match == nullptr) continue;  // a tier of the other dtypes
+    if (match->hopper_only && !hopper) return none(Backend::kCuda, prefix + name + " needs compute capability 9.0");
+    if (match->supports(p, &why)) return TierChoice{match->tier, Backend::kCuda, prefix + why};
+    return none(Backend::kCuda, prefix + name + " cannot serve this call: " + why);
   }
   std::string fallback;
-  if (hopper) {
-    if (cuda::wgmma_tier_supports(p, &why)) return TierChoice{Tier::kCudaWgmma, Backend::kCuda, why};
-    fallback = "cuda-wgmma-sm90 cannot serve this call (" + why + "), so ";
+  for (int i = 0; i < 2; ++i) {
+    const PrefillTier& t = tiers[i];
+    if (t.hopper_only && !hopper) continue;
+    if (t.supports(p, &why)) return TierChoice{t.tier, Backend::kCuda, fallback + why};
+    if (i == 1) break;
+    fallback = std::string(tier_name(t.tier)) + " cannot serve this call (" + why + "), so ";
   }
-  if (cuda::mma_tier_supports(p, &why)) return TierChoice{Tier::kCudaMma, Backend::kCuda, fallback + why};
-  return none(Backend::kCuda, "cuda-mma-sm80 cannot serve this call: " + why);
+  return none(Backend::kCuda, std::string(tier_name(tiers[1].tier)) + " cannot serve this call: " + why);
 }
 #endif
 
@@ -91,10 +119,7 @@ TierChoice select_cuda(const Problem& p, Op op) {
   std::string why;
   switch (op) {
     case Op::kForward: {
-      if (p.dtype == DType::kFloat32) {
-        if (cuda::fp32_tier_supports(p, &why)) return TierChoice{Tier::kCudaFp32, Backend::kCuda, why};
-        return none(Backend::kCuda, "cuda-fp32 cannot serve this call: " + why);
-      }
+      if (p.dtype == DType::kFloat32) return select_cuda_prefill(p);
       if (cuda::device_capability() < 80)
         return none(Backend::kCuda, "the fp16/bf16 tiers need compute capability 8.0 or newer; this device is " +
                                         std::to_string(cuda::device_capability() / 10) + "." +

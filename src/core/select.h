@@ -18,6 +18,7 @@ enum class Tier : int32_t {
   kCudaDecode,      // src/cuda: split-KV decoding for short query lengths
   kCudaWgmma,       // src/cuda: fp16/bf16 prefill on Hopper's wgmma, sm90a
   kCudaBackward,    // src/cuda: the backward, fp32 SIMT, every dtype
+  kCuda3xTf32,      // src/cuda: fp32 prefill on Hopper's wgmma, three TF32 products per product
 };
 
 const char* tier_name(Tier tier);

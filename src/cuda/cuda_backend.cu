@@ -110,6 +110,10 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       if (!fp32_tier_supports(p, &why)) throw Error("cuda-fp32 cannot serve this call: " + why);
       launch_fp32_forward(p, all_rows_16_byte_aligned(p), block_order(p), as_stream(stream));
       return;
+    case core::Tier::kCuda3xTf32:
+      if (!tf32x3_tier_supports(p, &why)) throw Error("cuda-3xtf32-sm90 cannot serve this call: " + why);
+      launch_3xtf32_forward(tensor_core_args(p, true), as_stream(stream));  // rows are 16-byte aligned
+      return;
     case core::Tier::kCudaDecode:
       decode_forward(p, stream);  // short queries, paged continuous batching (decode_tier.h)
       return;

@@ -39,9 +39,13 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // ---- element types ------------------------------------------------------------------------------
 
+// Each element type names its storage (Bits), the exponent field of one element
+// (kElementExponent: all ones = Inf or NaN) and of a 32-bit word of elements (kExponentBits).
 struct Half {
   using T = __half;
   using T2 = __half2;
+  using Bits = uint16_t;
+  static constexpr uint16_t kElementExponent = 0x7c00u;
   static constexpr uint32_t kExponentBits = 0x7c007c00u;  // of the two elements of a 32-bit word
   static __device__ __forceinline__ float to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
@@ -53,12 +57,22 @@ struct Half {
 struct BFloat16 {
   using T = __nv_bfloat16;
   using T2 = __nv_bfloat162;
+  using Bits = uint16_t;
+  static constexpr uint16_t kElementExponent = 0x7f80u;
   static constexpr uint32_t kExponentBits = 0x7f807f80u;
   static __device__ __forceinline__ float to_float(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
+};
+
+// fp32 operands; on the tensor cores (cuda-3xtf32-sm90) they run as pairs of TF32 parts.
+struct Float32 {
+  using Bits = uint32_t;
+  static constexpr uint32_t kElementExponent = 0x7f800000u;
+  static constexpr uint32_t kExponentBits = 0x7f800000u;
+  static __device__ __forceinline__ float to_float(uint32_t bits) { return __uint_as_float(bits); }
 };
 
 // ---- shared memory and asynchronous copies ------------------------------------------------------

@@ -329,8 +329,10 @@ __device__ __forceinline__ void compute_scores(float (&s)[Tile::kMTiles][Tile::k
 // -inf. Each row's allowed keys [row_begin, row_end) (core::Mask) are turned into tile-local
 // bounds once per row, so each score costs two integer compares. With softcap/ALiBi every score
 // goes through core::ScoreMod in natural units first; its ALiBi distance |i + diag - j| is taken
-// relative to the tile's first key to stay in small numbers.
-template <class Tile>
+// relative to the tile's first key to stay in small numbers. kExactModifiers (fp32 inputs) takes
+// the modifiers in double: tanhf is not correctly rounded (and an approximation under fast math),
+// and its error times softcap would exceed fp32 rounding of the score (SPEC §6).
+template <class Tile, bool kExactModifiers = false>
 __device__ __forceinline__ void mask_and_modify(float (&s)[Tile::kMTiles][Tile::kKeyTiles][4], const MmaArgs& args,
                                                 const BlockView& blk, int64_t warp_row0, int64_t n0,
                                                 bool needs_mask, const unsigned char* key_valid) {
@@ -360,7 +362,13 @@ __device__ __forceinline__ void mask_and_modify(float (&s)[Tile::kMTiles][Tile::
         for (int e = 2 * half; e < 2 * half + 2; ++e) {
           const int jj = nt * 8 + 2 * t + (e & 1);
           float x = s[mt][nt][e];
-          if (args.has_score_mod) x = mod.apply(x * p.scale, distance0, jj, 0);
+          if (args.has_score_mod) {
+            if constexpr (kExactModifiers) {
+              x = static_cast<float>(mod.apply(static_cast<double>(x) * p.scale, distance0, jj, 0));
+            } else {
+              x = mod.apply(x * p.scale, distance0, jj, 0);
+            }
+          }
           if (jj < lo || jj >= hi || (paged && !key_valid[jj])) x = -INFINITY;
           s[mt][nt][e] = x;
         }
@@ -467,12 +475,13 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
                                                      int64_t warp_row0, int64_t first_key, int num_tiles,
                                                      int full_begin, int full_end) {
   static_assert(2 * Tile::kOutTiles <= 64, "one bit per column of the lane in a 64-bit mask");
-  constexpr uint32_t kExponent = E::kExponentBits & 0xffffu;
+  using Bits = typename E::Bits;
+  constexpr Bits kExponent = E::kElementExponent;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const uint16_t* k = static_cast<const uint16_t*>(p.k.ptr);
-  const uint16_t* v = static_cast<const uint16_t*>(p.v.ptr);
+  const Bits* k = static_cast<const Bits*>(p.k.ptr);
+  const Bits* v = static_cast<const Bits*>(p.v.ptr);
   const int dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
-  auto row_nonfinite = [&](const uint16_t* row, int dim) {
+  auto row_nonfinite = [&](const Bits* row, int dim) {
     bool found = false;
 #pragma unroll 1
     for (int c = lane; c < dim; c += 32) found |= (row[c] & kExponent) == kExponent;
@@ -517,12 +526,11 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
   }
 }
 
-// Sinks, normalisation, LSE, then the warp's rows of O through shared memory to global memory.
-template <class Tile, class E>
-__device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
-                                                 float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
-                                                 const MmaArgs& args, const BlockView& blk, int64_t warp_row0,
-                                                 unsigned char* staging) {
+// Sinks, normalisation and LSE of the warp's rows: O becomes the output, in registers.
+template <class Tile>
+__device__ __forceinline__ void normalize_rows(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                               float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
+                                               const MmaArgs& args, const BlockView& blk, int64_t warp_row0) {
   const core::Problem& p = args.p;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -557,6 +565,17 @@ __device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile:
             sum > 0.0f ? m * kLn2 + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
       }
     }
+}
+
+// Sinks, normalisation, LSE, then the warp's rows of O through shared memory to global memory.
+template <class Tile, class E>
+__device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                                 float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
+                                                 const MmaArgs& args, const BlockView& blk, int64_t warp_row0,
+                                                 unsigned char* staging) {
+  normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
+  const core::Problem& p = args.p;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 
   // Stage the warp's rows (the warp's own rows of the Q tile, which nothing else reads now).
 #pragma unroll

@@ -1,4 +1,5 @@
-// Host-side entry points of the Hopper wgmma forward (tier cuda-wgmma-sm90, forward_wgmma.cuh).
+// Host-side entry points of the Hopper wgmma forwards (tiers cuda-wgmma-sm90, forward_wgmma.cuh,
+// and cuda-3xtf32-sm90, forward_3xtf32.cuh).
 // CUDA runtime types only, no device code.
 #pragma once
 
@@ -16,5 +17,10 @@ void launch_wgmma_forward(const MmaArgs& args, cudaStream_t stream);
 void launch_wgmma_forward_d64(const MmaArgs& args, cudaStream_t stream);
 void launch_wgmma_forward_d128(const MmaArgs& args, cudaStream_t stream);
 void launch_wgmma_forward_d256(const MmaArgs& args, cudaStream_t stream);
+
+// Runs an fp32 problem tf32x3_tier_supports() accepted (tiers.h), padded to 64 or 128.
+void launch_3xtf32_forward(const MmaArgs& args, cudaStream_t stream);
+void launch_3xtf32_forward_d64(const MmaArgs& args, cudaStream_t stream);
+void launch_3xtf32_forward_d128(const MmaArgs& args, cudaStream_t stream);
 
 }  // namespace flashsdpa::cuda

@@ -123,6 +123,34 @@ bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
                 why);
 }
 
+bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
+  std::string problem = dtype_and_shape_problem(p, false);
+  if (problem.empty() && padded_head_dim(p) > 128) {
+    core::Text os;
+    os << "head dims above 128 are served by cuda-fp32 (a 128-row block's two TF32 planes of Q alone would need "
+          "256 KB of shared memory at 256); got Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    problem = os.str();
+  }
+  if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
+    problem = "paged K/V is served by cuda-fp32 (its per-key block_table lookup is not part of the wgmma tile loads)";
+  }
+  if (problem.empty() && !all_rows_16_byte_aligned(p)) {
+    core::Text os;
+    os << "it needs 16-byte aligned rows (q/k/v/out pointers and strides, head dims multiples of 4); got Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    problem = os.str();
+  }
+  if (problem.empty() && !wgmma_kernels_loaded()) {
+    problem = "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
+  }
+  return answer(p, problem,
+                "cuda-3xtf32-sm90 serves this fp32 forward: Hopper wgmma.mma_async with each product taken as three "
+                "TF32 products (big x big + big x small + small x big, accurate to fp32 rounding) and fp32 "
+                "accumulation, 128-row query blocks of two warpgroups",
+                why);
+}
+
 bool fp32_tier_supports(const core::Problem& p, std::string* why) {
   return answer(p, dtype_and_shape_problem(p, false),
                 "cuda-fp32 serves this fp32 forward exactly (FFMA, no TF32)", why);

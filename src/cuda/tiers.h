@@ -29,6 +29,13 @@ bool all_rows_16_byte_aligned(const core::Problem& p);
 // cuda-fp32: exact fp32 (FFMA, no TF32) forward. Every layout, mask and modifier; Dqk, Dv in 1..256.
 bool fp32_tier_supports(const core::Problem& p, std::string* why);
 
+// cuda-3xtf32-sm90: fp32 forward on Hopper's wgmma, each product as three TF32 products
+// (forward_3xtf32.cuh says why that is accurate to fp32 rounding). Compute capability 9.0 (checked
+// by the selector) and a build with sm_90a code; batched, varlen and dense-cache K/V (not paged)
+// with every row 16-byte aligned and head dims up to 128; every mask and modifier. On false,
+// *why says what it lacks (the selector then falls back to cuda-fp32).
+bool tf32x3_tier_supports(const core::Problem& p, std::string* why);
+
 // cuda-fp32 for attention_kvcache: fp32 dense or paged caches, the append of k_new / v_new with
 // rotary (cuda-decode's append kernel), then the fp32 forward over the cache with the queries
 // rotated as they load. Every mask and modifier; Dqk, Dv in 1..256. num_splits is ignored: the

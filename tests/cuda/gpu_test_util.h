@@ -187,17 +187,28 @@ inline std::string check_backward_cuda(AttnCase& c, bool deterministic = false) 
       [&] { return run_backward_on_gpu(c, deterministic, "cuda-bwd"); });
 }
 
-// The tier the selector must name for a case: fp32 runs exact SIMT; fp16/bf16 queries of at most
-// 16 rows (the longest the unchecked device path can assume) are decoding; longer ones prefill on
-// the tier FLASHSDPA_CUDA_FORWARD_TIER forces, else cuda-wgmma-sm90 on compute capability 9.0 for
-// what it serves, else cuda-mma-sm80.
+// The tier the selector must name for a case: fp16/bf16 queries of at most 16 rows (the longest
+// the unchecked device path can assume) are decoding; everything else runs on the prefill tier of
+// its dtype that FLASHSDPA_CUDA_FORWARD_TIER forces (a comma-separated list), else on compute
+// capability 9.0 the Hopper tier for what it serves (cuda-wgmma-sm90, or cuda-3xtf32-sm90 for
+// fp32), else cuda-mma-sm80 (fp16/bf16) or cuda-fp32.
 inline std::string tier_for(AttnCase& c) {
   const core::Problem p = unchecked_problem(c);
-  if (p.dtype == DType::kFloat32) return "cuda-fp32";
-  if (p.seqlen_q <= 16) return "cuda-decode";
+  const bool fp32 = p.dtype == DType::kFloat32;
+  if (!fp32 && p.seqlen_q <= 16) return "cuda-decode";
   const char* forced = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
-  if (forced != nullptr && *forced != '\0') return forced;
-  return cuda::device_capability() == 90 && cuda::wgmma_tier_supports(p, nullptr) ? "cuda-wgmma-sm90" : "cuda-mma-sm80";
+  std::string list = forced != nullptr ? forced : "";
+  for (size_t begin = 0; begin < list.size();) {
+    size_t end = list.find(',', begin);
+    if (end == std::string::npos) end = list.size();
+    const std::string name = list.substr(begin, end - begin);
+    begin = end + 1;
+    const bool fp32_tier = name == "cuda-fp32" || name == "cuda-3xtf32-sm90";
+    if (!name.empty() && fp32_tier == fp32) return name;
+  }
+  const bool hopper = cuda::device_capability() == 90;
+  if (fp32) return hopper && cuda::tf32x3_tier_supports(p, nullptr) ? "cuda-3xtf32-sm90" : "cuda-fp32";
+  return hopper && cuda::wgmma_tier_supports(p, nullptr) ? "cuda-wgmma-sm90" : "cuda-mma-sm80";
 }
 
 }  // namespace flashsdpa::test

@@ -54,6 +54,35 @@ TEST(CudaForward, TileEdgeLengths) {
   }
 }
 
+// cuda-3xtf32-sm90's tiles (32-key tiles at head dim 128, 64-key at 64; 128-row blocks): lengths
+// one either side of the edges, causal and windows with Sq != Sk, GQA, every modifier, and head
+// dims padded inside a tile (Dqk != Dv included). cuda-fp32 runs the same cases in the forced pass.
+TEST(CudaForward, Fp32TensorCoreTileEdges) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 2700;
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{128, 128}, {64, 64}, {96, 128}, {128, 36}, {8, 8}};
+  for (const auto& [dqk, dv] : dims) {
+    for (int64_t s : {31, 33, 63, 65, 129, 257}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        AttnConfig c = batched_case(s, s + 37 * variant, dqk, seed++);
+        c.head_dim_v = dv;
+        c.dtype = DType::kFloat32;
+        c.heads_q = variant == 2 ? 4 : 2;
+        c.causal = variant == 1;
+        if (variant == 2) {  // window, softcap, ALiBi, sinks, GQA 4/1
+          c.window_left = 40;
+          c.window_right = 7;
+          c.softcap = 30.0f;
+          c.alibi = Alibi::kPerHead;
+          c.sinks = true;
+        }
+        AttnCase attn(c);
+        EXPECT_EQ(check_forward_cuda(attn, tier_for(attn)), "") << c.describe();
+      }
+    }
+  }
+}
+
 TEST(CudaForward, CausalUnequalLengths) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 2100;
@@ -245,6 +274,56 @@ TEST(CudaForward, HopperSelection) {
   env.set("no-such-tier");
   sel = explain_on_gpu(dense);
   EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
+}
+
+// fp32 on Hopper: cuda-3xtf32-sm90 for aligned linear layouts up to head dim 128, cuda-fp32 for the
+// rest (head dim 256, paged K/V, unaligned rows) and when forced; a forced fp16/bf16 tier leaves
+// fp32 calls alone.
+TEST(CudaForward, HopperSelectionFp32) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  if (cuda::device_capability() != 90) GTEST_SKIP() << "cuda-3xtf32-sm90 is chosen on compute capability 9.0 only";
+  ForcedTier env;
+  AttnConfig config = batched_case(300, 300, 128, 2600);
+  config.dtype = DType::kFloat32;
+  AttnCase dense(config);
+  config.head_dim_qk = config.head_dim_v = 256;
+  AttnCase wide(config);
+  config.head_dim_qk = config.head_dim_v = 128;
+  config.padded_strides = true;
+  AttnCase padded(config);
+  AttnConfig paged_config;
+  paged_config.dtype = DType::kFloat32;
+  paged_config.layout = Layout::kPaged;
+  paged_config.batch = 2;
+  paged_config.heads_q = 2;
+  paged_config.heads_kv = 1;
+  paged_config.head_dim_qk = paged_config.head_dim_v = 64;
+  paged_config.seqlens_k = {100, 300};
+  paged_config.seqlen_q = 40;
+  AttnCase paged(paged_config);
+
+  env.set(nullptr);
+  Selection sel = explain_on_gpu(dense);
+  EXPECT_EQ(sel.tier, "cuda-3xtf32-sm90") << sel.reason;
+  for (AttnCase* c : {&wide, &padded, &paged}) {
+    sel = explain_on_gpu(*c);
+    EXPECT_EQ(sel.tier, "cuda-fp32") << sel.reason;
+    EXPECT_NE(sel.reason.find("cuda-3xtf32-sm90 cannot serve this call"), std::string::npos) << sel.reason;
+  }
+
+  env.set("cuda-mma-sm80");
+  sel = explain_on_gpu(dense);
+  EXPECT_EQ(sel.tier, "cuda-3xtf32-sm90") << sel.reason;
+
+  env.set("cuda-mma-sm80,cuda-fp32");
+  sel = explain_on_gpu(dense);
+  EXPECT_EQ(sel.tier, "cuda-fp32") << sel.reason;
+  EXPECT_NE(sel.reason.find("FLASHSDPA_CUDA_FORWARD_TIER"), std::string::npos) << sel.reason;
+
+  env.set("cuda-3xtf32-sm90");
+  sel = explain_on_gpu(paged);
+  EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
+  EXPECT_NE(sel.reason.find("paged"), std::string::npos) << sel.reason;
 }
 
 }  // namespace
