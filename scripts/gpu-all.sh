@@ -10,7 +10,8 @@
 #                                        sanitizer memcheck + racecheck on the forward, backward and
 #                                        decode subsets, the prefill benchmark against torch's
 #                                        backends and FlexAttention, the PyTorch suite on CUDA with
-#                                        transformers and torch.compile (each step time-boxed)
+#                                        transformers and torch.compile, fp32 accuracy of every fp32
+#                                        backend under SPEC 6 (each step time-boxed)
 # The GPU benchmarks themselves are scripts/gpu-check.sh (prefill) and scripts/gpu-decode-check.sh
 # (decode). Logs go to OUT as one archive plus the result files, so OUT holds few files.
 # Debian's googletest packages may be unpacked from .deb/ first (the GPU machine has no gtest).
@@ -59,12 +60,15 @@ case "$part" in
       "$work/torch" > "$work/torch-check.log" 2>&1 || status=1
     cat "$work/torch/summary.txt" 2>/dev/null
     tar -C "$work" -czf "$out/$part-logs.tgz" .
-    echo "== compute-sanitizer (Decode*.Sanitize*)"
+    echo "== compute-sanitizer (Decode*.Sanitize*), beside it fp32 accuracy under SPEC 6 (bench/gpu/fp32_accuracy.py)"
     for tool in memcheck racecheck; do
       timeout 45 compute-sanitizer --tool "$tool" --error-exitcode 3 "$root/build-gpu/flashsdpa_cuda_tests" \
         --gtest_filter='Decode*.Sanitize*' > "$work/sanitizer-decode-$tool.log" 2>&1 &
     done
+    PYTHONPATH="$root/python" timeout 60 python3 "$root/bench/gpu/fp32_accuracy.py" --json "$out/fp32-accuracy.json" \
+      > "$work/fp32-accuracy.log" 2>&1 &
     wait || status=1
+    cat "$work/fp32-accuracy.log"
     for tool in memcheck racecheck; do
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$work/sanitizer-decode-$tool.log"
       grep -qE "ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards" "$work/sanitizer-decode-$tool.log" || status=1

@@ -148,15 +148,15 @@ def write_markdown(path, meta, rows):
                 "CUDA-event timings. 16k tokens per batch (B = 16384 / S), H = 2048 / hd. flashsdpa timed by "
                 "bench/gpu/bench_prefill.cpp, torch's backends by bench_prefill.py on identical input values.\n\n")
         f.write("| dtype | hd | S | B | H | causal | flashsdpa | torch flash | torch efficient | cuDNN | flex | "
-                "vs flash | vs efficient | vs cuDNN |\n")
-        f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                "vs flash | vs efficient | vs cuDNN | flashsdpa tier |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             cells = [r["dtype"], r["hd"], r["seqlen"], r["batch"], r["heads"], "yes" if r["causal"] else "no"]
             cells += [r.get(k) if r.get(k) is not None else "-" for k in
                       ("flashsdpa_tflops", "torch_flash_tflops", "torch_efficient_tflops", "cudnn_tflops", "flex_tflops")]
             cells += [ratio(r["flashsdpa_tflops"], r.get("torch_flash_tflops")),
                       ratio(r["flashsdpa_tflops"], r.get("torch_efficient_tflops")),
-                      ratio(r["flashsdpa_tflops"], r.get("cudnn_tflops"))]
+                      ratio(r["flashsdpa_tflops"], r.get("cudnn_tflops")), r.get("flashsdpa_tier") or "-"]
             f.write("| " + " | ".join(str(c) for c in cells) + " |\n")
 
 
@@ -219,7 +219,8 @@ def main():
                         continue
                     iters = max(3, args.iters // 4) if dt == "fp32" else args.iters
                     row = {"hd": hd, "seqlen": s, "batch": TOKENS // s, "heads": HIDDEN // hd, "causal": causal,
-                           "dtype": dt, "flashsdpa_tflops": mine["tflops"], "torch_flash_tflops": None,
+                           "dtype": dt, "flashsdpa_tflops": mine["tflops"], "flashsdpa_tier": mine.get("tier"),
+                           "torch_flash_tflops": None,
                            "torch_efficient_tflops": None, "cudnn_tflops": None, "flex_tflops": None}
                     with_flex = not args.no_flex and time.time() - start < args.flex_budget
                     row.update(torch_peers(dt, hd, s, causal, iters, with_flex))
