@@ -319,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                                        const OptTensor& block_table, c10::optional<double> softmax_scale,
                                        bool causal, int64_t window_left, int64_t window_right, double softcap,
                                        const OptTensor& alibi_slopes, const OptTensor& sinks, double dropout_p,
-                                       bool check) {
+                                       bool check, bool exact_fp32) {
   require_rank(q, "q", 3, 4, kQShapes);
   require_rank(v, "v", 3, 4, "[B, Sk, Hkv, Dv], [Tk, Hkv, Dv] or [num_blocks, block_size, Hkv, Dv]");
   const at::OptionalDeviceGuard guard(at::device_of(q));
@@ -329,6 +329,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
                                   {cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, block_table,
                                    softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks});
   p.dropout_p = static_cast<float>(dropout_p);
+  p.exact_fp32 = exact_fp32;
   at::Tensor out = at::empty(out_shape(q, v), q.options());
   at::Tensor lse = at::empty(lse_shape(q), q.options().dtype(at::kFloat));
   p.out = view_of(out, p.q.dtype);
@@ -478,7 +479,7 @@ TORCH_LIBRARY(flashsdpa, m) {
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, Tensor? seqused_k, "
       "int max_seqlen_q, int max_seqlen_k, Tensor? block_table, float? softmax_scale, bool causal, "
       "int window_left, int window_right, float softcap, Tensor? alibi_slopes, Tensor? s_aux, float dropout_p, "
-      "bool check) -> (Tensor out, Tensor softmax_lse)");
+      "bool check, bool exact_fp32=False) -> (Tensor out, Tensor softmax_lse)");
   m.def(
       "fwd_out(Tensor(a!) out, Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
       "Tensor? seqused_k, int max_seqlen_q, int max_seqlen_k, Tensor? block_table, float? softmax_scale, "

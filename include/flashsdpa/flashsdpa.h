@@ -144,6 +144,14 @@ struct AttnParams {
   float dropout_p = 0.0f;       // must be 0: dropout is not supported
 
   int num_splits = 0;  // split-KV: 0 = heuristic, 1 = off, n = n splits
+
+  // fp32 only: every product in fp32 FMA (tier cuda-fp32) rather than as three TF32 products on
+  // Hopper's tensor cores (cuda-3xtf32-sm90; both pass SPEC §6's fp32 rule). Set it when the
+  // forward's out and lse feed attention_backward: the backward's rowsum(dout * out) takes in the
+  // output's rounding, and at fp32 only the FMA forward matches the plain fp32 reference closely
+  // enough there (a lone key: out == v exactly, so those gradients are exactly 0). flash_attn_func
+  // and the other differentiable entry points set it whenever a gradient is needed.
+  bool exact_fp32 = false;
 };
 
 struct AttnBwdParams {

@@ -83,7 +83,8 @@ def _register_fakes():
 
     @register_fake("flashsdpa::fwd")
     def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, block_table,
-                  softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, s_aux, dropout_p, check):
+                  softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, s_aux, dropout_p, check,
+                  exact_fp32=False):
         out = q.new_empty(tuple(q.shape[:-1]) + (v.shape[-1],))
         lse = q.new_empty(_lse_shape(q), dtype=torch.float32)
         return out, lse

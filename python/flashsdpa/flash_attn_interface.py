@@ -64,9 +64,10 @@ class _AttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, s_aux, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
                 block_table, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                 deterministic):
+        # exact_fp32: out and lse feed the backward (AttnParams::exact_fp32 says why).
         out, lse = ops().fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
                              block_table, softmax_scale, causal, window_left, window_right, softcap,
-                             alibi_slopes, s_aux, 0.0, False)
+                             alibi_slopes, s_aux, 0.0, False, True)
         ctx.save_for_backward(q, k, v, out, lse, s_aux, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table,
                               alibi_slopes)
         ctx.options = (max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_left, window_right, softcap,

@@ -99,6 +99,7 @@ struct Problem {
   const float* sinks = nullptr;
 
   int num_splits = 0;
+  bool exact_fp32 = false;  // AttnParams::exact_fp32: no 3xTF32 tier
 };
 
 // Backward: the forward problem plus the gradient operands.

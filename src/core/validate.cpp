@@ -192,6 +192,7 @@ void fill_heads_and_modifiers(const AttnParams& a, Problem& p, int64_t head_dim_
   p.window_left = a.window_left;
   p.window_right = a.causal ? 0 : a.window_right;  // causal is window_right = 0, as in flash-attn
   p.num_splits = a.num_splits;
+  p.exact_fp32 = a.exact_fp32;
 
   if (a.sinks.defined()) {
     require_float32_vector("sinks", a.sinks, p.heads_q, "one sink logit per query head, [Hq]");

@@ -132,6 +132,9 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
        << p.head_dim_qk << ", Dv = " << p.head_dim_v;
     problem = os.str();
   }
+  if (problem.empty() && p.exact_fp32) {
+    problem = "the call asks for exact fp32 products (exact_fp32, set for forwards that feed a backward)";
+  }
   if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
     problem = "paged K/V is served by cuda-fp32 (its per-key block_table lookup is not part of the wgmma tile loads)";
   }

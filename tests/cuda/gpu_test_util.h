@@ -183,7 +183,13 @@ inline std::string check_forward_cuda(AttnCase& c, const std::string& expected_t
 inline std::string check_backward_cuda(AttnCase& c, bool deterministic = false) {
   return check_backward_run(
       c, unchecked_host(),
-      [&] { return run_on_gpu(c, [&](const AttnParams& params) { attention_forward(params, cuda_context()); }); },
+      [&] {
+        return run_on_gpu(c, [&](const AttnParams& params) {
+          AttnParams forward = params;
+          forward.exact_fp32 = true;  // its out and lse feed the backward
+          attention_forward(forward, cuda_context());
+        });
+      },
       [&] { return run_backward_on_gpu(c, deterministic, "cuda-bwd"); });
 }
 

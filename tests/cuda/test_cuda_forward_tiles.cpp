@@ -311,6 +311,15 @@ TEST(CudaForward, HopperSelectionFp32) {
     EXPECT_NE(sel.reason.find("cuda-3xtf32-sm90 cannot serve this call"), std::string::npos) << sel.reason;
   }
 
+  {  // a forward that feeds a backward asks for exact products
+    DeviceMirror dev(dense.tensors());
+    AttnParams params = device_params(dense, dev);
+    params.exact_fp32 = true;
+    sel = explain(params, Op::kForward, cuda_context());
+    EXPECT_EQ(sel.tier, "cuda-fp32") << sel.reason;
+    EXPECT_NE(sel.reason.find("exact_fp32"), std::string::npos) << sel.reason;
+  }
+
   env.set("cuda-mma-sm80");
   sel = explain_on_gpu(dense);
   EXPECT_EQ(sel.tier, "cuda-3xtf32-sm90") << sel.reason;
