@@ -19,6 +19,7 @@ tiles accumulated). Prints one line per case: the error of each backend, the rul
 import argparse
 import json
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ def main():
         print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            json.dump({"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                        "cuda": torch.version.cuda, "rows": rows}, f, indent=1)
 
 
