@@ -218,3 +218,28 @@ def test_reference_agrees_with_plain_softmax(device):
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(lse, scores.logsumexp(-1))
     check_close(out, expected, expected, 0.0)
+
+
+def test_exact_fp32_forward_with_one_key_returns_v(device):
+    # One key: p = 1 and out = v exactly in fp32 products; exact_fp32 (the op's last argument, set by
+    # the autograd path) must keep it so, whatever tier the selector would take otherwise.
+    q = randn(2, 5, 2, 64, dtype=torch.float32, device=device)
+    k = randn(2, 1, 2, 64, dtype=torch.float32, device=device)
+    v = randn(2, 1, 2, 64, dtype=torch.float32, device=device)
+    out, _ = flashsdpa._ops.ops().fwd(q, k, v, None, None, None, -1, -1, None, None, False, -1, -1, 0.0, None, None,
+                                      0.0, False, True)
+    assert torch.equal(out, v.expand(2, 5, 2, 64))
+    default = flashsdpa.flash_attn_func(q, k, v)  # any fp32 tier: within fp32 rounding of v
+    assert (default - v).abs().max().item() <= 1e-6 * max(1.0, v.abs().max().item())
+
+
+def test_fp32_gradients_of_a_lone_key_vanish(device):
+    # With one key the softmax is constant: dk = 0 exactly in exact arithmetic; the forward that
+    # feeds the backward runs with exact fp32 products, so rowsum(dout * out) matches dout . v.
+    q = randn(1, 7, 2, 64, dtype=torch.float32, device=device).requires_grad_()
+    k = randn(1, 1, 2, 64, dtype=torch.float32, device=device).requires_grad_()
+    v = randn(1, 1, 2, 64, dtype=torch.float32, device=device).requires_grad_()
+    out = flashsdpa.flash_attn_func(q, k, v)
+    out.backward(randn(*out.shape, dtype=torch.float32, device=device))
+    assert k.grad.abs().max().item() <= 1e-6
+    assert q.grad.abs().max().item() <= 1e-6
