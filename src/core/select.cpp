@@ -49,6 +49,31 @@ Backend resolve_backend(Backend requested, const void* data) {
   throw Error("backend: unknown value " + std::to_string(static_cast<int>(requested)));
 }
 
+Tier forced_prefill_tier(const std::string& list, bool fp32, std::string* unknown) {
+  const Tier half_tiers[] = {Tier::kCudaWgmma, Tier::kCudaMma};
+  const Tier fp32_tiers[] = {Tier::kCuda3xTf32, Tier::kCudaFp32};
+  Tier found = Tier::kNone;
+  size_t begin = 0;
+  while (begin <= list.size()) {
+    size_t end = list.find(',', begin);
+    if (end == std::string::npos) end = list.size();
+    const std::string name = list.substr(begin, end - begin);
+    begin = end + 1;
+    if (name.empty()) continue;
+    bool known = false;
+    for (int i = 0; i < 2; ++i) {
+      for (Tier t : {half_tiers[i], fp32_tiers[i]}) {
+        if (name != tier_name(t)) continue;
+        known = true;
+        const bool fp32_tier = t == fp32_tiers[i];
+        if (fp32_tier == fp32 && found == Tier::kNone) found = t;
+      }
+    }
+    if (!known && unknown != nullptr && unknown->empty()) *unknown = name;
+  }
+  return found;
+}
+
 namespace {
 
 TierChoice none(Backend backend, std::string why) { return TierChoice{Tier::kNone, backend, std::move(why)}; }
@@ -68,38 +93,29 @@ constexpr PrefillTier kHalfPrefillTiers[] = {{Tier::kCudaWgmma, cuda::wgmma_tier
 constexpr PrefillTier kFp32PrefillTiers[] = {{Tier::kCuda3xTf32, cuda::tf32x3_tier_supports, true},
                                              {Tier::kCudaFp32, cuda::fp32_tier_supports, false}};
 
-// The forward past the decode rule. FLASHSDPA_CUDA_FORWARD_TIER=<tier>[,<tier>] forces the tier of
-// the dtypes each named tier serves (cuda-wgmma-sm90 or cuda-mma-sm80 for fp16/bf16, cuda-3xtf32-sm90
-// or cuda-fp32 for fp32), so tests and benchmarks run every tier on one machine; a call the forced
-// tier cannot serve is refused, not moved, and a name that is no prefill tier refuses every call.
+// The forward past the decode rule. FLASHSDPA_CUDA_FORWARD_TIER (read by forced_prefill_tier) lets
+// tests and benchmarks run every tier on one machine: a call the forced tier cannot serve is
+// refused, not moved, and a name that is no prefill tier refuses every call.
 TierChoice select_cuda_prefill(const Problem& p) {
   const bool hopper = cuda::device_capability() == 90;
   const bool fp32 = p.dtype == DType::kFloat32;
   const PrefillTier* tiers = fp32 ? kFp32PrefillTiers : kHalfPrefillTiers;
   std::string why;
   const char* forced_env = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
-  const std::string forced_list = forced_env != nullptr ? forced_env : "";
-  size_t begin = 0;
-  while (begin < forced_list.size()) {
-    size_t end = forced_list.find(',', begin);
-    if (end == std::string::npos) end = forced_list.size();
-    const std::string name = forced_list.substr(begin, end - begin);
-    begin = end + 1;
-    if (name.empty()) continue;
-    const std::string prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + forced_list + ": ";
-    const PrefillTier* match = nullptr;
-    bool known = false;
-    for (const PrefillTier& t : kHalfPrefillTiers) known |= name == tier_name(t.tier);
-    for (int i = 0; i < 2; ++i) {
-      if (name == tier_name(tiers[i].tier)) match = &tiers[i];
-      if (name == tier_name(kFp32PrefillTiers[i].tier)) known = true;
+  if (forced_env != nullptr && *forced_env != '\0') {
+    const std::string list = forced_env, prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + list + ": ";
+    std::string unknown;
+    const Tier forced = forced_prefill_tier(list, fp32, &unknown);
+    if (!unknown.empty())
+      return none(Backend::kCuda, prefix + "'" + unknown +
+                                      "' is not a prefill tier (cuda-wgmma-sm90, cuda-mma-sm80, cuda-3xtf32-sm90, cuda-fp32)");
+    for (int i = 0; i < 2 && forced != Tier::kNone; ++i) {
+      const PrefillTier& t = tiers[i];
+      if (t.tier != forced) continue;
+      if (t.hopper_only && !hopper) return none(Backend::kCuda, prefix + tier_name(forced) + " needs compute capability 9.0");
+      if (t.supports(p, &why)) return TierChoice{t.tier, Backend::kCuda, prefix + why};
+      return none(Backend::kCuda, prefix + tier_name(forced) + " cannot serve this call: " + why);
     }
-    if (!known)
-      return none(Backend::kCuda, prefix + "not a prefill tier (cuda-wgmma-sm90, cuda-mma-sm80, cuda-3xtf32-sm90, cuda-fp32)");
-    if (match == nullptr) continue;  // a tier of the other dtypes
-    if (match->hopper_only && !hopper) return none(Backend::kCuda, prefix + name + " needs compute capability 9.0");
-    if (match->supports(p, &why)) return TierChoice{match->tier, Backend::kCuda, prefix + why};
-    return none(Backend::kCuda, prefix + name + " cannot serve this call: " + why);
   }
   std::string fallback;
   for (int i = 0; i < 2; ++i) {

@@ -203,15 +203,8 @@ inline std::string tier_for(AttnCase& c) {
   const bool fp32 = p.dtype == DType::kFloat32;
   if (!fp32 && p.seqlen_q <= 16) return "cuda-decode";
   const char* forced = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
-  std::string list = forced != nullptr ? forced : "";
-  for (size_t begin = 0; begin < list.size();) {
-    size_t end = list.find(',', begin);
-    if (end == std::string::npos) end = list.size();
-    const std::string name = list.substr(begin, end - begin);
-    begin = end + 1;
-    const bool fp32_tier = name == "cuda-fp32" || name == "cuda-3xtf32-sm90";
-    if (!name.empty() && fp32_tier == fp32) return name;
-  }
+  const core::Tier forced_tier = core::forced_prefill_tier(forced != nullptr ? forced : "", fp32, nullptr);
+  if (forced_tier != core::Tier::kNone) return core::tier_name(forced_tier);
   const bool hopper = cuda::device_capability() == 90;
   if (fp32) return hopper && cuda::tf32x3_tier_supports(p, nullptr) ? "cuda-3xtf32-sm90" : "cuda-fp32";
   return hopper && cuda::wgmma_tier_supports(p, nullptr) ? "cuda-wgmma-sm90" : "cuda-mma-sm80";
