@@ -87,6 +87,7 @@ namespace tf32x3_detail {
 
 using mma_detail::BlockView;
 using wgmma_detail::swizzled128;
+using wgmma_detail::group_full_tiles;
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
@@ -124,21 +125,6 @@ template <class Tile>
 __device__ __forceinline__ uint32_t staged(int row, int chunk) {
   const int f = (row & 1) | (((row >> 3) & 3) << 1);
   return static_cast<uint32_t>(row * (Tile::kHeadDim * 4) + ((chunk ^ f) << 4));
-}
-
-// Q rows [row0, row0 + kBlockM) into the big plane as raw fp32 (split in place afterwards); rows
-// past the sequence and columns past Dqk are zero-filled (their scores are 0 and never stored).
-template <class Tile>
-__device__ __forceinline__ void load_q_raw(unsigned char* q_big, const core::Problem& p, const BlockView& blk) {
-  const float* q = static_cast<const float*>(p.q.ptr);
-  const uint32_t base = smem_address(q_big);
-  for (int c = threadIdx.x; c < Tile::kBlockM * Tile::kChunks; c += Tile::kThreads) {
-    const int row = c / Tile::kChunks, chunk = c % Tile::kChunks;
-    const int64_t i = blk.row0 + row;
-    const bool live = i < blk.row_end && chunk * 4 < p.head_dim_qk;
-    const float* src = live ? q + core::q_offset(p, blk.seq, blk.b, i, blk.h) + chunk * 4 : q;
-    cp_async_16(base + swizzled128<Tile::kBlockM>(row, chunk), src, live ? 16 : 0);
-  }
 }
 
 // A plane of raw fp32 -> its big plane (in place) and its small plane (same layout).
@@ -421,24 +407,14 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
 
   // The tiles that need no mask for any row of the warpgroup (as in the fp16/bf16 wgmma tier:
   // every warpgroup runs every tile of the block, rows a tile does not reach are masked).
-  int kt_full_begin = 0, kt_full_end = 0;
-  {
-    const int64_t group_row0 = blk.row0 + group * Tile::kGroupRows;
-    const int64_t group_row_last = core::min_i64(group_row0 + Tile::kGroupRows, blk.row_end) - 1;
-    const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
-    auto local = [&](int64_t key) { return core::clamp_i64(key - first_key, 0, span); };
-    const int64_t full_lo = blk.mask.row_begin(group_row_last), full_hi = blk.mask.row_end(group_row0);
-    if (group_row0 < blk.row_end && full_hi > full_lo) {
-      kt_full_begin = static_cast<int>((local(full_lo) + Tile::kBlockN - 1) / Tile::kBlockN);
-      kt_full_end = static_cast<int>(local(full_hi) / Tile::kBlockN);
-    }
-  }
+  int kt_full_begin, kt_full_end;
+  group_full_tiles<Tile>(blk, blk.row0 + group * Tile::kGroupRows, first_key, num_tiles, &kt_full_begin, &kt_full_end);
 
   // Prologue: Q and K(0) raw, split into their planes; then the copies of K(1) and V(0).
   RawKvStream<Tile> k_stream, v_stream;
   k_stream.init(p.k, blk.k_key0, first_key, p.head_dim_qk);
   v_stream.init(p.v, blk.v_key0, first_key, p.head_dim_v);
-  load_q_raw<Tile>(q_big, p, blk);
+  wgmma_detail::load_q<Tile, uint32_t>(q_big, p, blk);  // raw fp32, split in place below
   k_stream.copy_next(k_stage, keys_left(0));
   cp_async_commit();
   cp_async_wait<0>();

@@ -81,18 +81,37 @@ __device__ __forceinline__ uint32_t swizzled128(int row, int chunk) {
   return static_cast<uint32_t>((chunk >> 3) * (kRows * 128) + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-// Q rows [row0, row0 + kBlockM) of the block; rows past the sequence and columns past Dqk are
-// zero-filled (their scores are 0 and never stored).
-template <class Tile>
+// Q rows [row0, row0 + kBlockM) of the block, elements of type Bits (16 / sizeof(Bits) per
+// 16-byte chunk); rows past the sequence and columns past Dqk are zero-filled (their scores are 0
+// and never stored).
+template <class Tile, class Bits = uint16_t>
 __device__ __forceinline__ void load_q(unsigned char* smem_q, const core::Problem& p, const BlockView& blk) {
-  const uint16_t* q = static_cast<const uint16_t*>(p.q.ptr);
+  constexpr int kPerChunk = 16 / sizeof(Bits);
+  const Bits* q = static_cast<const Bits*>(p.q.ptr);
   const uint32_t base = smem_address(smem_q);
   for (int c = threadIdx.x; c < Tile::kBlockM * Tile::kChunks; c += Tile::kThreads) {
     const int row = c / Tile::kChunks, chunk = c % Tile::kChunks;
     const int64_t i = blk.row0 + row;
-    const bool live = i < blk.row_end && chunk * 8 < p.head_dim_qk;
-    const uint16_t* src = live ? q + core::q_offset(p, blk.seq, blk.b, i, blk.h) + chunk * 8 : q;
+    const bool live = i < blk.row_end && chunk * kPerChunk < p.head_dim_qk;
+    const Bits* src = live ? q + core::q_offset(p, blk.seq, blk.b, i, blk.h) + chunk * kPerChunk : q;
     cp_async_16(base + swizzled128<Tile::kBlockM>(row, chunk), src, live ? 16 : 0);
+  }
+}
+
+// The key tiles [*begin, *end) (of num_tiles from first_key) that need no mask for any of a
+// warpgroup's rows [group_row0, group_row0 + kGroupRows): core::Mask's bounds are monotone in the
+// row, so its first and last row bound the group. Empty when the group has no row.
+template <class Tile>
+__device__ __forceinline__ void group_full_tiles(const BlockView& blk, int64_t group_row0, int64_t first_key,
+                                                 int num_tiles, int* begin, int* end) {
+  *begin = *end = 0;
+  const int64_t group_row_last = core::min_i64(group_row0 + Tile::kGroupRows, blk.row_end) - 1;
+  const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
+  auto local = [&](int64_t key) { return core::clamp_i64(key - first_key, 0, span); };
+  const int64_t full_lo = blk.mask.row_begin(group_row_last), full_hi = blk.mask.row_end(group_row0);
+  if (group_row0 < blk.row_end && full_hi > full_lo) {
+    *begin = static_cast<int>((local(full_lo) + Tile::kBlockN - 1) / Tile::kBlockN);
+    *end = static_cast<int>(local(full_hi) / Tile::kBlockN);
   }
 }
 
@@ -270,22 +289,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   k_stream.copy_next(smem_k, keys_left(0));
   cp_async_commit();
 
-  // The tiles that need no mask for any row of the warpgroup (core::Mask's bounds are monotone
-  // in the row, so its first and last row bound the group). Every warpgroup runs every tile of
+  // The tiles that need no mask for any row of the warpgroup. Every warpgroup runs every tile of
   // the block: a wgmma issued on a path that only some warpgroups take makes the compiler
   // serialise all of them (ptxas C7518/C7520), and rows a tile does not reach are masked.
-  int kt_full_begin = 0, kt_full_end = 0;
-  {
-    const int64_t group_row0 = blk.row0 + group * Tile::kGroupRows;
-    const int64_t group_row_last = core::min_i64(group_row0 + Tile::kGroupRows, blk.row_end) - 1;
-    const int64_t span = int64_t(num_tiles) * Tile::kBlockN;
-    auto local = [&](int64_t key) { return core::clamp_i64(key - first_key, 0, span); };
-    const int64_t full_lo = blk.mask.row_begin(group_row_last), full_hi = blk.mask.row_end(group_row0);
-    if (group_row0 < blk.row_end && full_hi > full_lo) {
-      kt_full_begin = static_cast<int>((local(full_lo) + Tile::kBlockN - 1) / Tile::kBlockN);
-      kt_full_end = static_cast<int>(local(full_hi) / Tile::kBlockN);
-    }
-  }
+  int kt_full_begin, kt_full_end;
+  group_full_tiles<Tile>(blk, blk.row0 + group * Tile::kGroupRows, first_key, num_tiles, &kt_full_begin, &kt_full_end);
 
   const uint64_t q_desc = wgmma::descriptor(smem_address(smem_q) + group * Tile::kGroupRows * 128, 16, 1024);
   const uint64_t k_desc = wgmma::descriptor(smem_address(smem_k), 16, 1024);
