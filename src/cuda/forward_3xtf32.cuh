@@ -51,18 +51,10 @@ namespace flashsdpa::cuda {
 
 // Tile shape of the 3xTF32 forward for one padded head dim.
 template <int kHeadDim_, int kBlockN_, int kScoreChains_>
-struct Tf32x3Tile {
+struct Tf32x3Tile : TwoWarpgroupBlock {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kMinBlocksPerSm = 1;
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kGroupRows = 64;  // query rows per warpgroup (wgmma's M)
-  static constexpr int kBlockM = kGroupRows * kWarpGroups;
   static constexpr int kBlockN = kBlockN_;
-
-  // The per-warp view that forward_mma.cuh's mask and epilogue helpers take: one m16 tile.
-  static constexpr int kMTiles = 1;
-  static constexpr int kWarpRows = 16;
   static constexpr int kKeyTiles = kBlockN / 8;   // n8 tiles of S
   static constexpr int kOutTiles = kHeadDim / 8;  // n8 tiles of O
   static constexpr int kChunks = kHeadDim / 4;    // 16-byte chunks per fp32 row

@@ -37,20 +37,23 @@
 
 namespace flashsdpa::cuda {
 
-// Tile shape of the wgmma forward for one padded head dim.
-template <int kHeadDim_, int kBlockN_, int kMinBlocksPerSm_ = 1>
-struct WgmmaTile {
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+// A block of two warpgroups, each issuing wgmmas for its own 64 query rows (both wgmma tiers).
+struct TwoWarpgroupBlock {
   static constexpr int kWarpGroups = 2;
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int kGroupRows = 64;  // query rows per warpgroup (wgmma's M)
   static constexpr int kBlockM = kGroupRows * kWarpGroups;
-  static constexpr int kBlockN = kBlockN_;
-
   // The per-warp view that forward_mma.cuh's mask and epilogue helpers take: one m16 tile.
   static constexpr int kMTiles = 1;
   static constexpr int kWarpRows = 16;
+};
+
+// Tile shape of the wgmma forward for one padded head dim.
+template <int kHeadDim_, int kBlockN_, int kMinBlocksPerSm_ = 1>
+struct WgmmaTile : TwoWarpgroupBlock {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+  static constexpr int kBlockN = kBlockN_;
   static constexpr int kKeyTiles = kBlockN / 8;   // n8 tiles of S
   static constexpr int kOutTiles = kHeadDim / 8;  // n8 tiles of O
   static constexpr int kChunks = kHeadDim / 8;    // 16-byte chunks per row
