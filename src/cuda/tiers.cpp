@@ -60,6 +60,23 @@ std::string dtype_and_shape_problem(const core::Problem& p, bool half_types) {
   return shape_problem(p);
 }
 
+// What both wgmma tiers need beyond dtype and shape: K/V linear in the key index, 16-byte aligned
+// rows and the sm_90a build; `fallback` is the tier that serves the rest. "" when the call fits.
+std::string wgmma_layout_problem(const core::Problem& p, const char* fallback) {
+  if (p.kv_layout == core::KvLayout::kPaged)
+    return std::string("paged K/V is served by ") + fallback +
+           " (its per-key block_table lookup is not part of the wgmma tile loads)";
+  if (!all_rows_16_byte_aligned(p)) {
+    core::Text os;
+    os << "it needs 16-byte aligned rows (q/k/v/out pointers and strides, head dims multiples of "
+       << 16 / dtype_size(p.dtype) << "); got Dqk = " << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    return os.str();
+  }
+  if (!wgmma_kernels_loaded())
+    return "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
+  return "";
+}
+
 // A tier's answer: false with the problem, or true with `serves` and the head dims, the tile and
 // the features that every tier's reason ends with.
 bool answer(const core::Problem& p, const std::string& problem, const std::string& serves, std::string* why) {
@@ -105,18 +122,7 @@ bool all_rows_16_byte_aligned(const core::Problem& p) {
 
 bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
   std::string problem = dtype_and_shape_problem(p, true);
-  if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
-    problem = "paged K/V is served by cuda-mma-sm80 (its per-key block_table lookup is not part of the wgmma tile loads)";
-  }
-  if (problem.empty() && !all_rows_16_byte_aligned(p)) {
-    core::Text os;
-    os << "it needs 16-byte aligned rows (q/k/v/out pointers and strides, head dims multiples of 8); got Dqk = "
-       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
-    problem = os.str();
-  }
-  if (problem.empty() && !wgmma_kernels_loaded()) {
-    problem = "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
-  }
+  if (problem.empty()) problem = wgmma_layout_problem(p, "cuda-mma-sm80");
   return answer(p, problem,
                 std::string("cuda-wgmma-sm90 serves this ") + dtype_name(p.dtype) +
                     " forward: Hopper wgmma.mma_async with fp32 accumulation, 128-row query blocks of two warpgroups",
@@ -135,18 +141,7 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
   if (problem.empty() && p.exact_fp32) {
     problem = "the call asks for exact fp32 products (exact_fp32, set for forwards that feed a backward)";
   }
-  if (problem.empty() && p.kv_layout == core::KvLayout::kPaged) {
-    problem = "paged K/V is served by cuda-fp32 (its per-key block_table lookup is not part of the wgmma tile loads)";
-  }
-  if (problem.empty() && !all_rows_16_byte_aligned(p)) {
-    core::Text os;
-    os << "it needs 16-byte aligned rows (q/k/v/out pointers and strides, head dims multiples of 4); got Dqk = "
-       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
-    problem = os.str();
-  }
-  if (problem.empty() && !wgmma_kernels_loaded()) {
-    problem = "this build has no sm_90a code (FLASHSDPA_CUDA_GENCODE lacks -gencode=arch=compute_90a,code=sm_90a)";
-  }
+  if (problem.empty()) problem = wgmma_layout_problem(p, "cuda-fp32");
   return answer(p, problem,
                 "cuda-3xtf32-sm90 serves this fp32 forward: Hopper wgmma.mma_async with each product taken as three "
                 "TF32 products (big x big + big x small + small x big, accurate to fp32 rounding) and fp32 "
