@@ -16,10 +16,13 @@ void launch_3xtf32_forward_d128(const MmaArgs& args, cudaStream_t stream) {
 }
 
 void launch_3xtf32_forward(const MmaArgs& args, cudaStream_t stream) {
-  if (padded_head_dim(args.p) <= 64) {
+  const int64_t dim = padded_head_dim(args.p);
+  if (dim <= 64) {
     launch_3xtf32_forward_d64(args, stream);
-  } else {
+  } else if (dim <= 128) {
     launch_3xtf32_forward_d128(args, stream);
+  } else {
+    launch_3xtf32_forward_d256(args, stream);
   }
 }
 

@@ -292,7 +292,7 @@ TEST(CudaForward, SanitizeNonFiniteValues) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 1250;
   for (bool paged : {false, true}) {
-    for (int64_t d : {64, 59}) {
+    for (int64_t d : {64, 59, 256}) {
       for (DType dtype : kAllDtypes) {
         AttnConfig config = batched(70, 90, 4, 2, d, d);  // bottom-right causal: row i sees keys <= i + 20
         if (paged) {  // sequence 0: 100 keys, row i sees keys <= i + 60
