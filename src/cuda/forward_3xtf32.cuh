@@ -62,10 +62,6 @@ struct Tf32x3Tile : TwoWarpgroupBlock {
   static constexpr int kKeySteps = kBlockN / 8;   // k8 steps of P V
   static constexpr int kScoreChains = kScoreChains_;  // accumulators of big x big score terms
   static_assert(kDimSteps % kScoreChains == 0, "whole chains");
-  // Each warpgroup owns 64 rows, all head dims of S and all columns of O (Tf32x3SplitTile splits
-  // them instead).
-  static constexpr bool kSplitHeadDim = false;
-  static constexpr int kGroupDim = kHeadDim;
 
   // Shared memory: Q's two planes, K's and V's two planes, K's and V's staging buffers, plus
   // slack to align the start to the 1024 bytes the swizzle atoms need. A plane is split in
@@ -75,42 +71,6 @@ struct Tf32x3Tile : TwoWarpgroupBlock {
   static constexpr int kSmemBytes = 1024 + 2 * kQPlaneBytes + 6 * kKvPlaneBytes;
 
   static_assert(kHeadDim % 32 == 0 && kBlockN % 32 == 0, "whole 128-byte column blocks");
-  static_assert((kBlockN / 4) * (kHeadDim / 4) == kThreads, "one 4 x 4 block of V per thread and tile");
-  static_assert(kThreads % kChunks == 0 && kBlockN % (kThreads / kChunks) == 0, "whole rows per copy pass");
-};
-
-// Head dim 256: both warpgroups hold the same 64 query rows, and warpgroup g owns head dims
-// [128 g, 128 g + 128) of S's products and the same columns of O. Q's planes for 128 rows would
-// need 256 KB, and one warpgroup holding all 256 columns of O and of the per-tile T would need 256
-// accumulator registers per thread. Each warpgroup's partial scores (its half of the head dims)
-// go through shared memory to the other; both add the two halves (fp32 addition commutes, so both
-// get the same bits), both run the same softmax and each multiplies P into its own V columns.
-// Shared memory: Q's planes 2 x 64 KB, K's and V's planes 4 x 16 KB for 16-key tiles, V's staging
-// 16 KB, the score exchange 8 KB (217 KB); K is staged in registers (16 floats a thread), there
-// being no room for a second staging buffer. V's transposed rows hold 16 keys, 64 bytes: its planes
-// use the 64-byte swizzle.
-template <int kBlockN_, int kScoreChains_>
-struct Tf32x3SplitTile : TwoWarpgroupBlock {
-  static constexpr bool kSplitHeadDim = true;
-  static constexpr int kBlockM = kGroupRows;  // both warpgroups on the same rows
-  static constexpr int kHeadDim = 256;
-  static constexpr int kGroupDim = kHeadDim / 2;
-  static constexpr int kMinBlocksPerSm = 1;
-  static constexpr int kBlockN = kBlockN_;
-  static constexpr int kKeyTiles = kBlockN / 8;
-  static constexpr int kOutTiles = kGroupDim / 8;  // a warpgroup's n8 tiles of O
-  static constexpr int kChunks = kHeadDim / 4;
-  static constexpr int kDimSteps = kGroupDim / 8;  // a warpgroup's k8 steps of Q K^T
-  static constexpr int kKeySteps = kBlockN / 8;
-  static constexpr int kScoreChains = kScoreChains_;
-  static_assert(kDimSteps % kScoreChains == 0, "whole chains");
-
-  static constexpr int kQPlaneBytes = kBlockM * kHeadDim * 4;
-  static constexpr int kKvPlaneBytes = kBlockN * kHeadDim * 4;
-  static constexpr int kExchangeBytes = kWarpGroups * kGroupRows * kBlockN * 4;
-  static constexpr int kSmemBytes = 1024 + 2 * kQPlaneBytes + 5 * kKvPlaneBytes + kExchangeBytes;
-
-  static_assert(kBlockN == 16, "V's transposed rows fill one 64-byte swizzle row");
   static_assert((kBlockN / 4) * (kHeadDim / 4) == kThreads, "one 4 x 4 block of V per thread and tile");
   static_assert(kThreads % kChunks == 0 && kBlockN % (kThreads / kChunks) == 0, "whole rows per copy pass");
 };
@@ -259,78 +219,6 @@ __device__ __forceinline__ void split_values(unsigned char* v_big, unsigned char
   }
 }
 
-// K streamed through registers (Tf32x3SplitTile): this thread's 16-byte chunk `chunk` of rows row0
-// + r * kRowStep of the next tile, loaded during a step and split into K's planes at the next
-// refill. Rows past the sequence's end and columns past the head dim are zeros.
-template <class Tile>
-struct KeyRegisters {
-  static constexpr int kRowStep = Tile::kThreads / Tile::kChunks;
-  static constexpr int kRowsPerThread = Tile::kBlockN / kRowStep;
-
-  float4 rows[kRowsPerThread];
-  const float* src;  // this thread's chunk of its first row in the next tile
-  int64_t row_step, tile_step;
-  int row0, chunk;
-  bool live;
-
-  __device__ __forceinline__ void init(const core::Operand& op, int64_t key0, int64_t first_key, int64_t dim) {
-    row0 = threadIdx.x / Tile::kChunks;
-    chunk = threadIdx.x % Tile::kChunks;
-    src = static_cast<const float*>(op.ptr) + key0 + (first_key + row0) * op.row_stride + chunk * 4;
-    row_step = op.row_stride * kRowStep;
-    tile_step = op.row_stride * Tile::kBlockN;
-    live = chunk * 4 < dim;
-  }
-
-  __device__ __forceinline__ void load_next(int64_t keys_left) {
-    const bool full = live && keys_left >= Tile::kBlockN;
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const bool row_live = full || (live && row0 + r * kRowStep < keys_left);
-      rows[r] = row_live ? __ldg(reinterpret_cast<const float4*>(src + r * row_step)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    src += tile_step;
-  }
-
-  // Into K's planes (rows = keys, K-major, 128-byte swizzle as split_keys writes them).
-  __device__ __forceinline__ void store_planes(unsigned char* k_big, unsigned char* k_small) const {
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      uint4 hi, lo;
-      split4(rows[r], hi, lo);
-      const uint32_t offset = swizzled128<Tile::kBlockN>(row0 + r * kRowStep, chunk);
-      *reinterpret_cast<uint4*>(k_big + offset) = hi;
-      *reinterpret_cast<uint4*>(k_small + offset) = lo;
-    }
-  }
-};
-
-// split_values for 16-key tiles (Tf32x3SplitTile): plane row d is 64 bytes, the tile's keys in P's
-// fragment order, in the 64-byte swizzle layout (chunk pc of row d at pc ^ ((d / 2) % 4)). Each
-// thread moves one 4-key x 4-dim block; four neighbouring lanes take the four position chunks.
-template <class Tile>
-__device__ __forceinline__ void split_values_swizzle64(unsigned char* v_big, unsigned char* v_small,
-                                                       const unsigned char* stage) {
-  const int pc = threadIdx.x & 3, dc = threadIdx.x >> 2;
-  const int key0 = 8 * (pc >> 1) + (pc & 1);
-  float4 rows[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) rows[i] = *reinterpret_cast<const float4*>(stage + staged<Tile>(key0 + 2 * i, dc));
-  const float4 columns[4] = {make_float4(rows[0].x, rows[1].x, rows[2].x, rows[3].x),
-                             make_float4(rows[0].y, rows[1].y, rows[2].y, rows[3].y),
-                             make_float4(rows[0].z, rows[1].z, rows[2].z, rows[3].z),
-                             make_float4(rows[0].w, rows[1].w, rows[2].w, rows[3].w)};
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int d = 4 * dc + e;
-    uint4 hi, lo;
-    split4(columns[e], hi, lo);
-    const uint32_t offset = static_cast<uint32_t>(d * 64 + ((pc ^ ((d >> 1) & 3)) << 4));
-    *reinterpret_cast<uint4*>(v_big + offset) = hi;
-    *reinterpret_cast<uint4*>(v_small + offset) = lo;
-  }
-}
-
 // The descriptors of one operand's two planes.
 struct Planes {
   uint64_t big, small;
@@ -349,10 +237,6 @@ struct Planes {
 
 __device__ __forceinline__ Planes planes(const unsigned char* big, const unsigned char* small, uint32_t offset) {
   return {wgmma::descriptor(smem_address(big) + offset, 16, 1024), wgmma::descriptor(smem_address(small) + offset, 16, 1024)};
-}
-__device__ __forceinline__ Planes planes_swizzle64(const unsigned char* big, const unsigned char* small, uint32_t offset) {
-  return {wgmma::descriptor_swizzle64(smem_address(big) + offset, 512),
-          wgmma::descriptor_swizzle64(smem_address(small) + offset, 512)};
 }
 
 // The tensor cores round each accumulation toward zero, relative to the accumulator's magnitude
@@ -405,7 +289,7 @@ __device__ __forceinline__ void issue_scores(ScoreAccumulators<Tile>& s, const P
 }
 
 // T = P V of one key tile: per k8 step of keys small x big, big x small, big x big, each an m64 x
-// kGroupDim x k8 wgmma with P's planes from registers and V's (transposed, K-major) from shared
+// kHeadDim x k8 wgmma with P's planes from registers and V's (transposed, K-major) from shared
 // memory. T starts from zero every tile and is added to O in fp32 registers (merge_values), for
 // the rounding above: O's own accumulator would take three roundings per 8 keys of the row.
 template <class Tile>
@@ -414,35 +298,10 @@ __device__ __forceinline__ void issue_values(float (&t)[Tile::kOutTiles][4], con
   const Planes v = v_planes.opaque();
 #pragma unroll
   for (int step = 0; step < Tile::kKeySteps; ++step) {
-    // 128-byte swizzle: 32-key column blocks; 64-byte swizzle: one 16-key row.
-    const uint32_t step_bytes =
-        Tile::kSplitHeadDim ? step * 32 : (step / 4) * Tile::kHeadDim * 128 + (step % 4) * 32;
-    const Planes vs = v.at(step_bytes);
-    wgmma::wgmma_rs_kmajor<Tile::kGroupDim, Float32>(t, p_big[step], vs.big, step > 0);
-    wgmma::wgmma_rs_kmajor<Tile::kGroupDim, Float32>(t, p_small[step], vs.big, 1);
-    wgmma::wgmma_rs_kmajor<Tile::kGroupDim, Float32>(t, p_big[step], vs.small, 1);
-  }
-}
-
-// Tf32x3SplitTile: each warpgroup's partial scores (its half of the head dims) to the other through
-// shared memory, one float4 per thread and n8 tile (the two warpgroups' threads hold the same
-// (row, key) elements). Both add mine + theirs, the same bits in both, as fp32 addition commutes.
-// The barrier here and the refill's keep the next tile's writes behind this tile's reads.
-template <class Tile>
-__device__ __forceinline__ void exchange_scores(float (&s)[Tile::kKeyTiles][4], unsigned char* exchange, int group) {
-  const int thread = threadIdx.x & 127;
-  float4* mine = reinterpret_cast<float4*>(exchange) + group * (Tile::kKeyTiles * 128);
-  const float4* theirs = reinterpret_cast<const float4*>(exchange) + (1 - group) * (Tile::kKeyTiles * 128);
-#pragma unroll
-  for (int nt = 0; nt < Tile::kKeyTiles; ++nt) mine[nt * 128 + thread] = make_float4(s[nt][0], s[nt][1], s[nt][2], s[nt][3]);
-  __syncthreads();
-#pragma unroll
-  for (int nt = 0; nt < Tile::kKeyTiles; ++nt) {
-    const float4 x = theirs[nt * 128 + thread];
-    s[nt][0] += x.x;
-    s[nt][1] += x.y;
-    s[nt][2] += x.z;
-    s[nt][3] += x.w;
+    const Planes vs = v.at((step / 4) * Tile::kHeadDim * 128 + (step % 4) * 32);
+    wgmma::wgmma_rs_kmajor<Tile::kHeadDim, Float32>(t, p_big[step], vs.big, step > 0);
+    wgmma::wgmma_rs_kmajor<Tile::kHeadDim, Float32>(t, p_small[step], vs.big, 1);
+    wgmma::wgmma_rs_kmajor<Tile::kHeadDim, Float32>(t, p_big[step], vs.small, 1);
   }
 }
 
@@ -477,11 +336,10 @@ __device__ __forceinline__ void split_probabilities(uint32_t (&p_big)[Tile::kKey
 }
 
 // The warp's rows of the normalised output straight to global memory: 8-byte stores of the two
-// columns a thread holds per n8 tile (rows are 16-byte aligned and Dv a multiple of 4). o holds
-// columns col0 ..
+// columns a thread holds per n8 tile (rows are 16-byte aligned and Dv a multiple of 4).
 template <class Tile>
 __device__ __forceinline__ void store_rows(const float (&o)[Tile::kOutTiles][4], const core::Problem& p,
-                                           const BlockView& blk, int64_t warp_row0, int col0) {
+                                           const BlockView& blk, int64_t warp_row0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float* out = static_cast<float*>(const_cast<void*>(p.out.ptr));
 #pragma unroll
@@ -491,7 +349,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[Tile::kOutTiles][4],
     float* row = out + core::out_offset(p, blk.seq, blk.b, i, blk.h);
 #pragma unroll
     for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
-      const int col = col0 + dt * 8 + 2 * t;
+      const int col = dt * 8 + 2 * t;
       if (col < p.head_dim_v) *reinterpret_cast<float2*>(row + col) = make_float2(o[dt][2 * r], o[dt][2 * r + 1]);
     }
   }
@@ -522,16 +380,10 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
   unsigned char* k_small = k_big + Tile::kKvPlaneBytes;
   unsigned char* v_big = k_small + Tile::kKvPlaneBytes;
   unsigned char* v_small = v_big + Tile::kKvPlaneBytes;
-  // Tf32x3Tile: K's and V's staging buffers; Tf32x3SplitTile: V's, then the score exchange.
-  constexpr bool kSplit = Tile::kSplitHeadDim;
   unsigned char* k_stage = v_small + Tile::kKvPlaneBytes;
-  unsigned char* v_stage = kSplit ? k_stage : k_stage + Tile::kKvPlaneBytes;
-  unsigned char* exchange = v_stage + Tile::kKvPlaneBytes;
+  unsigned char* v_stage = k_stage + Tile::kKvPlaneBytes;
   const int group = threadIdx.x / 128, warp = threadIdx.x / 32;
-  const int warp_slot = kSplit ? warp % 4 : warp;  // the warp's 16 rows of the block
-  const int64_t warp_row0 = blk.row0 + warp_slot * Tile::kWarpRows;
-  const int col0 = kSplit ? group * Tile::kGroupDim : 0;  // the warpgroup's first column of O
-  const bool writes_lse = !kSplit || group == 0;
+  const int64_t warp_row0 = blk.row0 + warp * Tile::kWarpRows;
 
   float o[1][Tile::kOutTiles][4];
   float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.0f, 0.0f}};
@@ -540,60 +392,36 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.0f;
   if (num_tiles == 0) {  // no key in reach: out = 0, lse = -inf (or the sink)
-    mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0, writes_lse);
-    store_rows<Tile>(o[0], p, blk, warp_row0, col0);
+    mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
+    store_rows<Tile>(o[0], p, blk, warp_row0);
     return;
   }
 
   // The tiles that need no mask for any row of the warpgroup (as in the fp16/bf16 wgmma tier:
   // every warpgroup runs every tile of the block, rows a tile does not reach are masked).
   int kt_full_begin, kt_full_end;
-  group_full_tiles<Tile>(blk, blk.row0 + (kSplit ? 0 : group) * Tile::kGroupRows, first_key, num_tiles,
-                         &kt_full_begin, &kt_full_end);
+  group_full_tiles<Tile>(blk, blk.row0 + group * Tile::kGroupRows, first_key, num_tiles, &kt_full_begin, &kt_full_end);
 
   // Prologue: Q and K(0) raw, split into their planes; then the copies of K(1) and V(0).
   RawKvStream<Tile> k_stream, v_stream;
-  KeyRegisters<Tile> k_registers;
-  auto next_keys = [&](int kt) {  // K(kt) on its way to the staging buffer or the registers
-    if constexpr (kSplit) {
-      k_registers.load_next(keys_left(kt));
-    } else {
-      k_stream.copy_next(k_stage, keys_left(kt));
-    }
-  };
-  auto split_next_keys = [&]() {
-    if constexpr (kSplit) {
-      k_registers.store_planes(k_big, k_small);
-    } else {
-      split_keys<Tile>(k_big, k_small, k_stage);
-    }
-  };
-  if constexpr (kSplit) {
-    k_registers.init(p.k, blk.k_key0, first_key, p.head_dim_qk);
-  } else {
-    k_stream.init(p.k, blk.k_key0, first_key, p.head_dim_qk);
-  }
+  k_stream.init(p.k, blk.k_key0, first_key, p.head_dim_qk);
   v_stream.init(p.v, blk.v_key0, first_key, p.head_dim_v);
   wgmma_detail::load_q<Tile, uint32_t>(q_big, p, blk);  // raw fp32, split in place below
-  next_keys(0);
+  k_stream.copy_next(k_stage, keys_left(0));
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
   split_in_place<Tile>(q_big, q_small, Tile::kQPlaneBytes);
-  split_next_keys();
+  split_keys<Tile>(k_big, k_small, k_stage);
   wgmma::fence_shared_for_async_proxy();
   __syncthreads();
-  if (num_tiles > 1) next_keys(1);
+  if (num_tiles > 1) k_stream.copy_next(k_stage, keys_left(1));
   v_stream.copy_next(v_stage, keys_left(0));
   cp_async_commit();
 
-  // The warpgroup's operands: its 64 rows of Q (Tf32x3Tile) or its 128 head dims of Q, K and V
-  // (Tf32x3SplitTile; 32-dim column blocks of Q and K, 64-byte rows of V).
-  const Planes q_planes = planes(q_big, q_small, kSplit ? group * (Tile::kGroupDim / 32) * Tile::kBlockM * 128
-                                                        : group * Tile::kGroupRows * 128);
-  const Planes k_planes = planes(k_big, k_small, kSplit ? group * (Tile::kGroupDim / 32) * Tile::kBlockN * 128 : 0);
-  const Planes v_planes =
-      kSplit ? planes_swizzle64(v_big, v_small, group * Tile::kGroupDim * 64) : planes(v_big, v_small, 0);
+  const Planes q_planes = planes(q_big, q_small, group * Tile::kGroupRows * 128);
+  const Planes k_planes = planes(k_big, k_small, 0);
+  const Planes v_planes = planes(v_big, v_small, 0);
   const float unit = args.has_score_mod ? kLog2e : args.score_scale_log2;
 
   ScoreAccumulators<Tile> scores;
@@ -610,20 +438,16 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
     cp_async_wait<0>();
     const bool cut = warp_row0 < blk.row_end && (kt < kt_full_begin || kt >= kt_full_end);
     const bool boundary = __syncthreads_or(cut) != 0;
-    if (kt + 1 < num_tiles) split_next_keys();
+    if (kt + 1 < num_tiles) split_keys<Tile>(k_big, k_small, k_stage);
     if (boundary && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(v_stage, Tile::kKvPlaneBytes)) {
       block_zero_nonfinite<kFloatExponentBits, Tile::kThreads>(v_stage, Tile::kKvPlaneBytes);
       __syncthreads();
       values_zeroed = true;
     }
-    if constexpr (kSplit) {
-      split_values_swizzle64<Tile>(v_big, v_small, v_stage);
-    } else {
-      split_values<Tile>(v_big, v_small, v_stage);
-    }
+    split_values<Tile>(v_big, v_small, v_stage);
     wgmma::fence_shared_for_async_proxy();
     __syncthreads();
-    if (kt + 2 < num_tiles) next_keys(kt + 2);
+    if (kt + 2 < num_tiles) k_stream.copy_next(k_stage, keys_left(kt + 2));
     if (kt + 1 < num_tiles) v_stream.copy_next(v_stage, keys_left(kt + 1));
     cp_async_commit();
   };
@@ -631,7 +455,6 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
   // boundary tiles.
   auto softmax_tile = [&](int kt) {
     float(&s)[1][Tile::kKeyTiles][4] = scores.sum();
-    if constexpr (kSplit) exchange_scores<Tile>(s[0], exchange, group);
     const bool needs_mask = kt < kt_full_begin || kt >= kt_full_end;
     if (needs_mask || args.has_score_mod)
       mma_detail::mask_and_modify<Tile, true>(s, args, blk, warp_row0, first_key + int64_t(kt) * Tile::kBlockN,
@@ -677,9 +500,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
   const float keep[2] = {1.0f, 1.0f};
   merge_values<Tile>(o[0], t, keep);
 
-  if (values_zeroed) mma_detail::add_skipped_values<Tile, Float32, true>(o, args, warp_slot, col0);
-  mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0, writes_lse);
-  store_rows<Tile>(o[0], p, blk, warp_row0, col0);
+  if (values_zeroed) mma_detail::add_skipped_values<Tile, Float32, true>(o, args);
+  mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
+  store_rows<Tile>(o[0], p, blk, warp_row0);
 #else
   // Built only for sm_90a; the selector never launches it elsewhere (wgmma_kernels_loaded()).
   __trap();

@@ -16,13 +16,10 @@ void launch_3xtf32_forward_d128(const MmaArgs& args, cudaStream_t stream) {
 }
 
 void launch_3xtf32_forward(const MmaArgs& args, cudaStream_t stream) {
-  const int64_t dim = padded_head_dim(args.p);
-  if (dim <= 64) {
+  if (padded_head_dim(args.p) <= 64) {
     launch_3xtf32_forward_d64(args, stream);
-  } else if (dim <= 128) {
-    launch_3xtf32_forward_d128(args, stream);
   } else {
-    launch_3xtf32_forward_d256(args, stream);
+    launch_3xtf32_forward_d128(args, stream);
   }
 }
 

@@ -468,12 +468,12 @@ __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kMTiles][Tile::kO
 // registers are free: values come straight from global memory. Keys are those of the block's
 // boundary tiles (tile indices outside [full_begin, full_end) of num_tiles from first_key), which
 // hold every tile that was zeroed; a term added twice changes nothing (Inf + Inf, NaN + NaN).
-// Warp-uniform, no barrier. o holds output columns col0 .. col0 + 8 kOutTiles - 1.
+// Warp-uniform, no barrier.
 template <class Tile, class E>
 __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                                      const core::Problem& p, const BlockView& blk,
                                                      int64_t warp_row0, int64_t first_key, int num_tiles,
-                                                     int full_begin, int full_end, int col0 = 0) {
+                                                     int full_begin, int full_end) {
   static_assert(2 * Tile::kOutTiles <= 64, "one bit per column of the lane in a 64-bit mask");
   using Bits = typename E::Bits;
   constexpr Bits kExponent = E::kElementExponent;
@@ -506,7 +506,7 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
       for (int dt = 0; dt < Tile::kOutTiles; ++dt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int col = col0 + dt * 8 + 2 * t + e;
+          const int col = dt * 8 + 2 * t + e;
           if (col < dv && !isfinite(E::to_float(v[v_row + col]))) bad |= uint64_t(1) << (2 * dt + e);
         }
       if (bad == 0) continue;
@@ -520,19 +520,17 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
 #pragma unroll
             for (int e = 0; e < 2; ++e)
               if ((bad >> (2 * dt + e)) & 1u)  // score_term: p x v is NaN when p is 0 or NaN
-                o[mt][dt][2 * r + e] += score_term * E::to_float(v[v_row + col0 + dt * 8 + 2 * t + e]);
+                o[mt][dt][2 * r + e] += score_term * E::to_float(v[v_row + dt * 8 + 2 * t + e]);
         }
     }
   }
 }
 
-// Sinks, normalisation and LSE of the warp's rows: O becomes the output, in registers. write_lse:
-// this warp stores the rows' LSE (false for the second of two warps holding the same rows).
+// Sinks, normalisation and LSE of the warp's rows: O becomes the output, in registers.
 template <class Tile>
 __device__ __forceinline__ void normalize_rows(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                                float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2],
-                                               const MmaArgs& args, const BlockView& blk, int64_t warp_row0,
-                                               bool write_lse = true) {
+                                               const MmaArgs& args, const BlockView& blk, int64_t warp_row0) {
   const core::Problem& p = args.p;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -562,7 +560,7 @@ __device__ __forceinline__ void normalize_rows(float (&o)[Tile::kMTiles][Tile::k
         o[mt][dt][2 * r + 1] *= inv;
       }
       const int64_t i = warp_row0 + mt * 16 + g + 8 * r;
-      if (write_lse && p.lse != nullptr && t == 0 && i < blk.row_end) {
+      if (p.lse != nullptr && t == 0 && i < blk.row_end) {
         p.lse[core::lse_offset(p, blk.seq, blk.b, i, blk.h)] =
             sum > 0.0f ? m * kLn2 + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
       }
@@ -667,16 +665,14 @@ __device__ __forceinline__ KeyTiles key_tiles(const core::Problem& p, const Bloc
 
 // The correction after the key loop when a cut tile's products skipped an Inf or NaN of V
 // (add_nonfinite_values). The block's view and key tiles are resolved again from the arguments,
-// so that the key loop keeps nothing alive for this path but one flag. warp_slot: the warp's
-// 16-row slice of the block; col0: the first output column the thread's o holds.
+// so that the key loop keeps nothing alive for this path but one flag.
 template <class Tile, class E, bool kLinearKvOnly>
-__device__ __forceinline__ void add_skipped_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4], const MmaArgs& args,
-                                                   int warp_slot, int col0 = 0) {
+__device__ __forceinline__ void add_skipped_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4], const MmaArgs& args) {
   BlockView blk;
   open_block<kLinearKvOnly>(args, Tile::kBlockM, &blk);
   const KeyTiles tiles = key_tiles<Tile::kBlockN>(args.p, blk);
-  add_nonfinite_values<Tile, E>(o, args.p, blk, blk.row0 + warp_slot * Tile::kWarpRows, tiles.first_key,
-                                tiles.num_tiles, tiles.full_begin, tiles.full_end, col0);
+  add_nonfinite_values<Tile, E>(o, args.p, blk, blk.row0 + (threadIdx.x >> 5) * Tile::kWarpRows, tiles.first_key,
+                                tiles.num_tiles, tiles.full_begin, tiles.full_end);
 }
 
 }  // namespace mma_detail
@@ -793,7 +789,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
   cp_async_wait<0>();
 
   if (warp_active) {
-    if (values_zeroed) add_skipped_values<Tile, E, false>(o, args, threadIdx.x >> 5);
+    if (values_zeroed) add_skipped_values<Tile, E, false>(o, args);
     __syncwarp();
     finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0, smem_q + warp * Tile::kWarpRows * Tile::kRowBytes);
   }

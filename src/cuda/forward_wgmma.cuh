@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   wgmma::pin(o[0]);
   __syncthreads();  // every warpgroup is done with Q: its rows become the output staging area
 
-  if (values_zeroed) mma_detail::add_skipped_values<Tile, E, true>(o, args, threadIdx.x >> 5);
+  if (values_zeroed) mma_detail::add_skipped_values<Tile, E, true>(o, args);
   // Unconditional (rows past the sequence are not stored): a read of the accumulators on a
   // divergent path would serialise the wgmmas too.
   mma_detail::finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0,

@@ -18,10 +18,9 @@ void launch_wgmma_forward_d64(const MmaArgs& args, cudaStream_t stream);
 void launch_wgmma_forward_d128(const MmaArgs& args, cudaStream_t stream);
 void launch_wgmma_forward_d256(const MmaArgs& args, cudaStream_t stream);
 
-// Runs an fp32 problem tf32x3_tier_supports() accepted (tiers.h), padded to 64, 128 or 256.
+// Runs an fp32 problem tf32x3_tier_supports() accepted (tiers.h), padded to 64 or 128.
 void launch_3xtf32_forward(const MmaArgs& args, cudaStream_t stream);
 void launch_3xtf32_forward_d64(const MmaArgs& args, cudaStream_t stream);
 void launch_3xtf32_forward_d128(const MmaArgs& args, cudaStream_t stream);
-void launch_3xtf32_forward_d256(const MmaArgs& args, cudaStream_t stream);
 
 }  // namespace flashsdpa::cuda

@@ -131,6 +131,13 @@ bool wgmma_tier_supports(const core::Problem& p, std::string* why) {
 
 bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
   std::string problem = dtype_and_shape_problem(p, false);
+  if (problem.empty() && padded_head_dim(p) > 128) {
+    core::Text os;
+    os << "head dims above 128 are served by cuda-fp32 (a 128-row block's two TF32 planes of Q alone would need "
+          "256 KB of shared memory at 256); got Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    problem = os.str();
+  }
   if (problem.empty() && p.exact_fp32) {
     problem = "the call asks for exact fp32 products (exact_fp32, set for forwards that feed a backward)";
   }
@@ -138,9 +145,7 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
   return answer(p, problem,
                 "cuda-3xtf32-sm90 serves this fp32 forward: Hopper wgmma.mma_async with each product taken as three "
                 "TF32 products (big x big + big x small + small x big, accurate to fp32 rounding) and fp32 "
-                "accumulation, " +
-                    std::string(padded_head_dim(p) > 128 ? "64-row query blocks, the head dim split between two warpgroups"
-                                                         : "128-row query blocks of two warpgroups"),
+                "accumulation, 128-row query blocks of two warpgroups",
                 why);
 }
 

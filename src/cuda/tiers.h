@@ -32,7 +32,7 @@ bool fp32_tier_supports(const core::Problem& p, std::string* why);
 // cuda-3xtf32-sm90: fp32 forward on Hopper's wgmma, each product as three TF32 products
 // (forward_3xtf32.cuh says why that is accurate to fp32 rounding). Compute capability 9.0 (checked
 // by the selector) and a build with sm_90a code; batched, varlen and dense-cache K/V (not paged)
-// with every row 16-byte aligned, head dims up to 256; every mask and modifier. On false,
+// with every row 16-byte aligned and head dims up to 128; every mask and modifier. On false,
 // *why says what it lacks (the selector then falls back to cuda-fp32).
 bool tf32x3_tier_supports(const core::Problem& p, std::string* why);
 

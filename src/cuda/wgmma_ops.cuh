@@ -23,13 +23,6 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t smem_address, uint32_t l
   return uint64_t((smem_address & 0x3FFFF) >> 4) | (uint64_t(leading_bytes >> 4) << 16) |
          (uint64_t(stride_bytes >> 4) << 32) | (uint64_t(1) << 62);
 }
-// The same for an operand in the 64-byte swizzle layout (type 2): 8-row x 64-byte atoms, 16-byte
-// chunk c of row r stored at chunk c ^ ((r / 2) % 4), atoms 512-byte aligned. K-major only here
-// (the hd 256 fp32 tile's transposed V, whose 16-key rows are 64 bytes).
-__device__ __forceinline__ uint64_t descriptor_swizzle64(uint32_t smem_address, uint32_t stride_bytes) {
-  return uint64_t((smem_address & 0x3FFFF) >> 4) | (uint64_t(16 >> 4) << 16) | (uint64_t(stride_bytes >> 4) << 32) |
-         (uint64_t(2) << 62);
-}
 // The same descriptor moved by `bytes` (a multiple of 16, inside the 256 KB shared window).
 __device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
@@ -81,14 +74,12 @@ __device__ __forceinline__ void wgmma_rs_kmajor(float (&d)[N / 8][4], const uint
 #define FLASHSDPA_WGMMA_D8(t)                                                                           \
   FLASHSDPA_WGMMA_D4(t), FLASHSDPA_WGMMA_D4(t + 1), FLASHSDPA_WGMMA_D4(t + 2), FLASHSDPA_WGMMA_D4(t + 3), \
       FLASHSDPA_WGMMA_D4(t + 4), FLASHSDPA_WGMMA_D4(t + 5), FLASHSDPA_WGMMA_D4(t + 6), FLASHSDPA_WGMMA_D4(t + 7)
-#define FLASHSDPA_WGMMA_ACC_N16 FLASHSDPA_WGMMA_D4(0), FLASHSDPA_WGMMA_D4(1)
 #define FLASHSDPA_WGMMA_ACC_N32 \
   FLASHSDPA_WGMMA_D4(0), FLASHSDPA_WGMMA_D4(1), FLASHSDPA_WGMMA_D4(2), FLASHSDPA_WGMMA_D4(3)
 #define FLASHSDPA_WGMMA_ACC_N64 FLASHSDPA_WGMMA_D8(0)
 #define FLASHSDPA_WGMMA_ACC_N128 FLASHSDPA_WGMMA_D8(0), FLASHSDPA_WGMMA_D8(8)
 #define FLASHSDPA_WGMMA_ACC_N256 \
   FLASHSDPA_WGMMA_D8(0), FLASHSDPA_WGMMA_D8(8), FLASHSDPA_WGMMA_D8(16), FLASHSDPA_WGMMA_D8(24)
-#define FLASHSDPA_WGMMA_REGS_N16 "%0, %1, %2, %3, %4, %5, %6, %7"
 #define FLASHSDPA_WGMMA_REGS_N32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define FLASHSDPA_WGMMA_REGS_N64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define FLASHSDPA_WGMMA_REGS_N128 FLASHSDPA_WGMMA_REGS_N64 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
@@ -123,7 +114,6 @@ FLASHSDPA_WGMMA_SS(64, Half, "k16", "f16", "%32", "%33", "%34", "1, 1, 0, 0")
 FLASHSDPA_WGMMA_SS(64, BFloat16, "k16", "bf16", "%32", "%33", "%34", "1, 1, 0, 0")
 FLASHSDPA_WGMMA_SS(128, Half, "k16", "f16", "%64", "%65", "%66", "1, 1, 0, 0")
 FLASHSDPA_WGMMA_SS(128, BFloat16, "k16", "bf16", "%64", "%65", "%66", "1, 1, 0, 0")
-FLASHSDPA_WGMMA_SS(16, Float32, "k8", "tf32", "%8", "%9", "%10", "1, 1")
 FLASHSDPA_WGMMA_SS(32, Float32, "k8", "tf32", "%16", "%17", "%18", "1, 1")
 FLASHSDPA_WGMMA_SS(64, Float32, "k8", "tf32", "%32", "%33", "%34", "1, 1")
 FLASHSDPA_WGMMA_RS(wgmma_rs_nmajor, 64, Half, "k16", "f16", "{%32, %33, %34, %35}", "%36", "%37", "1, 1, 1")
@@ -141,12 +131,10 @@ FLASHSDPA_WGMMA_RS(wgmma_rs_kmajor, 128, Float32, "k8", "tf32", "{%64, %65, %66,
 #undef FLASHSDPA_WGMMA_REGS_N128
 #undef FLASHSDPA_WGMMA_REGS_N64
 #undef FLASHSDPA_WGMMA_REGS_N32
-#undef FLASHSDPA_WGMMA_REGS_N16
 #undef FLASHSDPA_WGMMA_ACC_N256
 #undef FLASHSDPA_WGMMA_ACC_N128
 #undef FLASHSDPA_WGMMA_ACC_N64
 #undef FLASHSDPA_WGMMA_ACC_N32
-#undef FLASHSDPA_WGMMA_ACC_N16
 #undef FLASHSDPA_WGMMA_D8
 #undef FLASHSDPA_WGMMA_D4
 
