@@ -137,9 +137,10 @@ for line in open(sys.argv[1]):
         continue
     r = json.loads(line)
     if "trace" in r:
-        print("%-40s ctas %4d first %5.1f loop p10/p50/max %6.1f %6.1f %6.1f end %6.1f combine %6.1f-%6.1f" % (
-            r["trace"], r["ctas"], r["first_chunk_p50"], r["loop_end_p10"], r["loop_end_p50"], r["loop_end_max"],
-            r["end_max"], r["combine_start"], r["combine_end"]))
+        print("%-40s ctas %4d issued %4.1f query %4.1f first %5.1f loop p10/p50/max %6.1f %6.1f %6.1f end %6.1f "
+              "combine %6.1f-%6.1f" % (
+            r["trace"], r["ctas"], r["issued_p50"], r["query_p50"], r["first_chunk_p50"], r["loop_end_p10"],
+            r["loop_end_p50"], r["loop_end_max"], r["end_max"], r["combine_start"], r["combine_end"]))
     elif r.get("num_splits", 0) > 0:
         key = (r["variant"], r["batch"], r["seqlen_k"])
         sweeps.setdefault(key, []).append("%d:%.1f" % (r["num_splits"], r["graph_us"]))

@@ -146,11 +146,12 @@ double percentile(std::vector<double> v, double q) {
 }
 
 // One traced call: CTA start / first chunk / loop end / end times relative to the first CTA's
-// start (us), and the combine's span.
+// start (us), and the combine's span; issued / query: when a CTA's first copies had left and its
+// query tile was in shared memory, after its own start.
 template <typename F>
 void trace_call(F&& call, cudaStream_t stream, const char* label) {
   const int capacity = 1 << 16;
-  DeviceBuffer buffer(size_t(capacity) * 5 * 8);
+  DeviceBuffer buffer(size_t(capacity) * 7 * 8);
   check(cudaMemset(buffer.ptr, 0, buffer.bytes), "trace memset");
   call();  // the previous call of the other cache set, untraced
   check(cudaStreamSynchronize(stream), "trace warm-up");
@@ -162,17 +163,19 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   call();
   check(cudaStreamSynchronize(stream), "traced call");
   flashsdpa::cuda::decode_set_debug(saved);
-  std::vector<unsigned long long> rec(size_t(capacity) * 5);
+  std::vector<unsigned long long> rec(size_t(capacity) * 7);
   check(cudaMemcpy(rec.data(), buffer.ptr, buffer.bytes, cudaMemcpyDeviceToHost), "trace copy");
   size_t ctas = 0;
-  while (ctas < size_t(capacity / 2) && rec[5 * ctas] != 0) ++ctas;
+  while (ctas < size_t(capacity / 2) && rec[7 * ctas] != 0) ++ctas;
   if (ctas == 0) return;
   unsigned long long t0 = ~0ull;
-  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[5 * n + 1]);
-  std::vector<double> start, first, loop, end, dur;
+  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[7 * n + 1]);
+  std::vector<double> start, first, loop, end, dur, issued, query;
   std::vector<int> per_sm(1024, 0);
   for (size_t n = 0; n < ctas; ++n) {
-    const unsigned long long* r = &rec[5 * n];
+    const unsigned long long* r = &rec[7 * n];
+    issued.push_back((r[5] - r[1]) * 1e-3);
+    query.push_back((r[6] - r[1]) * 1e-3);
     start.push_back((r[1] - t0) * 1e-3);
     if (r[2]) first.push_back((r[2] - r[1]) * 1e-3);
     loop.push_back((r[3] - t0) * 1e-3);
@@ -184,7 +187,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   for (int c : per_sm) sms += c > 0, max_per_sm = std::max(max_per_sm, c);
   // Combine records follow the attention CTAs' (start, end pairs) until zeros.
   double combine_start = -1, combine_end = -1;
-  for (size_t m = 5 * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
+  for (size_t m = 7 * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
     const double cs = (rec[m] - t0) * 1e-3, ce = (rec[m + 1] - t0) * 1e-3;
     combine_start = combine_start < 0 ? cs : std::min(combine_start, cs);
     combine_end = std::max(combine_end, ce);
@@ -193,11 +196,13 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               "\"start_p50\": %.2f, \"start_max\": %.2f, \"first_chunk_p50\": %.2f, \"first_chunk_p90\": %.2f, "
               "\"loop_end_p10\": %.2f, \"loop_end_p50\": %.2f, \"loop_end_max\": %.2f, "
               "\"end_p10\": %.2f, \"end_p50\": %.2f, \"end_p90\": %.2f, \"end_max\": %.2f, "
-              "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f}\n",
+              "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f, "
+              "\"issued_p50\": %.2f, \"query_p50\": %.2f}\n",
               label, ctas, sms, max_per_sm, percentile(start, 0.5), percentile(start, 1.0), percentile(first, 0.5),
               percentile(first, 0.9), percentile(loop, 0.1), percentile(loop, 0.5), percentile(loop, 1.0),
               percentile(end, 0.1), percentile(end, 0.5), percentile(end, 0.9), percentile(end, 1.0),
-              percentile(dur, 0.0), percentile(dur, 0.5), percentile(dur, 1.0), combine_start, combine_end);
+              percentile(dur, 0.0), percentile(dur, 0.5), percentile(dur, 1.0), combine_start, combine_end,
+              percentile(issued, 0.5), percentile(query, 0.5));
   std::fflush(stdout);
 }
 

@@ -102,8 +102,10 @@ struct Args {
   float* partial_lse;      // [num_splits][q_rows][Hq]
   bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
-  unsigned long long* trace;  // benchmark timeline: per CTA smid, start, first chunk, loop end, end
-  int trace_capacity;      // records of 5 words: attention CTAs in the first half, the combine's after
+  // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
+  // tile stored.
+  unsigned long long* trace;
+  int trace_capacity;      // records of 7 words: attention CTAs in the first half, the combine's after
 };
 
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -646,7 +648,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
-  unsigned long long t_first = 0;
+  unsigned long long t_first = 0, t_issued = 0, t_query = 0;
   const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
 
@@ -689,8 +691,10 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
     cp_async_commit();
+    if (a.trace != nullptr && n == 1 - Cfg::kStages) t_issued = global_ns();
     if (n < 0) {
       if (n == -1) store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
+      if (a.trace != nullptr && n == -1) t_query = global_ns();
       continue;
     }
     cp_async_wait<Cfg::kStages - 1>();
@@ -711,12 +715,14 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   if (a.trace != nullptr && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
-      unsigned long long* rec = a.trace + 5 * cta;
+      unsigned long long* rec = a.trace + 7 * cta;
       rec[0] = sm_id() + 1;
       rec[1] = t_start;
       rec[2] = t_first;
       rec[3] = t_loop;
       rec[4] = global_ns();
+      rec[5] = t_issued;
+      rec[6] = t_query;
     }
   }
 }
@@ -816,9 +822,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const A
   if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
   if (a.trace != nullptr && threadIdx.x == 0) {
     // The second half of the buffer: one (start, end) per combine CTA.
-    const int64_t first = 5 * int64_t(a.trace_capacity / 2);
+    const int64_t first = 7 * int64_t(a.trace_capacity / 2);
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
-    if (first + 2 * cta + 1 < 5 * int64_t(a.trace_capacity)) {
+    if (first + 2 * cta + 1 < 7 * int64_t(a.trace_capacity)) {
       a.trace[first + 2 * cta] = t_start;
       a.trace[first + 2 * cta + 1] = global_ns();
     }

@@ -38,11 +38,12 @@ inline const char* decode_variant_name(int variant) {
 
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
-// SM id + 1, start, first chunk ready, main loop done, end, in ns; then, from the buffer's
-// middle, per combine CTA: start, end). `variant`: the kernel variant.
+// SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
+// in ns; then, from the buffer's middle, per combine CTA: start, end). `variant`: the kernel
+// variant.
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
-  int trace_capacity = 0;  // records of 5 words
+  int trace_capacity = 0;  // records of 7 words
   int variant = 0;
 };
 void decode_set_debug(const DecodeDebug& debug);
