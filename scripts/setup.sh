@@ -8,7 +8,9 @@ set -euo pipefail
 # Needed to build and run the C++ tests.
 required=(build-essential cmake libgtest-dev)
 # Wanted but not essential: without them the benchmarks or the Python tests are skipped.
-optional=(libbenchmark-dev python3 python3-pytest python3-numpy python3-torch)
+# libtorch-dev holds TorchConfig.cmake, which the torch binding's build finds (python3-torch alone
+# has the Python side only).
+optional=(libbenchmark-dev python3 python3-pytest python3-numpy python3-torch libtorch-dev)
 
 is_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
