@@ -151,7 +151,8 @@ double percentile(std::vector<double> v, double q) {
 template <typename F>
 void trace_call(F&& call, cudaStream_t stream, const char* label) {
   const int capacity = 1 << 16;
-  DeviceBuffer buffer(size_t(capacity) * 7 * 8);
+  constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
+  DeviceBuffer buffer(size_t(capacity) * kWords * 8);
   check(cudaMemset(buffer.ptr, 0, buffer.bytes), "trace memset");
   call();  // the previous call of the other cache set, untraced
   check(cudaStreamSynchronize(stream), "trace warm-up");
@@ -163,17 +164,17 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   call();
   check(cudaStreamSynchronize(stream), "traced call");
   flashsdpa::cuda::decode_set_debug(saved);
-  std::vector<unsigned long long> rec(size_t(capacity) * 7);
+  std::vector<unsigned long long> rec(size_t(capacity) * kWords);
   check(cudaMemcpy(rec.data(), buffer.ptr, buffer.bytes, cudaMemcpyDeviceToHost), "trace copy");
   size_t ctas = 0;
-  while (ctas < size_t(capacity / 2) && rec[7 * ctas] != 0) ++ctas;
+  while (ctas < size_t(capacity / 2) && rec[kWords * ctas] != 0) ++ctas;
   if (ctas == 0) return;
   unsigned long long t0 = ~0ull;
-  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[7 * n + 1]);
+  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[kWords * n + 1]);
   std::vector<double> start, first, loop, end, dur, issued, query;
   std::vector<int> per_sm(1024, 0);
   for (size_t n = 0; n < ctas; ++n) {
-    const unsigned long long* r = &rec[7 * n];
+    const unsigned long long* r = &rec[kWords * n];
     issued.push_back((r[5] - r[1]) * 1e-3);
     query.push_back((r[6] - r[1]) * 1e-3);
     start.push_back((r[1] - t0) * 1e-3);
@@ -187,7 +188,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   for (int c : per_sm) sms += c > 0, max_per_sm = std::max(max_per_sm, c);
   // Combine records follow the attention CTAs' (start, end pairs) until zeros.
   double combine_start = -1, combine_end = -1;
-  for (size_t m = 7 * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
+  for (size_t m = kWords * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
     const double cs = (rec[m] - t0) * 1e-3, ce = (rec[m + 1] - t0) * 1e-3;
     combine_start = combine_start < 0 ? cs : std::min(combine_start, cs);
     combine_end = std::max(combine_end, ce);

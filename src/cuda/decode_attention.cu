@@ -105,7 +105,7 @@ struct Args {
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored.
   unsigned long long* trace;
-  int trace_capacity;      // records of 7 words: attention CTAs in the first half, the combine's after
+  int trace_capacity;      // records of kDecodeTraceWords words: attention CTAs in the first half, the combine's after
 };
 
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -715,7 +715,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   if (a.trace != nullptr && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
-      unsigned long long* rec = a.trace + 7 * cta;
+      unsigned long long* rec = a.trace + kDecodeTraceWords * cta;
       rec[0] = sm_id() + 1;
       rec[1] = t_start;
       rec[2] = t_first;
@@ -822,9 +822,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const A
   if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
   if (a.trace != nullptr && threadIdx.x == 0) {
     // The second half of the buffer: one (start, end) per combine CTA.
-    const int64_t first = 7 * int64_t(a.trace_capacity / 2);
+    const int64_t first = kDecodeTraceWords * int64_t(a.trace_capacity / 2);
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
-    if (first + 2 * cta + 1 < 7 * int64_t(a.trace_capacity)) {
+    if (first + 2 * cta + 1 < kDecodeTraceWords * int64_t(a.trace_capacity)) {
       a.trace[first + 2 * cta] = t_start;
       a.trace[first + 2 * cta + 1] = global_ns();
     }

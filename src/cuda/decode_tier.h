@@ -41,9 +41,10 @@ inline const char* decode_variant_name(int variant) {
 // SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
 // in ns; then, from the buffer's middle, per combine CTA: start, end). `variant`: the kernel
 // variant.
+inline constexpr int kDecodeTraceWords = 7;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
-  int trace_capacity = 0;  // records of 7 words
+  int trace_capacity = 0;  // records of kDecodeTraceWords words
   int variant = 0;
 };
 void decode_set_debug(const DecodeDebug& debug);
