@@ -375,6 +375,21 @@ __device__ __forceinline__ void mask_and_modify(float (&s)[Tile::kMTiles][Tile::
     }
 }
 
+// The online softmax's state before the first key tile: O = 0, running max -inf, running sum 0.
+template <class Tile>
+__device__ __forceinline__ void start_rows(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
+                                           float (&row_max)[Tile::kMTiles][2], float (&row_sum)[Tile::kMTiles][2]) {
+#pragma unroll
+  for (int mt = 0; mt < Tile::kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < Tile::kOutTiles; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+}
+
 // Online softmax of one key tile, in place: scores -> probabilities, running max/sum updated and
 // the output accumulator rescaled. Scores are in units where score * unit = log2-domain logit.
 template <class Tile>
@@ -736,15 +751,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) mma_for
 
   float o[Tile::kMTiles][Tile::kOutTiles][4];
   float row_max[Tile::kMTiles][2], row_sum[Tile::kMTiles][2];
-#pragma unroll
-  for (int mt = 0; mt < Tile::kMTiles; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < Tile::kOutTiles; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
-    row_max[mt][0] = row_max[mt][1] = -INFINITY;
-    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
-  }
+  start_rows<Tile>(o, row_max, row_sum);
 
   const float unit = args.has_score_mod ? kLog2e : args.score_scale_log2;
   bool values_zeroed = false;  // some boundary tile's products skipped an Inf or NaN of V

@@ -273,11 +273,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) wgmma_f
   const int64_t warp_row0 = blk.row0 + warp * Tile::kWarpRows;
 
   float o[1][Tile::kOutTiles][4];
-  float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.0f, 0.0f}};
-#pragma unroll
-  for (int dt = 0; dt < Tile::kOutTiles; ++dt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.0f;
+  float row_max[1][2], row_sum[1][2];
+  mma_detail::start_rows<Tile>(o, row_max, row_sum);
   if (num_tiles == 0) {  // no key in reach: out = 0, lse = -inf (or the sink)
     mma_detail::finish_and_store<Tile, E>(o, row_max, row_sum, args, blk, warp_row0,
                                           smem_q + warp * Tile::kWarpRows * Tile::kRowBytes);
