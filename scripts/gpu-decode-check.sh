@@ -6,7 +6,7 @@
 # racecheck) on the small Decode*.Sanitize* subset (every variant), then per variant per-CTA
 # timelines, forced split counts at B 1 x 32k and B 8 x 8k, and Nsight Compute kernel times.
 # Everything lands in the output folder given as $1 (at most eight files):
-#   build.log  tests.log  sanitizer.log  bench.log  decode.{json,md,png}
+#   build.log  tests.log  sanitizer.log  bench.log  decode.{json,md,png}  [source.csv.gz]
 # The steps run in order of importance; past DECODE_CHECK_BUDGET seconds the optional ones
 # (sweeps, timelines, ncu) are skipped, so a run under a wall-clock limit still returns the tests
 # and the benchmark.
@@ -21,6 +21,8 @@
 #                           (default: pair,wide; pair is the shipped kernel)
 #   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
+#   DECODE_CHECK_SOURCE     1: also source.csv.gz, per-SASS-instruction warp-stall samples of the
+#                           first variant's attention kernel at B 1 x 32k (ncu)
 # Exit status: non-zero when the build, a test or the sanitizer failed.
 set -u -o pipefail
 
@@ -127,6 +129,15 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
         >> "$out/bench.log" 2>&1 || echo "ncu failed ($v)" >> "$out/bench.log"
     done
   fi
+  # Per-instruction warp-stall samples of the attention kernel at B 1 x 32k (SASS with stall
+  # reasons; how run 9 of docs/perf-log.md found the serial query loads).
+  if [ "${DECODE_CHECK_SOURCE:-0}" = 1 ] && command -v ncu > /dev/null && in_budget "source profile"; then
+    timeout 120 ncu --clock-control none --cache-control none --import-source no --section SourceCounters \
+      --section WarpStateStats --warp-sampling-interval 0 -k regex:split_kv -s 6 -c 1 -f -o "$parts/prof" \
+      "$bench" --variant "${variants%%,*}" 1,32768,32,8,128,dense,0 > "$parts/ncu.log" 2>&1 &&
+      ncu -i "$parts/prof.ncu-rep" --page source --csv --print-source sass | gzip > "$out/source.csv.gz" ||
+      { echo "source profile failed"; tail -5 "$parts/ncu.log"; } >> "$out/bench.log"
+  fi
   # The short summary last: the variant comparison table, then timelines and split sweeps.
   sed -n '/^Every kernel variant/,$p' "$out/${RESULTS_NAME:-decode}.md" 2>/dev/null
   python3 - "$out/bench.log" <<'PY'
@@ -137,10 +148,13 @@ for line in open(sys.argv[1]):
         continue
     r = json.loads(line)
     if "trace" in r:
-        print("%-40s ctas %4d issued %4.1f query %4.1f first %5.1f loop p10/p50/max %6.1f %6.1f %6.1f end %6.1f "
-              "combine %6.1f-%6.1f" % (
-            r["trace"], r["ctas"], r["issued_p50"], r["query_p50"], r["first_chunk_p50"], r["loop_end_p10"],
-            r["loop_end_p50"], r["loop_end_max"], r["end_max"], r["combine_start"], r["combine_end"]))
+        print("%-40s ctas %4d work %4.1f rows %4.1f issued %4.1f loaded %4.1f query %4.1f first %5.1f "
+              "loop p10/p50/max %6.1f %6.1f %6.1f end %6.1f combine %6.1f-%6.1f" % (
+            r["trace"], r["ctas"], r["work_p50"], r["rows_p50"], r["issued_p50"], r["loaded_p50"], r["query_p50"],
+            r["first_chunk_p50"], r["loop_end_p10"], r["loop_end_p50"], r["loop_end_max"], r["end_max"],
+            r["combine_start"], r["combine_end"]))
+        print("%-40s by rank on the SM (%s CTAs): issued %s first %s" % (
+            "", "/".join(str(c) for c in r["ctas_by_rank"]), r["issued_by_rank"], r["first_by_rank"]))
     elif r.get("num_splits", 0) > 0:
         key = (r["variant"], r["batch"], r["seqlen_k"])
         sweeps.setdefault(key, []).append("%d:%.1f" % (r["num_splits"], r["graph_us"]))

@@ -146,8 +146,10 @@ double percentile(std::vector<double> v, double q) {
 }
 
 // One traced call: CTA start / first chunk / loop end / end times relative to the first CTA's
-// start (us), and the combine's span; issued / query: when a CTA's first copies had left and its
-// query tile was in shared memory, after its own start.
+// start (us), and the combine's span; after a CTA's own start: work / rows (its geometry and its
+// rows' key bounds known), issued (first copies left), loaded (query rows in registers, stamped
+// just before they are stored), query (query tile in shared memory); by rank: CTAs that started
+// first on their SM, second, and later (after an earlier CTA there finished).
 template <typename F>
 void trace_call(F&& call, cudaStream_t stream, const char* label) {
   const int capacity = 1 << 16;
@@ -171,14 +173,29 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   if (ctas == 0) return;
   unsigned long long t0 = ~0ull;
   for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[kWords * n + 1]);
-  std::vector<double> start, first, loop, end, dur, issued, query;
+  std::vector<double> start, first, loop, end, dur, issued, query, work, rows, loaded;
   std::vector<int> per_sm(1024, 0);
+  // Rank of each CTA on its SM by start time: rank 0 starts on an idle SM with cold caches, a
+  // rank past the SM's resident CTAs starts after another CTA finished there (warm caches).
+  std::vector<std::pair<unsigned long long, size_t>> by_sm;
+  for (size_t n = 0; n < ctas; ++n) by_sm.push_back({(rec[kWords * n] << 40) | (rec[kWords * n + 1] - t0), n});
+  std::sort(by_sm.begin(), by_sm.end());
+  std::vector<int> rank(ctas, 0);
+  for (size_t m = 1; m < by_sm.size(); ++m)
+    if ((by_sm[m].first >> 40) == (by_sm[m - 1].first >> 40)) rank[by_sm[m].second] = rank[by_sm[m - 1].second] + 1;
+  std::vector<double> issued_rank[3], first_rank[3];
   for (size_t n = 0; n < ctas; ++n) {
     const unsigned long long* r = &rec[kWords * n];
     issued.push_back((r[5] - r[1]) * 1e-3);
     query.push_back((r[6] - r[1]) * 1e-3);
+    work.push_back((r[7] - r[1]) * 1e-3);
+    rows.push_back((r[8] - r[1]) * 1e-3);
+    loaded.push_back((r[9] - r[1]) * 1e-3);
     start.push_back((r[1] - t0) * 1e-3);
     if (r[2]) first.push_back((r[2] - r[1]) * 1e-3);
+    const int k = std::min(rank[n], 2);
+    issued_rank[k].push_back((r[5] - r[1]) * 1e-3);
+    if (r[2]) first_rank[k].push_back((r[2] - r[1]) * 1e-3);
     loop.push_back((r[3] - t0) * 1e-3);
     end.push_back((r[4] - t0) * 1e-3);
     dur.push_back((r[4] - r[1]) * 1e-3);
@@ -198,12 +215,17 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               "\"loop_end_p10\": %.2f, \"loop_end_p50\": %.2f, \"loop_end_max\": %.2f, "
               "\"end_p10\": %.2f, \"end_p50\": %.2f, \"end_p90\": %.2f, \"end_max\": %.2f, "
               "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f, "
-              "\"issued_p50\": %.2f, \"query_p50\": %.2f}\n",
+              "\"work_p50\": %.2f, \"rows_p50\": %.2f, \"issued_p50\": %.2f, \"loaded_p50\": %.2f, \"query_p50\": %.2f, "
+              "\"issued_by_rank\": [%.2f, %.2f, %.2f], \"first_by_rank\": [%.2f, %.2f, %.2f], "
+              "\"ctas_by_rank\": [%zu, %zu, %zu]}\n",
               label, ctas, sms, max_per_sm, percentile(start, 0.5), percentile(start, 1.0), percentile(first, 0.5),
               percentile(first, 0.9), percentile(loop, 0.1), percentile(loop, 0.5), percentile(loop, 1.0),
               percentile(end, 0.1), percentile(end, 0.5), percentile(end, 0.9), percentile(end, 1.0),
               percentile(dur, 0.0), percentile(dur, 0.5), percentile(dur, 1.0), combine_start, combine_end,
-              percentile(issued, 0.5), percentile(query, 0.5));
+              percentile(work, 0.5), percentile(rows, 0.5), percentile(issued, 0.5), percentile(loaded, 0.5),
+              percentile(query, 0.5), percentile(issued_rank[0], 0.5), percentile(issued_rank[1], 0.5),
+              percentile(issued_rank[2], 0.5), percentile(first_rank[0], 0.5), percentile(first_rank[1], 0.5),
+              percentile(first_rank[2], 0.5), issued_rank[0].size(), issued_rank[1].size(), issued_rank[2].size());
   std::fflush(stdout);
 }
 

@@ -103,7 +103,7 @@ struct Args {
   bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
-  // tile stored.
+  // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
   int trace_capacity;      // records of kDecodeTraceWords words: attention CTAs in the first half, the combine's after
 };
@@ -111,6 +111,16 @@ struct Args {
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// The global time once `value` has arrived: the predicate consumes it before the timer is read,
+// so a stamp taken on a loaded value marks the load's arrival, not its issue.
+__device__ __forceinline__ unsigned long long global_ns_after(uint32_t value) {
+  unsigned long long t;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.eq.u32 p, %1, 0x7fc0dead;\n @p trap;\n mov.u64 %0, %%globaltimer;\n}"
+      : "=l"(t)
+      : "r"(value));
   return t;
 }
 __device__ __forceinline__ unsigned sm_id() {
@@ -204,17 +214,15 @@ __device__ __forceinline__ void query_fragment(const T* q_tile, int kk, int lane
 }
 
 // Element pair t of a query row: the rotary pairs first (core::rotary_pair), then the dims past
-// rotary_dim two by two (rotary_dim = 0: every pair plain).
+// rotary_dim two by two (rotary_dim = 0: every pair plain). Selects, not branches: fetch_query's
+// loads take their addresses from here and should leave back to back.
 __device__ __forceinline__ void query_pair(int t, int rotary_dim, bool interleaved, int* d0, int* d1) {
-  if (t < rotary_dim / 2) {
-    int64_t first, second;
-    core::rotary_pair(t, rotary_dim, interleaved, &first, &second);
-    *d0 = static_cast<int>(first);
-    *d1 = static_cast<int>(second);
-  } else {
-    *d0 = rotary_dim + 2 * (t - rotary_dim / 2);
-    *d1 = *d0 + 1;
-  }
+  int64_t first, second;
+  core::rotary_pair(t, rotary_dim, interleaved, &first, &second);
+  const bool rotary = t < rotary_dim / 2;
+  const int plain = rotary_dim + 2 * (t - rotary_dim / 2);
+  *d0 = rotary ? static_cast<int>(first) : plain;
+  *d1 = rotary ? static_cast<int>(second) : plain + 1;
 }
 
 // The tile's query rows, as each thread holds them between fetch_query and store_query:
@@ -232,6 +240,12 @@ struct QueryPairs {
 // into registers. Called before the first K/V copies: behind them, these few loads would wait
 // for the whole K/V prologue of the SM to arrive. The row's geometry (a division included) is
 // worked out once per thread. Padded rows and dims past Dqk are zeros.
+//
+// Every load is unconditional, at an index clamped into the row (a padded row reads row 0 of its
+// sequence, which exists: a CTA with no row returns before this), and the zeros are selected
+// afterwards. Behind a condition each load sat in its own branch and was waited on before the
+// next was issued: 8 round trips per thread at head dim 128, ~6 us of a CTA's start
+// (docs/perf-log.md, CUDA decode, run 9).
 template <class E, int kHeadDim, int kWarps>
 __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork& w) {
   using T = typename E::T;
@@ -245,19 +259,44 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
   const int64_t i = real ? row_i : 0, h = w.hkv * p.group + (real ? static_cast<uint32_t>(packed) - row_i * group : 0);
   const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
   const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
+  const int dqk = static_cast<int>(p.head_dim_qk);
 
   QueryPairs<kHeadDim, kWarps> q;
   q.rotated = table_row >= 0;
+  T x0[q.kPerThread], x1[q.kPerThread];
 #pragma unroll
   for (int n = 0; n < q.kPerThread; ++n) {
-    const int t = first_pair + n * kThreadsPerRow;
     int d0, d1;
-    query_pair(t, rotary_dim, p.rotary_interleaved, &d0, &d1);
-    q.x0[n] = real && d0 < p.head_dim_qk ? to_float(row[d0]) : 0.0f;
-    q.x1[n] = real && d1 < p.head_dim_qk ? to_float(row[d1]) : 0.0f;
-    const bool rotated = t < rotary_dim / 2 && q.rotated;
-    q.cos_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_cos)[table_row * p.rotary_row_stride + t]) : 1.0f;
-    q.sin_t[n] = rotated ? to_float(static_cast<const T*>(p.rotary_sin)[table_row * p.rotary_row_stride + t]) : 0.0f;
+    query_pair(first_pair + n * kThreadsPerRow, rotary_dim, p.rotary_interleaved, &d0, &d1);
+    x0[n] = row[d0 < dqk ? d0 : 0];
+    x1[n] = row[d1 < dqk ? d1 : 0];
+  }
+  if (q.rotated) {  // uniform over the CTA's rotary calls: the table loads issue together too
+    const T* cos_row = static_cast<const T*>(p.rotary_cos) + table_row * p.rotary_row_stride;
+    const T* sin_row = static_cast<const T*>(p.rotary_sin) + table_row * p.rotary_row_stride;
+    T c[q.kPerThread], sn[q.kPerThread];
+#pragma unroll
+    for (int n = 0; n < q.kPerThread; ++n) {
+      const int t = first_pair + n * kThreadsPerRow, clamped = t < rotary_dim / 2 ? t : 0;
+      c[n] = cos_row[clamped];
+      sn[n] = sin_row[clamped];
+    }
+#pragma unroll
+    for (int n = 0; n < q.kPerThread; ++n) {
+      const bool rotated = first_pair + n * kThreadsPerRow < rotary_dim / 2;
+      q.cos_t[n] = rotated ? to_float(c[n]) : 1.0f;
+      q.sin_t[n] = rotated ? to_float(sn[n]) : 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < q.kPerThread; ++n) q.cos_t[n] = 1.0f, q.sin_t[n] = 0.0f;
+  }
+#pragma unroll
+  for (int n = 0; n < q.kPerThread; ++n) {
+    int d0, d1;
+    query_pair(first_pair + n * kThreadsPerRow, rotary_dim, p.rotary_interleaved, &d0, &d1);
+    q.x0[n] = real && d0 < dqk ? to_float(x0[n]) : 0.0f;
+    q.x1[n] = real && d1 < dqk ? to_float(x1[n]) : 0.0f;
   }
   return q;
 }
@@ -648,9 +687,10 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
-  unsigned long long t_first = 0, t_issued = 0, t_query = 0;
+  unsigned long long t_first = 0, t_issued = 0, t_query = 0, t_loaded = 0, t_rows = 0;
   const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
+  const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* q_tile = reinterpret_cast<T*>(smem);
@@ -677,6 +717,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
   const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
   const CommonKeys common = common_keys(rows);
+  if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
   uint32_t q_frag[Cfg::kQFragments][4];
   WarpState<kHeadDim> st;
 #pragma unroll
@@ -693,6 +734,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     cp_async_commit();
     if (a.trace != nullptr && n == 1 - Cfg::kStages) t_issued = global_ns();
     if (n < 0) {
+      if (a.trace != nullptr && n == -1) {
+        uint32_t bits = 0;
+#pragma unroll
+        for (int e = 0; e < query.kPerThread; ++e) bits ^= __float_as_uint(query.x0[e]) ^ __float_as_uint(query.x1[e]);
+        t_loaded = global_ns_after(bits);
+      }
       if (n == -1) store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
       if (a.trace != nullptr && n == -1) t_query = global_ns();
       continue;
@@ -723,6 +770,9 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       rec[4] = global_ns();
       rec[5] = t_issued;
       rec[6] = t_query;
+      rec[7] = t_work;
+      rec[8] = t_rows;
+      rec[9] = t_loaded;
     }
   }
 }

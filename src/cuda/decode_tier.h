@@ -39,9 +39,9 @@ inline const char* decode_variant_name(int variant) {
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
 // SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
-// in ns; then, from the buffer's middle, per combine CTA: start, end). `variant`: the kernel
+// geometry known, row bounds known, query rows arrived, in ns; then, from the buffer's middle, per combine CTA: start, end). `variant`: the kernel
 // variant.
-inline constexpr int kDecodeTraceWords = 7;  // words per attention CTA's record
+inline constexpr int kDecodeTraceWords = 10;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of kDecodeTraceWords words
