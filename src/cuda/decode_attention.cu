@@ -101,6 +101,8 @@ struct Args {
   float* partial_out;      // [num_splits][q_rows][Hq][kHeadDim] when num_splits > 1
   float* partial_lse;      // [num_splits][q_rows][Hq]
   bool vector_kv;          // every K/V row 16-byte aligned and D % 8 == 0: cp.async
+  bool strided_chunks;     // a chunk's 16 rows are one row stride apart (not paged, or pages of 16k keys)
+  bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
@@ -379,6 +381,31 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   const core::Problem& p = a.p;
+  const T* k = static_cast<const T*>(p.k.ptr);
+  const T* v = static_cast<const T*>(p.v.ptr);
+  // A whole chunk of readable keys one row stride apart (every layout but pages smaller than a
+  // chunk): each lane addresses its pieces from the chunk's first row, with no shuffles. The
+  // general path below shuffled two 64-bit row offsets per piece, 32 shuffles per warp per
+  // chunk, the largest share of the loop's stall samples (docs/perf-log.md, CUDA decode, run 9).
+  if (a.vector_kv && a.strided_chunks && key0 >= w.key_begin && key0 + kChunk <= w.key_end) {
+    const int64_t k_row = core::key_offset(p, w.s, p.k, w.b, key0);
+    const int64_t v_row = core::key_offset(p, w.s, p.v, w.b, key0);
+    if (k_row >= 0 && v_row >= 0) {  // uniform over the warp: the same key for every lane
+      const T* k_chunk = k + k_row + w.hkv * p.k.head_stride;
+      const T* v_chunk = v + v_row + w.hkv * p.v.head_stride;
+      const uint64_t policy = evict_first_policy();
+#pragma unroll
+      for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
+        const Piece<kHeadDim> piece(c, lane);
+        const bool k_ok = piece.d < p.head_dim_qk, v_ok = piece.d < p.head_dim_v;
+        cp_async_16_streaming(smem_address(k_dst + piece.key * Cfg::kPitch + piece.d),
+                              k_ok ? k_chunk + piece.key * p.k.row_stride + piece.d : k, k_ok ? 16 : 0, policy);
+        cp_async_16_streaming(smem_address(v_dst + piece.key * Cfg::kPitch + piece.d),
+                              v_ok ? v_chunk + piece.key * p.v.row_stride + piece.d : v, v_ok ? 16 : 0, policy);
+      }
+      return (1u << kChunk) - 1;
+    }
+  }
   const int64_t j = key0 + (lane % kChunk);
   int64_t k_row = -1, v_row = -1;
   if (lane < kChunk && j >= w.key_begin && j < w.key_end) {
@@ -389,8 +416,6 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kChunk) - 1);
   const int64_t k_base = readable ? k_row + w.hkv * p.k.head_stride : -1;
   const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
-  const T* k = static_cast<const T*>(p.k.ptr);
-  const T* v = static_cast<const T*>(p.v.ptr);
   if (!a.vector_kv) {
     copy_chunk_elements<T, kHeadDim>(k, v, k_base, v_base, k_dst, v_dst, static_cast<int>(p.head_dim_qk),
                                      static_cast<int>(p.head_dim_v), lane);
@@ -422,47 +447,6 @@ struct WarpState {
   float o[kHeadDim / 8][4];
 };
 
-// Scores of one chunk: S = Q K^T for 16 rows x 16 keys, then scale, softcap, ALiBi and the mask
-// (core::ScoreMod / row bounds); masked entries are -inf.
-template <class E, int kHeadDim>
-__device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4],
-                             const typename E::T* q_tile, const typename E::T* k_tile,
-                             int64_t key0, uint32_t valid, const RowInfo (&rows)[2], int64_t diag, int lane,
-                             float (&s)[2][4]) {
-  using Cfg = Tile<kHeadDim>;
-#pragma unroll
-  for (int n = 0; n < 2; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
-  // B fragments straight from the K rows: matrices (keys 0-7 | 8-15) x (d 0-7 | 8-15).
-  const int key = lane % 8 + 8 * (lane / 16), col = 8 * ((lane / 8) % 2);
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    uint32_t qa[4], kb[4];
-    if constexpr (Cfg::kQInRegisters) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) qa[e] = q_frag[kk][e];
-    } else {
-      query_fragment<kHeadDim>(q_tile, kk, lane, qa);
-    }
-    ldmatrix_x4(kb, smem_address(k_tile + key * Cfg::kPitch + kk * 16 + col));
-    mma_16816<E>(s[0], qa, kb[0], kb[1]);
-    mma_16816<E>(s[1], qa, kb[2], kb[3]);
-  }
-  const int t = lane % 4;
-#pragma unroll
-  for (int n = 0; n < 2; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const RowInfo& row = rows[e / 2];
-      const int c = n * 8 + 2 * t + e % 2;
-      const int64_t j = key0 + c;
-      const bool allowed = ((valid >> c) & 1u) && j >= row.key_begin && j < row.key_end;
-      s[n][e] = allowed ? row.mod.apply(s[n][e] * a.p.scale, row.i, j, diag) : -INFINITY;
-    }
-  }
-}
-
 // Keys of the tile's union [key_begin, key_end) that not every row of the tile may see: the
 // rows of a tile (speculative rows, varlen prefill chunks) have their own causal / window bounds.
 // Every valid row sees [begin, end); keys of a chunk outside it are the chunk's edge keys.
@@ -485,6 +469,56 @@ __device__ CommonKeys common_keys(const RowInfo (&rows)[2]) {
     end = min(end, static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(end), offset)));
   }
   return {begin, end};
+}
+
+// Scores of one chunk: S = Q K^T for 16 rows x 16 keys, then scale, softcap, ALiBi and the mask
+// (core::ScoreMod / row bounds); masked entries are -inf.
+template <class E, int kHeadDim>
+__device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4],
+                             const typename E::T* q_tile, const typename E::T* k_tile,
+                             int64_t key0, uint32_t valid, const RowInfo (&rows)[2], int64_t diag,
+                             const CommonKeys& common, int lane, float (&s)[2][4]) {
+  using Cfg = Tile<kHeadDim>;
+#pragma unroll
+  for (int n = 0; n < 2; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
+  // B fragments straight from the K rows: matrices (keys 0-7 | 8-15) x (d 0-7 | 8-15).
+  const int key = lane % 8 + 8 * (lane / 16), col = 8 * ((lane / 8) % 2);
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t qa[4], kb[4];
+    if constexpr (Cfg::kQInRegisters) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) qa[e] = q_frag[kk][e];
+    } else {
+      query_fragment<kHeadDim>(q_tile, kk, lane, qa);
+    }
+    ldmatrix_x4(kb, smem_address(k_tile + key * Cfg::kPitch + kk * 16 + col));
+    mma_16816<E>(s[0], qa, kb[0], kb[1]);
+    mma_16816<E>(s[1], qa, kb[2], kb[3]);
+  }
+  // A chunk every row sees whole (the steady state) with plain scores: scale only. The general
+  // path tests each score's key against its row's bounds in 64-bit, a branch per score.
+  if (a.plain_scores && valid == (1u << kChunk) - 1 && key0 >= common.begin && key0 + kChunk <= common.end) {
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] *= a.p.scale;
+    return;
+  }
+  const int t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const RowInfo& row = rows[e / 2];
+      const int c = n * 8 + 2 * t + e % 2;
+      const int64_t j = key0 + c;
+      const bool allowed = ((valid >> c) & 1u) && j >= row.key_begin && j < row.key_end;
+      s[n][e] = allowed ? row.mod.apply(s[n][e] * a.p.scale, row.i, j, diag) : -INFINITY;
+    }
+  }
 }
 
 // Bit c set: key key0 + c was read (valid) and some row of the tile masks it.
@@ -568,12 +602,16 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
       }
     st.row[r].sum += sum;
   }
+  // Most chunks raise no row's max once a few have been seen: then every factor is 1 and the
+  // kHeadDim / 2 multiplies would change nothing (x * 1 is exact), so the warp skips them.
+  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
 #pragma unroll
-  for (int n = 0; n < kHeadDim / 8; ++n) {
-    st.o[n][0] *= factor[0];
-    st.o[n][1] *= factor[0];
-    st.o[n][2] *= factor[1];
-    st.o[n][3] *= factor[1];
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      st.o[n][0] *= factor[0];
+      st.o[n][1] *= factor[0];
+      st.o[n][2] *= factor[1];
+      st.o[n][3] *= factor[1];
+    }
   }
   if (edge != 0) accumulate_edge_keys<E, kHeadDim>(st, s, v_tile, key0, edge, rows, lane);
   const uint32_t p_frag[4] = {E::pack(s[0][0], s[0][1]), E::pack(s[0][2], s[0][3]), E::pack(s[1][0], s[1][1]),
@@ -749,7 +787,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     if (a.trace != nullptr && n == 0) t_first = global_ns();
     const int stage = n % Cfg::kStages;
     float s[2][4];
-    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], rows, w.mask.diag, lane, s);
+    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], rows, w.mask.diag,
+                              common, lane, s);
     const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
     chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), chunk_key0(n), edge, rows, lane);
     __syncwarp();
@@ -997,6 +1036,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   if (work == 0 || a.q_rows == 0) return;
 
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  a.strided_chunks = p.kv_layout != core::KvLayout::kPaged || p.block_size % kChunk == 0;
+  a.plain_scores = !(p.softcap > 0.0f) && p.alibi_slopes == nullptr;
   a.vector_kv = p.head_dim_qk % 8 == 0 && p.head_dim_v % 8 == 0 && aligned(p.k.ptr) && aligned(p.v.ptr);
   for (const core::Operand* op : {&p.k, &p.v})
     a.vector_kv = a.vector_kv && op->batch_stride % 8 == 0 && op->row_stride % 8 == 0 && op->head_stride % 8 == 0;
