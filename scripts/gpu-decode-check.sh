@@ -114,7 +114,7 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   for v in ${variants//,/ }; do
     in_budget "split sweep $v" || break
     echo "---- forced splits, $v" >> "$out/bench.log"
-    for splits in 2 4 8 16 32 64; do
+    for splits in 4 8 16 32 33 64; do
       "$bench" --variant "$v" --splits $splits 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0
     done >> "$out/bench.log" 2>&1
   done

@@ -168,13 +168,18 @@ __device__ CtaWork cta_work(const Args& a) {
   const int64_t lo = w.mask.tile_begin(i_first, i_last + 1);
   const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
   if (hi <= lo) return w;
+  // The tile's chunks are dealt out evenly: split y takes `per` or `per + 1` of them, so that a
+  // split count that is not a power of two (one CTA for every resident slot: 33 splits x 8
+  // heads on 132 SMs x 2) gives every CTA the same work.
   const int64_t base = lo / kChunk * kChunk;
-  const uint32_t splits = static_cast<uint32_t>(a.num_splits);
-  const int64_t per_split = ceil_div((static_cast<uint32_t>(hi - base) + splits - 1) / splits, kChunk) * kChunk;
-  const int64_t split_begin = base + blockIdx.y * per_split;
+  const uint32_t splits = static_cast<uint32_t>(a.num_splits), y = blockIdx.y;
+  const uint32_t chunks = static_cast<uint32_t>(ceil_div(hi - base, kChunk));
+  const uint32_t per = chunks / splits, extra = chunks % splits;
+  const int64_t split_begin = base + int64_t(y * per + min(y, extra)) * kChunk;
+  const int64_t split_end = split_begin + int64_t(per + (y < extra ? 1 : 0)) * kChunk;
   w.chunk0 = split_begin;
   w.key_begin = max(split_begin, lo);
-  w.key_end = min(split_begin + per_split, hi);
+  w.key_end = min(split_end, hi);
   if (w.key_end < w.key_begin) w.key_end = w.key_begin;
   return w;
 }
