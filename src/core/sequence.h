@@ -93,6 +93,21 @@ FLASHSDPA_HD int64_t lse_offset(const Problem& p, const SeqView& s, int64_t b, i
          (s.q_row0 + i) * p.lse_row_stride;
 }
 
+// Paged KV, in three steps so that a kernel can look the table up ahead of its use: the slot
+// of logical key j in its sequence's row of block_table; the block at that slot, or -1 when
+// the table gives no valid one (slot past max_blocks_per_seq, entry outside [0, num_blocks));
+// the row of key j inside that block.
+FLASHSDPA_HD int64_t paged_slot(const Problem& p, int64_t j) { return j / p.block_size; }
+FLASHSDPA_HD int64_t paged_block(const Problem& p, int64_t b, int64_t slot) {
+  if (slot < 0 || slot >= p.max_blocks_per_seq) return -1;
+  const int64_t block = p.block_table[b * p.block_table_stride + slot];
+  if (block < 0 || block >= p.num_blocks) return -1;
+  return block;
+}
+FLASHSDPA_HD int64_t paged_row(const Problem& p, const Operand& kv, int64_t block, int64_t slot, int64_t j) {
+  return block * kv.batch_stride + (j - slot * p.block_size) * kv.row_stride;
+}
+
 // The storage row of logical key j of sequence b in a K or V operand, as "row unit" offset:
 // returns the offset of (row, head 0, dim 0) in elements, or -1 when the key reads nothing
 // (a block_table entry out of range).
@@ -103,11 +118,10 @@ FLASHSDPA_HD int64_t key_offset(const Problem& p, const SeqView& s, const Operan
     case KvLayout::kVarlen:
       return (s.k_row0 + j) * kv.row_stride;
     case KvLayout::kPaged: {
-      const int64_t slot = j / p.block_size;
-      if (slot < 0 || slot >= p.max_blocks_per_seq) return -1;
-      const int64_t block = p.block_table[b * p.block_table_stride + slot];
-      if (block < 0 || block >= p.num_blocks) return -1;
-      return block * kv.batch_stride + (j - slot * p.block_size) * kv.row_stride;
+      const int64_t slot = paged_slot(p, j);
+      const int64_t block = paged_block(p, b, slot);
+      if (block < 0) return -1;
+      return paged_row(p, kv, block, slot, j);
     }
     case KvLayout::kDenseCache:
       return s.cache_row * kv.batch_stride + j * kv.row_stride;

@@ -381,7 +381,7 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
 // rows (one head's key row at head dim 128); together 2-16% faster at every measured shape than
 // plain cp.async (docs/perf-log.md, CUDA decode, run 4), while the 256-byte hint alone was not.
 template <class E, int kHeadDim>
-__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, typename E::T* k_dst,
+__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, int64_t block, typename E::T* k_dst,
                                   typename E::T* v_dst, int lane) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
@@ -392,9 +392,11 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   // chunk): each lane addresses its pieces from the chunk's first row, with no shuffles. The
   // general path below shuffled two 64-bit row offsets per piece, 32 shuffles per warp per
   // chunk, the largest share of the loop's stall samples (docs/perf-log.md, CUDA decode, run 9).
+  // Paged: `block` is the chunk's block, looked up by the caller one chunk ahead.
   if (a.vector_kv && a.strided_chunks && key0 >= w.key_begin && key0 + kChunk <= w.key_end) {
-    const int64_t k_row = core::key_offset(p, w.s, p.k, w.b, key0);
-    const int64_t v_row = core::key_offset(p, w.s, p.v, w.b, key0);
+    const bool paged = p.kv_layout == core::KvLayout::kPaged;
+    const int64_t k_row = !paged ? core::key_offset(p, w.s, p.k, w.b, key0) : block < 0 ? -1 : core::paged_row(p, p.k, block, core::paged_slot(p, key0), key0);
+    const int64_t v_row = !paged ? core::key_offset(p, w.s, p.v, w.b, key0) : block < 0 ? -1 : core::paged_row(p, p.v, block, core::paged_slot(p, key0), key0);
     if (k_row >= 0 && v_row >= 0) {  // uniform over the warp: the same key for every lane
       const T* k_chunk = k + k_row + w.hkv * p.k.head_stride;
       const T* v_chunk = v + v_row + w.hkv * p.v.head_stride;
@@ -749,18 +751,26 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   const int chunks = w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kChunk)) : 0;
   const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
   auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kChunk; };
+  // Paged caches whose pages hold whole chunks: the block-table entry of a warp's next chunk is
+  // loaded while this chunk's copies are issued, so the copies never wait on the table (a
+  // dependent round trip per chunk otherwise; docs/perf-log.md, CUDA decode, run 10).
+  const bool blocks_ahead = a.p.kv_layout == core::KvLayout::kPaged && a.strided_chunks;
+  int64_t next_block = blocks_ahead && my_chunks > 0 ? core::paged_block(a.p, w.b, core::paged_slot(a.p, chunk_key0(0))) : -1;
   auto issue = [&](int n) {
     const int stage = n % Cfg::kStages;
-    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), k_stage(stage), v_stage(stage), lane);
+    const int64_t block = next_block;
+    if (blocks_ahead && n + 1 < my_chunks) next_block = core::paged_block(a.p, w.b, core::paged_slot(a.p, chunk_key0(n + 1)));
+    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), block, k_stage(stage), v_stage(stage), lane);
     if (lane == 0) my_masks[stage] = valid;
   };
 
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
   // the query does not queue behind the chunks.
   const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
-  const RowInfo rows[2] = {row_info(a, w, lane / 4), row_info(a, w, lane / 4 + 8)};
-  const CommonKeys common = common_keys(rows);
-  if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
+  // The rows' bounds are first needed by the first chunk's scores: worked out after the prologue's
+  // copies have left (step -1 below), so the stream starts ~1 us sooner.
+  RowInfo rows[2];
+  CommonKeys common;
   uint32_t q_frag[Cfg::kQFragments][4];
   WarpState<kHeadDim> st;
 #pragma unroll
@@ -783,7 +793,13 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
         for (int e = 0; e < query.kPerThread; ++e) bits ^= __float_as_uint(query.x0[e]) ^ __float_as_uint(query.x1[e]);
         t_loaded = global_ns_after(bits);
       }
-      if (n == -1) store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
+      if (n == -1) {
+        rows[0] = row_info(a, w, lane / 4);
+        rows[1] = row_info(a, w, lane / 4 + 8);
+        common = common_keys(rows);
+        if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
+        store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
+      }
       if (a.trace != nullptr && n == -1) t_query = global_ns();
       continue;
     }
