@@ -374,6 +374,11 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
   }
 }
 
+// A paged chunk's block-table slot and block (-1: none valid), for pages of whole chunks.
+struct PagedChunk {
+  int64_t slot = 0, block = -1;
+};
+
 // Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
 // key0 + l (block table included) once; keys outside [key_begin, key_end) or whose block is out
 // of range read nothing and land as zeros, and the returned bit mask says which keys are real.
@@ -381,8 +386,8 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
 // rows (one head's key row at head dim 128); together 2-16% faster at every measured shape than
 // plain cp.async (docs/perf-log.md, CUDA decode, run 4), while the 256-byte hint alone was not.
 template <class E, int kHeadDim>
-__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, int64_t block, typename E::T* k_dst,
-                                  typename E::T* v_dst, int lane) {
+__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, const PagedChunk& page,
+                                  typename E::T* k_dst, typename E::T* v_dst, int lane) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   const core::Problem& p = a.p;
@@ -392,11 +397,14 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   // chunk): each lane addresses its pieces from the chunk's first row, with no shuffles. The
   // general path below shuffled two 64-bit row offsets per piece, 32 shuffles per warp per
   // chunk, the largest share of the loop's stall samples (docs/perf-log.md, CUDA decode, run 9).
-  // Paged: `block` is the chunk's block, looked up by the caller one chunk ahead.
+  // Paged: `page` is the chunk's block, looked up by the caller one chunk ahead.
   if (a.vector_kv && a.strided_chunks && key0 >= w.key_begin && key0 + kChunk <= w.key_end) {
     const bool paged = p.kv_layout == core::KvLayout::kPaged;
-    const int64_t k_row = !paged ? core::key_offset(p, w.s, p.k, w.b, key0) : block < 0 ? -1 : core::paged_row(p, p.k, block, core::paged_slot(p, key0), key0);
-    const int64_t v_row = !paged ? core::key_offset(p, w.s, p.v, w.b, key0) : block < 0 ? -1 : core::paged_row(p, p.v, block, core::paged_slot(p, key0), key0);
+    auto first_row = [&](const core::Operand& kv) {
+      if (!paged) return core::key_offset(p, w.s, kv, w.b, key0);
+      return page.block < 0 ? int64_t(-1) : core::paged_row(p, kv, page.block, page.slot, key0);
+    };
+    const int64_t k_row = first_row(p.k), v_row = first_row(p.v);
     if (k_row >= 0 && v_row >= 0) {  // uniform over the warp: the same key for every lane
       const T* k_chunk = k + k_row + w.hkv * p.k.head_stride;
       const T* v_chunk = v + v_row + w.hkv * p.v.head_stride;
@@ -755,12 +763,18 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // loaded while this chunk's copies are issued, so the copies never wait on the table (a
   // dependent round trip per chunk otherwise; docs/perf-log.md, CUDA decode, run 10).
   const bool blocks_ahead = a.p.kv_layout == core::KvLayout::kPaged && a.strided_chunks;
-  int64_t next_block = blocks_ahead && my_chunks > 0 ? core::paged_block(a.p, w.b, core::paged_slot(a.p, chunk_key0(0))) : -1;
+  auto look_up = [&](int n) {
+    PagedChunk page;
+    page.slot = core::paged_slot(a.p, chunk_key0(n));
+    page.block = core::paged_block(a.p, w.b, page.slot);
+    return page;
+  };
+  PagedChunk next_page = blocks_ahead && my_chunks > 0 ? look_up(0) : PagedChunk{};
   auto issue = [&](int n) {
     const int stage = n % Cfg::kStages;
-    const int64_t block = next_block;
-    if (blocks_ahead && n + 1 < my_chunks) next_block = core::paged_block(a.p, w.b, core::paged_slot(a.p, chunk_key0(n + 1)));
-    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), block, k_stage(stage), v_stage(stage), lane);
+    const PagedChunk page = next_page;
+    if (blocks_ahead && n + 1 < my_chunks) next_page = look_up(n + 1);
+    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
     if (lane == 0) my_masks[stage] = valid;
   };
 
