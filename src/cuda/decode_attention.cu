@@ -486,13 +486,21 @@ __device__ CommonKeys common_keys(const RowInfo (&rows)[2]) {
   return {begin, end};
 }
 
+// Bit c set: key key0 + c was read (valid) and some row of the tile masks it.
+__device__ __forceinline__ uint32_t edge_keys(int64_t key0, uint32_t valid, const CommonKeys& common) {
+  auto offset = [&](int64_t j) { return j <= key0 ? 0 : j >= key0 + kChunk ? kChunk : static_cast<int>(j - key0); };
+  const int lo = offset(common.begin), hi = offset(common.end);
+  const uint32_t inside = hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
+  return valid & ~inside;
+}
+
 // Scores of one chunk: S = Q K^T for 16 rows x 16 keys, then scale, softcap, ALiBi and the mask
 // (core::ScoreMod / row bounds); masked entries are -inf.
 template <class E, int kHeadDim>
 __device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadDim>::kQFragments][4],
                              const typename E::T* q_tile, const typename E::T* k_tile,
-                             int64_t key0, uint32_t valid, const RowInfo (&rows)[2], int64_t diag,
-                             const CommonKeys& common, int lane, float (&s)[2][4]) {
+                             int64_t key0, uint32_t valid, uint32_t edge, const RowInfo (&rows)[2], int64_t diag,
+                             int lane, float (&s)[2][4]) {
   using Cfg = Tile<kHeadDim>;
 #pragma unroll
   for (int n = 0; n < 2; ++n)
@@ -515,7 +523,7 @@ __device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadD
   }
   // A chunk every row sees whole (the steady state) with plain scores: scale only. The general
   // path tests each score's key against its row's bounds in 64-bit, a branch per score.
-  if (a.plain_scores && valid == (1u << kChunk) - 1 && key0 >= common.begin && key0 + kChunk <= common.end) {
+  if (a.plain_scores && valid == (1u << kChunk) - 1 && edge == 0) {
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
@@ -534,14 +542,6 @@ __device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadD
       s[n][e] = allowed ? row.mod.apply(s[n][e] * a.p.scale, row.i, j, diag) : -INFINITY;
     }
   }
-}
-
-// Bit c set: key key0 + c was read (valid) and some row of the tile masks it.
-__device__ __forceinline__ uint32_t edge_keys(int64_t key0, uint32_t valid, const CommonKeys& common) {
-  auto offset = [&](int64_t j) { return j <= key0 ? 0 : j >= key0 + kChunk ? kChunk : static_cast<int>(j - key0); };
-  const int lo = offset(common.begin), hi = offset(common.end);
-  const uint32_t inside = hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
-  return valid & ~inside;
 }
 
 // P V for the edge keys of a chunk. A masked key's probability is 0, but 0 * NaN is NaN in the
@@ -801,13 +801,13 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     cp_async_commit();
     if (a.trace != nullptr && n == 1 - Cfg::kStages) t_issued = global_ns();
     if (n < 0) {
-      if (a.trace != nullptr && n == -1) {
-        uint32_t bits = 0;
-#pragma unroll
-        for (int e = 0; e < query.kPerThread; ++e) bits ^= __float_as_uint(query.x0[e]) ^ __float_as_uint(query.x1[e]);
-        t_loaded = global_ns_after(bits);
-      }
       if (n == -1) {
+        if (a.trace != nullptr) {
+          uint32_t bits = 0;
+#pragma unroll
+          for (int e = 0; e < query.kPerThread; ++e) bits ^= __float_as_uint(query.x0[e]) ^ __float_as_uint(query.x1[e]);
+          t_loaded = global_ns_after(bits);
+        }
         rows[0] = row_info(a, w, lane / 4);
         rows[1] = row_info(a, w, lane / 4 + 8);
         common = common_keys(rows);
@@ -822,9 +822,9 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     if (a.trace != nullptr && n == 0) t_first = global_ns();
     const int stage = n % Cfg::kStages;
     float s[2][4];
-    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], rows, w.mask.diag,
-                              common, lane, s);
     const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
+    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], edge, rows,
+                              w.mask.diag, lane, s);
     chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), chunk_key0(n), edge, rows, lane);
     __syncwarp();
   }
