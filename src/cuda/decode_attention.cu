@@ -104,6 +104,7 @@ struct Args {
   bool strided_chunks;     // a chunk's 16 rows are one row stride apart (not paged, or pages of 16k keys)
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
+  bool shallow;            // two chunks per warp in flight at most, not kStages (kDecodeShallow)
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
@@ -795,11 +796,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // The loop starts kStages - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
   // instruction cache when the steady state begins.
-  for (int n = 1 - Cfg::kStages; n < my_chunks; ++n) {
+  const int depth = a.shallow ? 2 : Cfg::kStages;  // chunks in flight per warp while it waits
+  for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
-    if (n + Cfg::kStages - 1 < my_chunks) issue(n + Cfg::kStages - 1);
+    if (n + depth - 1 < my_chunks) issue(n + depth - 1);
     cp_async_commit();
-    if (a.trace != nullptr && n == 1 - Cfg::kStages) t_issued = global_ns();
+    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns();
     if (n < 0) {
       if (n == -1) {
         if (a.trace != nullptr) {
@@ -817,7 +819,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       if (a.trace != nullptr && n == -1) t_query = global_ns();
       continue;
     }
-    cp_async_wait<Cfg::kStages - 1>();
+    if (depth == Cfg::kStages) cp_async_wait<Cfg::kStages - 1>();
+    else cp_async_wait<1>();
     __syncwarp();
     if (a.trace != nullptr && n == 0) t_first = global_ns();
     const int stage = n % Cfg::kStages;
@@ -1065,6 +1068,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   a.trace = g_debug.trace;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
+  a.shallow = (g_debug.variant & kDecodeShallow) != 0;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
   const int64_t work = p.batch * p.heads_kv * a.m_tiles;

@@ -29,10 +29,13 @@ void decode_forward(const core::Problem& p, void* stream);  // attend only
 // the splits.
 //   kDecodeWide: one 8-warp CTA per SM at head dims up to 128 where its shared memory fits
 //     (213 KB at 128: Hopper; elsewhere the 4-warp CTA runs).
+//   kDecodeShallow: each warp keeps at most two chunks in flight (one while it computes), as
+//     the stream probe's fastest copy loop, instead of kStages (two while it computes).
 inline constexpr int kDecodeWide = 1;
-inline constexpr int kDecodeVariants = 2;
+inline constexpr int kDecodeShallow = 2;
+inline constexpr int kDecodeVariants = 4;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"pair", "wide"};
+  static const char* const names[kDecodeVariants] = {"pair", "wide", "shallow", "wide_shallow"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
