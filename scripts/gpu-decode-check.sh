@@ -18,7 +18,7 @@
 #   DECODE_CHECK_TESTS      gtest filter for the test step (default: Decode*)
 #   DECODE_CHECK_BENCH      1 (default) runs the benchmark; 0 skips it
 #   DECODE_CHECK_VARIANTS   kernel variants, comma-separated, the first one the main table's
-#                           (default: pair,wide; pair is the shipped kernel)
+#                           (default: auto,pair; auto is the shipped choice)
 #   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 #   DECODE_CHECK_SOURCE     1: also source.csv.gz, per-SASS-instruction warp-stall samples of the
@@ -32,7 +32,7 @@ out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-decode-gpu}
 gencode=${FLASHSDPA_CUDA_GENCODE:--gencode=arch=compute_90a,code=sm_90a}
-variants=${DECODE_CHECK_VARIANTS:-pair,wide}
+variants=${DECODE_CHECK_VARIANTS:-auto,pair}
 budget=${DECODE_CHECK_BUDGET:-330}
 bench="$build/flashsdpa_decode_bench"
 status=0
@@ -109,8 +109,8 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
     "$bench" --variant "$v" --trace 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0 32,4096,32,8,128,dense,0 \
       64,16384,32,8,128,dense,0 1,8192,64,8,128,dense,0 1,32768,32,8,128,paged,16 >> "$out/bench.log" 2>&1
   done
-  # The split heuristic against forced split counts (the wide CTA halves the resident CTAs the
-  # heuristic sees: 16 splits at B 1 x 32k, 2 at B 8 x 8k).
+  # The split heuristic against forced split counts (auto's 8-warp CTA of split calls halves the
+  # resident CTAs the heuristic sees: 16 splits at B 1 x 32k, 2 at B 8 x 8k).
   for v in ${variants//,/ }; do
     in_budget "split sweep $v" || break
     echo "---- forced splits, $v" >> "$out/bench.log"

@@ -8,8 +8,8 @@
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
 // summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
-// --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: pair, the
-// shipped kernel and default, and wide). Options apply to the shapes after them.
+// --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
+// shipped choice and default, and pair). Options apply to the shapes after them.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and

@@ -12,7 +12,7 @@ torch's SDPA has no paged cache: paged rows carry the dense shape's torch number
 backend refuses grouped-query attention (enable_gqa), it runs on K/V expanded to the query heads
 (expansion not timed) and the row says so.
 
-With --variants pair,wide,... flashsdpa runs once per kernel variant (the benchmark's --variant;
+With --variants auto,pair,... flashsdpa runs once per kernel variant (the benchmark's --variant;
 torch's backends once): the first variant fills the main table and the plot, and a second table
 compares every variant's time per shape.
 
@@ -141,7 +141,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True, help="path of flashsdpa_decode_bench")
     ap.add_argument("--out", required=True, help="output path without extension (.json, .md, .png)")
-    ap.add_argument("--variants", default="pair", help="comma-separated kernel variants, the first one the main table's")
+    ap.add_argument("--variants", default="auto", help="comma-separated kernel variants, the first one the main table's")
     args = ap.parse_args()
     variants = args.variants.split(",")
 

@@ -7,9 +7,9 @@
 // is the M of one m16n8k16 tensor-core instruction: decode (Sq = 1) with GQA group 4 or 8 fills
 // 4 or 8 of them, and the padded rows cost no memory traffic.
 //
-// Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 in
-// the wide variant) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async pipeline
-// (kStages chunks deep, 16-byte copies of whole 16-key K and V chunks into shared memory), its
+// Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 for
+// split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async
+// pipeline (kStages chunks deep, or 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V chunks into shared memory), its
 // own scores (Q K^T on tensor cores), online softmax and P V accumulation. Warps never wait for
 // each other inside the loop; at the end the W partial (max, sum, O) are merged through shared
 // memory in warp order. Paged addressing is resolved once
@@ -41,8 +41,8 @@ namespace {
 constexpr int kRows = 16;   // packed query rows per CTA: the M of m16n8k16
 constexpr int kChunk = 16;  // keys per warp step: two n8 score tiles, the K of the P V product
 constexpr int kMaxSplits = 128;  // as flash-attn; the combine gives each split a thread
-// Warps per attention CTA: 4 (two CTAs per SM at head dim 128), or 8 in the wide variant (one
-// CTA per SM holding the same bytes in flight; docs/perf-log.md, CUDA decode, run 6).
+// Warps per attention CTA: 4 (two CTAs per SM at head dim 128), or 8 (one CTA per SM) for split
+// calls at head dim 128 (launch_for_variant; docs/perf-log.md, CUDA decode, runs 6 and 12).
 constexpr int kNarrowWarps = 4;
 constexpr int kWideWarps = 8;
 // The query-tile load and the output give each row kWarps * 32 / kRows threads (8 or 16).
@@ -104,7 +104,7 @@ struct Args {
   bool strided_chunks;     // a chunk's 16 rows are one row stride apart (not paged, or pages of 16k keys)
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
-  bool shallow;            // two chunks per warp in flight at most, not kStages (kDecodeShallow)
+  bool shallow;            // two chunks per warp in flight at most, not kStages (split calls)
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
@@ -796,7 +796,9 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // The loop starts kStages - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
   // instruction cache when the steady state begins.
-  const int depth = a.shallow ? 2 : Cfg::kStages;  // chunks in flight per warp while it waits
+  // Chunks in flight per warp while it waits: kStages, or 2 in the 8-warp CTA of split calls,
+  // where the shallower queue was 2-4% faster (docs/perf-log.md, CUDA decode, run 12).
+  const int depth = a.shallow ? 2 : Cfg::kStages;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (n + depth - 1 < my_chunks) issue(n + depth - 1);
@@ -1061,17 +1063,30 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem
 
 DecodeDebug g_debug;
 
+// Query tiles x sequences x kv heads: the CTAs of one split.
+int64_t split_work(const core::Problem& p) { return p.batch * p.heads_kv * ceil_div(p.seqlen_q * p.group, kRows); }
+
+// The split count of a call for a kernel with `resident` CTAs on the device at once: the caller's
+// num_splits, or the heuristic's; at most kMaxSplits (as flash-attn) and no more than there are
+// 16-key chunks. seqlen_k is the capacity / upper bound: lengths on the device stay there.
+int split_count(const core::Problem& p, int resident) {
+  const int64_t max_keys = p.seqlen_k;
+  const int splits = p.num_splits > 0 ? p.num_splits : choose_splits(split_work(p), max_keys, resident);
+  return static_cast<int>(
+      std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
+}
+
 template <class E, int kHeadDim, int kWarps>
-void launch_attention(const core::Problem& p, cudaStream_t stream) {
+void launch_attention(const core::Problem& p, cudaStream_t stream, bool shallow) {
   Args a{};
   a.p = p;
   a.trace = g_debug.trace;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
-  a.shallow = (g_debug.variant & kDecodeShallow) != 0;
+  a.shallow = shallow;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
-  const int64_t work = p.batch * p.heads_kv * a.m_tiles;
+  const int64_t work = split_work(p);
   if (work == 0 || a.q_rows == 0) return;
 
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
@@ -1082,11 +1097,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
     a.vector_kv = a.vector_kv && op->batch_stride % 8 == 0 && op->row_stride % 8 == 0 && op->head_stride % 8 == 0;
 
   const int device = current_device();
-  const int64_t max_keys = p.seqlen_k;  // capacity / upper bound: lengths on the device stay there
-  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);  // also raises the shared-memory limit
-  int splits = p.num_splits > 0 ? p.num_splits : choose_splits(work, max_keys, resident);
-  // At most kMaxSplits (as flash-attn), and no more than there are 16-key chunks.
-  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
+  // resident_ctas also raises the kernel's shared-memory limit.
+  const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
 
   void* scratch = nullptr;
@@ -1109,18 +1121,24 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   }
 }
 
-// The variant under measurement exists at head dim 128 (the issue's shapes) only, so it costs
-// 2 instantiations, not 6; elsewhere every variant runs the shipped kernel. The 8-warp CTA runs
-// where it fits the device's shared memory (Hopper), the 4-warp CTA otherwise.
+// Which kernel serves a call. At head dim 128, where its 213 KB fit (Hopper), a call that one
+// 8-warp CTA per SM would split (a small batch) runs that CTA with two chunks per warp in flight:
+// 2-4% faster than two 4-warp CTAs per SM at B 1 x 32k, B 8 x 8k and Hq 64 B 2-8 x 32k on an
+// H100, while with one split it was level or slower at B 64 and with paged caches
+// (docs/perf-log.md, CUDA decode, run 12). Every other call runs two 4-warp CTAs per SM, kStages
+// chunks deep per warp. The variants keep
+// the previous kernel measurable: `pair` runs the 4-warp CTA, kStages deep, for every call.
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
-    if ((g_debug.variant & kDecodeWide) && resident_ctas<E, kHeadDim, kWideWarps>(current_device()) > 0) {
-      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
+    const int device = current_device();
+    if (g_debug.variant != kDecodePair && resident_ctas<E, kHeadDim, kWideWarps>(device) > 0 &&
+        split_count(p, resident_ctas<E, kHeadDim, kWideWarps>(device)) > 1) {
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream, true);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream, false);
 }
 
 template <class E>

@@ -24,18 +24,17 @@ inline constexpr int64_t kDecodeMaxQueryLen = 16;
 void decode_kvcache(const core::Problem& p, void* stream);  // append (+ rotary), then attend
 void decode_forward(const core::Problem& p, void* stream);  // attend only
 
-// Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-7), as bits of
-// DecodeDebug::variant. 0 is the shipped kernel: two 4-warp CTAs per SM, a combine kernel after
-// the splits.
-//   kDecodeWide: one 8-warp CTA per SM at head dims up to 128 where its shared memory fits
-//     (213 KB at 128: Hopper; elsewhere the 4-warp CTA runs).
-//   kDecodeShallow: each warp keeps at most two chunks in flight (one while it computes), as
-//     the stream probe's fastest copy loop, instead of kStages (two while it computes).
-inline constexpr int kDecodeWide = 1;
-inline constexpr int kDecodeShallow = 2;
-inline constexpr int kDecodeVariants = 4;
+// Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-12), selected by
+// DecodeDebug::variant. 0 is the shipped choice: at head dim 128 where it fits (Hopper), one 8-warp
+// CTA per SM with two chunks per warp in flight for calls it splits; otherwise two 4-warp CTAs per
+// SM; a combine kernel after the splits.
+//   kDecodePair: the two 4-warp CTAs per SM, kStages chunks deep, for every call (the kernel
+//     shipped before run 12).
+inline constexpr int kDecodeAuto = 0;
+inline constexpr int kDecodePair = 1;
+inline constexpr int kDecodeVariants = 2;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"pair", "wide", "shallow", "wide_shallow"};
+  static const char* const names[kDecodeVariants] = {"auto", "pair"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
