@@ -9,8 +9,8 @@
 //
 // Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 for
 // split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async
-// pipeline (kStages chunks deep, or 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V chunks into shared memory), its
-// own scores (Q K^T on tensor cores), online softmax and P V accumulation. Warps never wait for
+// pipeline (kStages chunks deep, 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V
+// chunks into shared memory), its own scores (Q K^T on tensor cores), online softmax and P V accumulation. Warps never wait for
 // each other inside the loop; at the end the W partial (max, sum, O) are merged through shared
 // memory in warp order. Paged addressing is resolved once
 // per chunk: lanes 0..15 look up the block table for one key each, and the row offsets travel to
@@ -793,7 +793,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
 #pragma unroll
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
 
-  // The loop starts kStages - 1 steps early: those steps only start copies (the prologue) and the
+  // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
   // instruction cache when the steady state begins.
   // Chunks in flight per warp while it waits: kStages, or 2 in the 8-warp CTA of split calls,
@@ -1126,8 +1126,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream, bool shallow)
 // 2-4% faster than two 4-warp CTAs per SM at B 1 x 32k, B 8 x 8k and Hq 64 B 2-8 x 32k on an
 // H100, while with one split it was level or slower at B 64 and with paged caches
 // (docs/perf-log.md, CUDA decode, run 12). Every other call runs two 4-warp CTAs per SM, kStages
-// chunks deep per warp. The variants keep
-// the previous kernel measurable: `pair` runs the 4-warp CTA, kStages deep, for every call.
+// chunks deep per warp. The variant `pair` keeps the previous kernel measurable: the 4-warp CTA,
+// kStages deep, for every call.
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
