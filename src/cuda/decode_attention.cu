@@ -9,12 +9,12 @@
 //
 // Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 for
 // split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async
-// pipeline (kStages chunks deep, 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V
-// chunks into shared memory), its own scores (Q K^T on tensor cores), online softmax and P V accumulation. Warps never wait for
-// each other inside the loop; at the end the W partial (max, sum, O) are merged through shared
-// memory in warp order. Paged addressing is resolved once
-// per chunk: lanes 0..15 look up the block table for one key each, and the row offsets travel to
-// the copying lanes by shuffle.
+// pipeline (kStages chunks deep, 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V chunks
+// into shared memory), its own scores (Q K^T on tensor cores), online softmax and P V accumulation.
+// Warps never wait for each other inside the loop; at the end the W partial (max, sum, O) are
+// merged through shared memory in warp order. Paged addressing is resolved once per chunk: lanes
+// 0..15 look up the block table for one key each, and the row offsets travel to the copying lanes
+// by shuffle.
 //
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
 // its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
