@@ -1131,9 +1131,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream, bool shallow)
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
-    const int device = current_device();
-    if (g_debug.variant != kDecodePair && resident_ctas<E, kHeadDim, kWideWarps>(device) > 0 &&
-        split_count(p, resident_ctas<E, kHeadDim, kWideWarps>(device)) > 1) {
+    const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
+    if (g_debug.variant != kDecodePair && wide_resident > 0 && split_count(p, wide_resident) > 1) {
       launch_attention<E, kHeadDim, kWideWarps>(p, stream, true);
       return;
     }
