@@ -104,7 +104,6 @@ struct Args {
   bool strided_chunks;     // a chunk's 16 rows are one row stride apart (not paged, or pages of 16k keys)
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
-  bool shallow;            // two chunks per warp in flight at most, not kStages (split calls)
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
@@ -798,7 +797,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // instruction cache when the steady state begins.
   // Chunks in flight per warp while it waits: kStages, or 2 in the 8-warp CTA of split calls,
   // where the shallower queue was 2-4% faster (docs/perf-log.md, CUDA decode, run 12).
-  const int depth = a.shallow ? 2 : Cfg::kStages;
+  constexpr int depth = kWarps == kWideWarps ? 2 : Cfg::kStages;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (n + depth - 1 < my_chunks) issue(n + depth - 1);
@@ -821,8 +820,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       if (a.trace != nullptr && n == -1) t_query = global_ns();
       continue;
     }
-    if (depth == Cfg::kStages) cp_async_wait<Cfg::kStages - 1>();
-    else cp_async_wait<1>();
+    cp_async_wait<depth - 1>();
     __syncwarp();
     if (a.trace != nullptr && n == 0) t_first = global_ns();
     const int stage = n % Cfg::kStages;
@@ -1077,13 +1075,12 @@ int split_count(const core::Problem& p, int resident) {
 }
 
 template <class E, int kHeadDim, int kWarps>
-void launch_attention(const core::Problem& p, cudaStream_t stream, bool shallow) {
+void launch_attention(const core::Problem& p, cudaStream_t stream) {
   Args a{};
   a.p = p;
   a.trace = g_debug.trace;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
-  a.shallow = shallow;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
   const int64_t work = split_work(p);
@@ -1133,11 +1130,11 @@ void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
     if (g_debug.variant != kDecodePair && wide_resident > 0 && split_count(p, wide_resident) > 1) {
-      launch_attention<E, kHeadDim, kWideWarps>(p, stream, true);
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream, false);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
 }
 
 template <class E>
