@@ -483,6 +483,65 @@ TEST(CudaForward, Fp32TileShapes) {
   }
 }
 
+// Head dim 256 in fp32 runs the sliced kernel (128-key tiles, K and V through a ring of slices) on
+// GPUs with 199 KB of shared memory per block: every K/V source and the tiles whose live keys
+// fill one half only (causal diagonals, window edges, sequences ending inside a tile).
+TEST(CudaForward, Fp32SlicedTileSources) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  auto run = [](AttnConfig config) {
+    config.dtype = DType::kFloat32;
+    AttnCase c(config);
+    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
+  };
+  uint64_t seed = 1600;
+  for (int64_t block_size : {1, 16, 256}) {  // paged, query rows varlen
+    AttnConfig c;
+    c.layout = Layout::kPaged;
+    c.batch = 3;
+    c.heads_q = 2;
+    c.heads_kv = 1;
+    c.head_dim_qk = c.head_dim_v = 256;
+    c.block_size = block_size;
+    c.seqlens_k = {200, 1, 300};
+    c.seqlens_q = {70, 1, 0};
+    c.causal = block_size != 256;
+    c.sinks = true;
+    c.seed = seed++;
+    run(c);
+  }
+  {  // varlen with empty sequences and lengths on both sides of a 128-key tile's halves
+    AttnConfig c;
+    c.layout = Layout::kVarlen;
+    c.batch = 5;
+    c.heads_q = 2;
+    c.heads_kv = 2;
+    c.head_dim_qk = 256;
+    c.head_dim_v = 200;
+    c.seqlens_q = {65, 0, 130, 64, 1};
+    c.seqlens_k = {0, 64, 129, 63, 257};
+    c.causal = true;
+    c.seed = seed++;
+    run(c);
+  }
+  for (const auto& [wl, wr] : std::vector<std::pair<int64_t, int64_t>>{{100, 0}, {5, 70}, {200, -1}, {-1, 40}}) {
+    AttnConfig c = batched(600, 610, 2, 1, 256, 256);
+    c.batch = 1;
+    c.window_left = wl;
+    c.window_right = wr;
+    c.softcap = wl == 5 ? 10.0f : 0.0f;
+    c.alibi = wl == 200 ? Alibi::kPerHead : Alibi::kNone;
+    c.seed = seed++;
+    run(c);
+  }
+  for (bool causal : {false, true}) {  // unaligned rows: the copies' general path
+    AttnConfig c = batched(200, 190, 2, 1, 256, 256);
+    c.padded_strides = true;
+    c.causal = causal;
+    c.seed = seed++;
+    run(c);
+  }
+}
+
 }  // namespace
 }  // namespace flashsdpa::test
 

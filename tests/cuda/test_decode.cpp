@@ -615,6 +615,21 @@ TEST(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
+// Head dim 256: the sliced fp32 kernel with left padding (the first live key inside a tile) and
+// rotary queries, dense and paged.
+TEST(DecodeKvcacheFp32, HeadDim256LeftpadRotary) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
+  c.head_dim_qk = c.head_dim_v = 256;
+  c.seqlen_q = c.seqlen_new = 3;
+  c.cache_seqlens = {500, 17, 900};
+  c.cache_leftpad = {100, 0, 70};
+  c.rotary_dim = 256;
+  c.causal = true;
+  c.seed = 145;
+  expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
+}
+
 TEST(DecodeKvcacheFp32, CacheBatchIdx) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
