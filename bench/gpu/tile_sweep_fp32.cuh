@@ -20,7 +20,7 @@ namespace flashsdpa::bench {
 // The first shape each head dim's sweep lists (its output is the one the others are compared with).
 inline std::string first_name(const core::Problem& p) {
   const int64_t d = p.head_dim_qk;
-  return d == 64 ? "64, 4, 8, 64, 2" : d == 128 ? "128, 4, 8, 64, 1" : "256, 4, 16, 128, 64, 32, 3";
+  return d == 64 ? "64, 4, 8, 64, 2" : d == 128 ? "128, 4, 8, 64, 1, true, true" : "256, 4, 16, 64, 1, true, true";
 }
 
 inline std::vector<float>& first_output() {
@@ -51,7 +51,5 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
 }
 
 #define FLASHSDPA_SWEEP_FP32(...) sweep_fp32_one<cuda::Fp32Tile<__VA_ARGS__>>(p, #__VA_ARGS__, flop, iters)
-#define FLASHSDPA_SWEEP_FP32_SLICED(...) \
-  sweep_fp32_one<cuda::Fp32SlicedTile<__VA_ARGS__>>(p, #__VA_ARGS__, flop, iters)
 
 }  // namespace flashsdpa::bench

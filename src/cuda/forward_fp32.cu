@@ -6,20 +6,23 @@ namespace flashsdpa::cuda {
 
 namespace {
 
-// Fp32Tile<head dim, rows per thread, lanes per row, keys per tile, blocks per SM>; all 256 threads.
+// Fp32Tile<head dim, rows per thread, lanes per row, keys per tile, blocks per SM, paired lanes,
+// pipelined scores>; all 256 threads.
 // Shared memory: Q and K rows padded by 4 floats, V unpadded, P transposed (docs/perf-log.md,
 // "fp32 tier v3", has the counts and the measured alternatives).
 // Measured on an H100 (bench --sweep-fp32, 16k tokens, S 4k / 16k): see the notes per shape.
 // hd 64: 128 rows x 64 keys, 4 x 8 scores and 4 x 8 outputs per thread, 99 KB: two blocks per SM
 // (39.0 / 39.2 TFLOP/s; one block per SM 38.3 / 38.6).
 using Fp32TileD64 = Fp32Tile<64, 4, 8, 64, 2>;
+// Pipelined scores (S's next operands loaded before this step's FMAs): +1.7-2.0% at hd 128 and
+// +1.0% at hd 256 on an H200 (bit-identical outputs); at hd 64 the 128-register limit of two blocks
+// per SM turns them into spills (-18%), so hd 64 loads in step.
 // hd 128: 128 rows x 64 keys, 4 x 8 scores and 4 x 16 outputs per thread, 163 KB (sm_80's limit)
 // (42.5 / 42.7; 8 x 4 scores and 8 x 8 outputs 41.3 / 41.6).
-using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1>;
-// hd 256: 64 rows, 4 x 8 scores and 4 x 16 outputs per thread over 128-key tiles, K in 64-dim and
-// V in 32-key slices through three stages, 199 KB (sm_90); 32-key tiles, 4 x 2 scores, 138 KB where
-// a block may have less (32.0 / 32.2 against 36.0 / 36.0 for the 64-key 4 x 4 tile of v3).
-using Fp32TileD256 = Fp32SlicedTile<256, 4, 16, 128, 64, 32, 3>;
+using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1, true, true>;
+// hd 256: 64 rows, 4 x 4 scores and 4 x 16 outputs per thread; 64-key tiles need 210 KB (sm_90),
+// 32-key tiles 138 KB where a block may have less (36.0 / 36.0 against 32.0 / 32.2).
+using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true>;
 using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
 }  // namespace

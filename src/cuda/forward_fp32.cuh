@@ -19,13 +19,6 @@
 // K and V have one buffer each, and each load overlaps the other product: V of tile t streams in
 // during S = Q K^T of tile t, K of tile t + 1 during O += P V of tile t (two barriers per tile).
 //
-// The sliced variant (Fp32SlicedTile, fp32_sliced_forward_kernel) is for head dims whose 64-row
-// block leaves no room for a wide key tile: its key tiles are twice as wide, K streams through
-// shared memory in head-dim slices and V in key slices, one slice per pipeline step in a ring of
-// stages loaded two steps ahead (one barrier per step). The wider tile gives each thread twice
-// the keys, so S reads 3 float4s per 32 FFMAs instead of 2 per 16 (docs/perf-log.md, "fp32 hd 256:
-// K and V in slices").
-//
 // Exactness (SPEC §6 holds fp32 to a plain fp32 implementation): every score is one fmaf chain
 // over d = 0, 1, ... in order, the same sum the previous kernels computed and tested at |s| ~ 1e4
 // (tests/cuda/test_cuda_forward.cpp, ExtremeLogits); softmax runs in natural units and subtracts
@@ -55,7 +48,7 @@ struct Fp32Args {
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
-          bool kPairedLanes_ = true>
+          bool kPairedLanes_ = true, bool kPipelinedScores_ = false>
 struct Fp32Tile {
   static constexpr int kHeadDim = kHeadDim_;  // Dqk and Dv padded to this
   static constexpr int kThreads = 256;
@@ -65,6 +58,9 @@ struct Fp32Tile {
   static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   // Lane bit 0 picks the row, bit 1 the key (see lane_roles); false: lane = row_lane * G + key_lane.
   static constexpr bool kPairedLanes = kPairedLanes_;
+  // S's operands for the next 4 head dims are loaded before this step's FMAs, into registers of
+  // their own, so their shared-memory latency overlaps the FMAs (4 x TM + 4 x TN more registers).
+  static constexpr bool kPipelinedScores = kPipelinedScores_;
 
   static constexpr int kRowLanes = 32 / kThreadsPerRow;  // R: row groups per warp
   static constexpr int kWarpRows = kRowLanes * kRowsPerThread;
@@ -86,29 +82,6 @@ struct Fp32Tile {
   static_assert(kBlockN % kThreadsPerRow == 0, "whole keys per thread");
   static_assert(kHeadDim % (4 * kThreadsPerRow) == 0, "whole float4 output columns per thread");
   static_assert(kHeadDim % 16 == 0, "the score loop steps 16 head dims at a time");
-  static constexpr bool kSliced = false;
-};
-
-// The sliced variant's shape: an Fp32Tile of one block per SM whose key tile streams through
-// kStages stage buffers, each holding either kSliceDims head dims of all kBlockN keys of K or
-// kSliceKeys keys of V (all head dims). Q stays whole, P is kBlockN keys by kBlockM rows.
-template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kSliceDims_, int kSliceKeys_,
-          int kStages_>
-struct Fp32SlicedTile : Fp32Tile<kHeadDim_, kRowsPerThread_, kThreadsPerRow_, kBlockN_, 1> {
-  using Base = Fp32Tile<kHeadDim_, kRowsPerThread_, kThreadsPerRow_, kBlockN_, 1>;
-  static constexpr bool kSliced = true;
-  static constexpr int kSliceDims = kSliceDims_;
-  static constexpr int kSliceKeys = kSliceKeys_;
-  static constexpr int kStages = kStages_;
-  static constexpr int kKSlicePitch = kSliceDims + 4;  // G consecutive keys in distinct bank quads
-  static constexpr int kKSliceFloats = Base::kBlockN * kKSlicePitch;
-  static constexpr int kVSliceFloats = kSliceKeys * Base::kVPitch;
-  static constexpr int kStageFloats = kKSliceFloats > kVSliceFloats ? kKSliceFloats : kVSliceFloats;
-  static constexpr int kSmemBytes = (Base::kQFloats + Base::kPFloats + kStages * kStageFloats) * 4;
-
-  static_assert(kStages == 3, "the ring is loaded two steps ahead");
-  static_assert(kSliceDims % 16 == 0 && kHeadDim_ % kSliceDims == 0, "whole 16-dim score steps per slice");
-  static_assert(Base::kBlockN % kSliceKeys == 0 && Base::kKeysPerThread % 2 == 0, "whole V slices, two S halves");
 };
 
 namespace fp32_detail {
@@ -210,91 +183,63 @@ struct LinearTileCopy {
   }
 };
 
-// One stage of the sliced kernel: kRows rows of K or V, kQuads float4 columns from column col0,
-// into a stage of kPitch floats per row, rows j0, j0 + 1, ... . The rows of each half of the
-// stage are copied only where the step that uses it reads that half (lower_live, upper_live);
-// the others keep whatever they held. General path: row_base(j) is key j's row offset in the
-// operand, -1 where it has none (outside the sequence, or a block_table entry out of range): such
-// rows and columns at or past dim read nothing and are zero-filled.
-template <class Tile, int kRows, int kQuads, int kPitch, class RowBase>
-__device__ __forceinline__ void copy_stage(float* stage, const float* base, int64_t j0, bool lower_live,
-                                           bool upper_live, int col0, int dim, bool vector_io, RowBase row_base) {
-  constexpr int kRowStep = Tile::kThreads / kQuads, kIters = kRows / kRowStep;
-  static_assert(Tile::kThreads % kQuads == 0 && kIters % 2 == 0, "whole rows per pass, in two halves");
-  const int row_in = threadIdx.x / kQuads, col = col0 + (threadIdx.x % kQuads) * 4;
+// s[r][c] = <q row first_row + R r, k row key_lane + G c> over d < 16 * d_chunks, one fmaf chain
+// per score in increasing d. q and k point at the thread's first row / key.
+template <class Tile>
+__device__ __forceinline__ void compute_scores(float (&s)[Tile::kRowsPerThread][Tile::kKeysPerThread],
+                                               const float* q, const float* k, int d_chunks) {
+  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread;
+  constexpr int kQStep = Tile::kRowLanes * Tile::kQPitch, kKStep = Tile::kThreadsPerRow * Tile::kKPitch;
+  auto load = [&](float4 (&qv)[TM], float4 (&kv)[TN], int d) {
 #pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    if (!(i < kIters / 2 ? lower_live : upper_live)) continue;
-    const int row = row_in + i * kRowStep;
-    const int64_t offset = row_base(j0 + row);
-    float* dst = stage + row * kPitch + (col - col0);
-    if (vector_io) {
-      const bool live = offset >= 0 && col < dim;
-      cp_async_16(smem_address(dst), live ? base + offset + col : base, live ? 16 : 0);
-    } else {
+    for (int r = 0; r < TM; ++r) qv[r] = *reinterpret_cast<const float4*>(q + r * kQStep + d);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dst[e] = (offset >= 0 && col + e < dim) ? base[offset + col + e] : 0.0f;
-    }
-  }
-}
-
-// copy_stage's fast path, for K/V linear in the key index with 16-byte rows, when every row of the
-// stage is a key of the sequence and the thread's column lies inside the head dim: one running
-// pointer, no per-row checks. first_row points at row j0's column col0.
-template <class Tile, int kRows, int kQuads, int kPitch>
-__device__ __forceinline__ void copy_stage_linear(float* stage, const float* first_row, int64_t row_stride,
-                                                  bool lower_live, bool upper_live) {
-  constexpr int kRowStep = Tile::kThreads / kQuads, kIters = kRows / kRowStep;
-  const int row_in = threadIdx.x / kQuads, quad = threadIdx.x % kQuads;
-  const float* src = first_row + row_in * row_stride + 4 * quad;
-  const uint32_t dst = smem_address(stage + row_in * kPitch + 4 * quad);
+    for (int c = 0; c < TN; ++c) kv[c] = *reinterpret_cast<const float4*>(k + c * kKStep + d);
+  };
 #pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    if (i < kIters / 2 ? lower_live : upper_live)
-      cp_async_16(dst + i * kRowStep * kPitch * 4, src + i * kRowStep * row_stride, 16);
-  }
-}
-
-// s[r][c] += <q row first_row + R r, k row key_lane + G c> over d < 16 * d_chunks, for the score
-// columns c in [kC0, kC0 + kNC), one fmaf chain per score in increasing d. q and k point at the
-// thread's first row / key; K rows lie kKPitch floats apart.
-template <class Tile, int kKPitch, int kC0 = 0, int kNC = Tile::kKeysPerThread>
-__device__ __forceinline__ void accumulate_scores(float (&s)[Tile::kRowsPerThread][Tile::kKeysPerThread],
-                                                  const float* q, const float* k, int d_chunks) {
-  constexpr int TM = Tile::kRowsPerThread;
-  constexpr int kQStep = Tile::kRowLanes * Tile::kQPitch, kKStep = Tile::kThreadsPerRow * kKPitch;
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) s[r][c] = 0.0f;
+  float4 q_next[TM], k_next[TN];
+  if constexpr (Tile::kPipelinedScores) load(q_next, k_next, 0);
   for (int chunk = 0; chunk < d_chunks; ++chunk, q += 16, k += 16) {
 #pragma unroll
     for (int d = 0; d < 16; d += 4) {
-      float4 qv[TM], kv[kNC];
+      float4 qv[TM], kv[TN];
+      if constexpr (Tile::kPipelinedScores) {
 #pragma unroll
-      for (int r = 0; r < TM; ++r) qv[r] = *reinterpret_cast<const float4*>(q + r * kQStep + d);
+        for (int r = 0; r < TM; ++r) qv[r] = q_next[r];
 #pragma unroll
-      for (int c = 0; c < kNC; ++c) kv[c] = *reinterpret_cast<const float4*>(k + (kC0 + c) * kKStep + d);
+        for (int c = 0; c < TN; ++c) kv[c] = k_next[c];
+        // After the last step this reads the 4 floats after the last chunk: still inside each
+        // row (at most its 4 pad floats), never used.
+        load(q_next, k_next, d + 4);
+      } else {
+        load(qv, kv, d);
+      }
 #pragma unroll
       for (int r = 0; r < TM; ++r)
 #pragma unroll
-        for (int c = 0; c < kNC; ++c) {
-          float& acc = s[r][kC0 + c];
-          acc = fmaf(qv[r].x, kv[c].x, acc);
-          acc = fmaf(qv[r].y, kv[c].y, acc);
-          acc = fmaf(qv[r].z, kv[c].z, acc);
-          acc = fmaf(qv[r].w, kv[c].w, acc);
+        for (int c = 0; c < TN; ++c) {
+          s[r][c] = fmaf(qv[r].x, kv[c].x, s[r][c]);
+          s[r][c] = fmaf(qv[r].y, kv[c].y, s[r][c]);
+          s[r][c] = fmaf(qv[r].z, kv[c].z, s[r][c]);
+          s[r][c] = fmaf(qv[r].w, kv[c].w, s[r][c]);
         }
     }
   }
 }
 
-// o[r][j] += sum over kKeys keys n of P[n][r] V[n][columns j], keys in increasing order. p points
-// at the thread's P slot of key 0, v at its first column of key 0. allowed(r, n): false skips the
-// FMA, the rare path of a boundary tile whose V holds an Inf or NaN (device_utils.cuh): a masked
-// key's probability is 0 and 0 x NaN is NaN, so it must not be multiplied at all.
-template <class Tile, int kKeys, class Allowed>
+// o[r][j] += sum over the tile's keys n of P[n][r] V[n][columns j], keys in increasing order.
+// p points at the thread's P slot of key 0, v at its first column of key 0. allowed(r, n): false
+// skips the FMA, the rare path of a boundary tile whose V holds an Inf or NaN (device_utils.cuh):
+// a masked key's probability is 0 and 0 x NaN is NaN, so it must not be multiplied at all.
+template <class Tile, class Allowed>
 __device__ __forceinline__ void accumulate_pv(float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4], const float* p,
                                               const float* v, Allowed allowed) {
   constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kColStep = 4 * Tile::kThreadsPerRow;
 #pragma unroll 8
-  for (int n = 0; n < kKeys; ++n) {
+  for (int n = 0; n < Tile::kBlockN; ++n) {
     float pr[TM];
     load_floats(pr, p + n * Tile::kPPitch);
     float4 vv[CQ];
@@ -378,82 +323,109 @@ __device__ __forceinline__ void rotate_query_rows(float* qs, const core::Problem
 
 }  // namespace fp32_detail
 
-// What every fp32 kernel block knows about its work, and the steps both kernel shapes share: the
-// block's rows and key range, loading Q, the softmax of a score tile into P, and the store.
 template <class Tile>
-struct Fp32Block {
-  static constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads;
-  static constexpr int G = Tile::kThreadsPerRow, R = Tile::kRowLanes, N = Tile::kBlockN;
-  static constexpr unsigned kKeyBits = fp32_detail::LaneRoles<Tile>::kKeyBits;
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
+  using namespace fp32_detail;
+  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads;
+  constexpr int G = Tile::kThreadsPerRow, R = Tile::kRowLanes, N = Tile::kBlockN;
+  extern __shared__ __align__(16) float smem_f[];
+  const core::Problem& p = args.p;
 
-  const core::Problem& p;
-  int64_t b, h, kv_head;
-  core::SeqView seq;
-  int64_t row0, row_end;
-  core::Mask mask;
-  int64_t key_begin, key_end, first_key;  // keys any row of the block sees; first_key: tile-aligned
-  int num_tiles;
-  int key_lane, first_row, p_slot;  // the thread's keys, rows (first_row + R r) and P slot
-  int dqk, dv, d_chunks;
+  // ---- this block's rows and keys --------------------------------------------------------------
+  const BlockWork work = this_block_work(args.order_groups);
+  const int64_t b = work.batch, h = work.head, kv_head = h / p.group, tile = work.tile;
+  const core::SeqView seq = core::sequence(p, b);
+  const int64_t row0 = tile * Tile::kBlockM;
+  if (row0 >= seq.sq) return;
+  const int64_t row_end = core::min_i64(row0 + Tile::kBlockM, seq.sq);
+  const core::Mask mask = core::sequence_mask(p, seq);
+
+  const int64_t key_begin = mask.tile_begin(row0, row_end);
+  const int64_t key_end = mask.tile_end(row0, row_end);
+  const int64_t first_key = key_begin / N * N;
+  const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + N - 1) / N) : 0;
+
+  float* qs = smem_f;
+  float* ks = qs + Tile::kQFloats;
+  float* vs = ks + Tile::kKFloats;
+  float* ps = vs + Tile::kVFloats;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const LaneRoles<Tile> roles(lane);
+  const int row_lane = roles.row_lane, key_lane = roles.key_lane;
+  constexpr unsigned kKeyBits = LaneRoles<Tile>::kKeyBits;
+  const int first_row = warp * Tile::kWarpRows + row_lane;  // the thread's rows: first_row + R r
+  const int p_slot = (warp * R + row_lane) * TM;            // its TM floats in each key's P row
+  const int dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
+  const int d_chunks = (dqk + 15) / 16;
+
   core::ScoreMod mod;
-  bool has_mod, paged;
-  int64_t k_key0, v_key0;  // batched, varlen and dense-cache K/V: key 0's row, resolved once
+  mod.softcap = p.softcap;
+  mod.has_alibi = p.alibi_slopes != nullptr;
+  if (mod.has_alibi) mod.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
+  const bool has_mod = mod.softcap > 0.0f || mod.has_alibi;
+  const bool paged = p.kv_layout == core::KvLayout::kPaged;
 
-  __device__ __forceinline__ explicit Fp32Block(const Fp32Args& args) : p(args.p) {
-    const BlockWork work = this_block_work(args.order_groups);
-    b = work.batch, h = work.head, kv_head = h / p.group;
-    seq = core::sequence(p, b);
-    row0 = work.tile * Tile::kBlockM;
-    if (empty()) return;
-    row_end = core::min_i64(row0 + Tile::kBlockM, seq.sq);
-    mask = core::sequence_mask(p, seq);
-    key_begin = mask.tile_begin(row0, row_end);
-    key_end = mask.tile_end(row0, row_end);
-    first_key = key_begin / N * N;
-    num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + N - 1) / N) : 0;
-
-    const int warp = threadIdx.x / 32;
-    const fp32_detail::LaneRoles<Tile> roles(threadIdx.x % 32);
-    key_lane = roles.key_lane;
-    first_row = warp * Tile::kWarpRows + roles.row_lane;
-    p_slot = (warp * R + roles.row_lane) * TM;
-    dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
-    d_chunks = (dqk + 15) / 16;
-
-    mod.softcap = p.softcap;
-    mod.has_alibi = p.alibi_slopes != nullptr;
-    if (mod.has_alibi) mod.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
-    has_mod = mod.softcap > 0.0f || mod.has_alibi;
-    paged = p.kv_layout == core::KvLayout::kPaged;
-    k_key0 = paged ? 0 : core::key_offset(p, seq, p.k, b, 0) + kv_head * p.k.head_stride;
-    v_key0 = paged ? 0 : core::key_offset(p, seq, p.v, b, 0) + kv_head * p.v.head_stride;
-  }
-  __device__ __forceinline__ bool empty() const { return row0 >= seq.sq; }
-
-  // Key j's row in K or V (key0: k_key0 or v_key0), -1 outside the sequence or where a paged
-  // block_table entry is out of range (the row then reads zeros and is masked).
-  __device__ __forceinline__ int64_t key_row(const core::Operand& kv, int64_t key0, int64_t j) const {
+  // ---- loads: Q once, then K and V tiles ------------------------------------------------------
+  load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(qs, static_cast<const float*>(p.q.ptr), dqk, args.vector_io,
+                                                [&](int r) -> int64_t {
+                                                  const int64_t i = row0 + r;
+                                                  return i < row_end ? core::q_offset(p, seq, b, i, h) : -1;
+                                                });
+  if (p.rotary_dim > 0) rotate_query_rows<Tile>(qs, p, seq, row0, row_end);  // KV-cache calls only
+  // Batched, varlen and dense-cache K/V are linear in the key index: resolve key 0 once.
+  const int64_t k_key0 = paged ? 0 : core::key_offset(p, seq, p.k, b, 0) + kv_head * p.k.head_stride;
+  const int64_t v_key0 = paged ? 0 : core::key_offset(p, seq, p.v, b, 0) + kv_head * p.v.head_stride;
+  auto key_row = [&](const core::Operand& kv, int64_t key0, int64_t j) -> int64_t {
     if (j < seq.k_begin || j >= seq.k_end) return -1;
     if (!paged) return key0 + j * kv.row_stride;
     const int64_t offset = core::key_offset(p, seq, kv, b, j);
     return offset < 0 ? -1 : offset + kv_head * kv.head_stride;
+  };
+  const bool fast_copy = args.vector_io && !paged;
+  LinearTileCopy<Tile, N, Tile::kKPitch> k_copy(static_cast<const float*>(p.k.ptr), k_key0, first_key, p.k.row_stride,
+                                                dqk, ks);
+  LinearTileCopy<Tile, N, Tile::kVPitch> v_copy(static_cast<const float*>(p.v.ptr), v_key0, first_key, p.v.row_stride,
+                                                dv, vs);
+  auto load_k_tile = [&](int kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    if (fast_copy) return k_copy.copy(n0, seq.k_begin, seq.k_end);
+    load_rows<Tile, N, Tile::kKPitch>(ks, static_cast<const float*>(p.k.ptr), dqk, args.vector_io,
+                                      [&](int r) { return key_row(p.k, k_key0, n0 + r); });
+  };
+  auto load_v_tile = [&](int kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    if (fast_copy) return v_copy.copy(n0, seq.k_begin, seq.k_end);
+    load_rows<Tile, N, Tile::kVPitch>(vs, static_cast<const float*>(p.v.ptr), dv, args.vector_io,
+                                      [&](int r) { return key_row(p.v, v_key0, n0 + r); });
+  };
+
+  float o[TM][CQ][4];
+  float row_max[TM], row_sum[TM];
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    row_max[r] = -INFINITY;
+    row_sum[r] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
   }
 
-  // The block's query rows into qs (cp.async, not yet committed), rotated for KV-cache calls.
-  __device__ __forceinline__ void load_q(float* qs, bool vector_io) const {
-    fp32_detail::load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(
-        qs, static_cast<const float*>(p.q.ptr), dqk, vector_io, [&](int r) -> int64_t {
-          const int64_t i = row0 + r;
-          return i < row_end ? core::q_offset(p, seq, b, i, h) : -1;
-        });
-    if (p.rotary_dim > 0) fp32_detail::rotate_query_rows<Tile>(qs, p, seq, row0, row_end);
-  }
+  if (num_tiles > 0) load_k_tile(0);
+  cp_async_commit();
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    const int64_t n0 = first_key + int64_t(kt) * N;
+    cp_async_wait<0>();  // K of tile kt (and Q) landed: this thread's copies ...
+    __syncthreads();     // ... and everyone's; V's buffer and P are free again
+    load_v_tile(kt);
+    cp_async_commit();
 
-  // The key tile at n0: scale, modifiers, mask (where needs_mask), online softmax in natural units;
-  // the probabilities go to P (key-major), o is rescaled where a row's max moved.
-  __device__ __forceinline__ void softmax_to_p(float (&s)[TM][TN], int64_t n0, bool needs_mask, float* ps,
-                                               float (&row_max)[TM], float (&row_sum)[TM],
-                                               float (&o)[TM][CQ][4]) const {
+    // ---- S = Q K^T ----------------------------------------------------------------------------
+    float s[TM][TN];
+    compute_scores<Tile>(s, qs + first_row * Tile::kQPitch, ks + key_lane * Tile::kKPitch, d_chunks);
+
+    // ---- scale, modifiers, mask (boundary tiles only), online softmax in natural units --------
+    const bool mask_boundary = !mask.tile_unmasked(row0, row_end, n0, n0 + N);
+    const bool needs_mask = paged || mask_boundary;
 #pragma unroll
     for (int r = 0; r < TM; ++r)
 #pragma unroll
@@ -481,7 +453,7 @@ struct Fp32Block {
       float tile_max = -INFINITY;
 #pragma unroll
       for (int c = 0; c < TN; ++c) tile_max = fmaxf(tile_max, s[r][c]);
-      tile_max = fp32_detail::row_lanes_max<kKeyBits>(tile_max);
+      tile_max = row_lanes_max<kKeyBits>(tile_max);
       const float new_max = fmaxf(row_max[r], tile_max);
       factor[r] = row_max[r] == -INFINITY ? 0.0f : fast_exp2((row_max[r] - new_max) * kLog2e);
       rescale |= factor[r] != 1.0f;
@@ -500,7 +472,7 @@ struct Fp32Block {
       float column[TM];
 #pragma unroll
       for (int r = 0; r < TM; ++r) column[r] = s[r][c];
-      fp32_detail::store_floats(ps + (key_lane + G * c) * Tile::kPPitch + p_slot, column);
+      store_floats(ps + (key_lane + G * c) * Tile::kPPitch + p_slot, column);
     }
     // Late in a long row the max rarely moves: skip the rescale when no row of the warp moved.
     if (__any_sync(0xffffffffu, rescale)) {
@@ -511,265 +483,58 @@ struct Fp32Block {
 #pragma unroll
           for (int e = 0; e < 4; ++e) o[r][j][e] *= factor[r];
     }
-  }
-
-  // O += P V over kKeys keys from key n (P and V at the thread's slot and column of that key). A
-  // tile the mask cuts gets one block-wide check of its V for Inf/NaN (every thread of the block
-  // calls this with the same mask_boundary); with one (rare), masked (row, key) pairs skip their
-  // FMA, as the reference sums allowed keys only.
-  template <int kKeys>
-  __device__ __forceinline__ void accumulate_values(float (&o)[TM][CQ][4], const float* p_keys, const float* v_keys,
-                                                    int64_t n, bool mask_boundary) const {
-    if (mask_boundary && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(
-                             reinterpret_cast<const unsigned char*>(v_keys - 4 * key_lane), kKeys * Tile::kVPitch * 4)) {
-      fp32_detail::accumulate_pv<Tile, kKeys>(o, p_keys, v_keys, [&](int r, int k) {
-        return mask.allowed(row0 + first_row + R * r, n + k);
-      });
-    } else {
-      fp32_detail::accumulate_pv<Tile, kKeys>(o, p_keys, v_keys, [](int, int) { return true; });
-    }
-  }
-
-  // Sinks, normalisation, LSE, store.
-  __device__ __forceinline__ void store(const float (&o)[TM][CQ][4], const float (&row_max)[TM],
-                                        const float (&row_sum)[TM], bool vector_io) const {
-    float* out = static_cast<float*>(p.out.mutable_ptr());
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      float sum = fp32_detail::row_lanes_sum<kKeyBits>(row_sum[r]);
-      float m = row_max[r];
-      float factor = 1.0f;
-      if (p.sinks != nullptr) {
-        const float sink = p.sinks[h];
-        const float new_max = fmaxf(m, sink);
-        factor = m == -INFINITY ? 0.0f : fast_exp2((m - new_max) * kLog2e);
-        sum = sum * factor + fast_exp2((sink - new_max) * kLog2e);
-        m = new_max;
-      }
-      // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
-      const float inv = sum > 0.0f ? factor / sum : (sum == 0.0f ? 0.0f : sum);
-      const int64_t i = row0 + first_row + R * r;
-      if (i >= row_end) continue;
-      if (p.lse != nullptr && key_lane == 0)
-        p.lse[core::lse_offset(p, seq, b, i, h)] = sum > 0.0f ? m + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
-      float* dst = out + core::out_offset(p, seq, b, i, h);
-#pragma unroll
-      for (int j = 0; j < CQ; ++j) {
-        const int col = 4 * key_lane + 4 * G * j;
-        const float4 v = make_float4(o[r][j][0] * inv, o[r][j][1] * inv, o[r][j][2] * inv, o[r][j][3] * inv);
-        if (vector_io && col < dv) {
-          *reinterpret_cast<float4*>(dst + col) = v;
-        } else {
-          const float e[4] = {v.x, v.y, v.z, v.w};
-          for (int k = 0; k < 4 && col + k < dv; ++k) dst[col + k] = e[k];
-        }
-      }
-    }
-  }
-};
-
-template <class Tile>
-__device__ __forceinline__ void clear_accumulators(float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4],
-                                                   float (&row_max)[Tile::kRowsPerThread],
-                                                   float (&row_sum)[Tile::kRowsPerThread]) {
-#pragma unroll
-  for (int r = 0; r < Tile::kRowsPerThread; ++r) {
-    row_max[r] = -INFINITY;
-    row_sum[r] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < Tile::kColQuads; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
-  }
-}
-
-template <class Tile>
-__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
-  using namespace fp32_detail;
-  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads, N = Tile::kBlockN;
-  extern __shared__ __align__(16) float smem_f[];
-  const core::Problem& p = args.p;
-  const Fp32Block<Tile> blk(args);
-  if (blk.empty()) return;
-
-  float* qs = smem_f;
-  float* ks = qs + Tile::kQFloats;
-  float* vs = ks + Tile::kKFloats;
-  float* ps = vs + Tile::kVFloats;
-
-  blk.load_q(qs, args.vector_io);
-  const bool fast_copy = args.vector_io && !blk.paged;
-  LinearTileCopy<Tile, N, Tile::kKPitch> k_copy(static_cast<const float*>(p.k.ptr), blk.k_key0, blk.first_key,
-                                                p.k.row_stride, blk.dqk, ks);
-  LinearTileCopy<Tile, N, Tile::kVPitch> v_copy(static_cast<const float*>(p.v.ptr), blk.v_key0, blk.first_key,
-                                                p.v.row_stride, blk.dv, vs);
-  auto load_k_tile = [&](int kt) {
-    const int64_t n0 = blk.first_key + int64_t(kt) * N;
-    if (fast_copy) return k_copy.copy(n0, blk.seq.k_begin, blk.seq.k_end);
-    load_rows<Tile, N, Tile::kKPitch>(ks, static_cast<const float*>(p.k.ptr), blk.dqk, args.vector_io,
-                                      [&](int r) { return blk.key_row(p.k, blk.k_key0, n0 + r); });
-  };
-  auto load_v_tile = [&](int kt) {
-    const int64_t n0 = blk.first_key + int64_t(kt) * N;
-    if (fast_copy) return v_copy.copy(n0, blk.seq.k_begin, blk.seq.k_end);
-    load_rows<Tile, N, Tile::kVPitch>(vs, static_cast<const float*>(p.v.ptr), blk.dv, args.vector_io,
-                                      [&](int r) { return blk.key_row(p.v, blk.v_key0, n0 + r); });
-  };
-
-  float o[TM][CQ][4], row_max[TM], row_sum[TM];
-  clear_accumulators<Tile>(o, row_max, row_sum);
-
-  if (blk.num_tiles > 0) load_k_tile(0);
-  cp_async_commit();
-  for (int kt = 0; kt < blk.num_tiles; ++kt) {
-    const int64_t n0 = blk.first_key + int64_t(kt) * N;
-    cp_async_wait<0>();  // K of tile kt (and Q) landed: this thread's copies ...
-    __syncthreads();     // ... and everyone's; V's buffer and P are free again
-    load_v_tile(kt);
-    cp_async_commit();
-
-    float s[TM][TN];
-#pragma unroll
-    for (int r = 0; r < TM; ++r)
-#pragma unroll
-      for (int c = 0; c < TN; ++c) s[r][c] = 0.0f;
-    accumulate_scores<Tile, Tile::kKPitch>(s, qs + blk.first_row * Tile::kQPitch, ks + blk.key_lane * Tile::kKPitch,
-                                           blk.d_chunks);
-    const bool mask_boundary = !blk.mask.tile_unmasked(blk.row0, blk.row_end, n0, n0 + N);
-    blk.softmax_to_p(s, n0, blk.paged || mask_boundary, ps, row_max, row_sum, o);
 
     cp_async_wait<0>();  // V of tile kt landed
     __syncthreads();     // P complete; K's buffer is free
-    if (kt + 1 < blk.num_tiles) load_k_tile(kt + 1);
+    if (kt + 1 < num_tiles) load_k_tile(kt + 1);
     cp_async_commit();
 
-    blk.template accumulate_values<N>(o, ps + blk.p_slot, vs + 4 * blk.key_lane, n0, mask_boundary);
-  }
-  cp_async_wait<0>();
-  blk.store(o, row_max, row_sum, args.vector_io);
-}
-
-// The sliced kernel (Fp32SlicedTile): each key tile is a sequence of pipeline steps, first its K
-// slices (S accumulated over kSliceDims head dims each, in increasing d, so every score is the same
-// fmaf chain as in fp32_forward_kernel), then, after the softmax, its V slices that hold live keys.
-// Where a tile's live keys [lo, hi) leave one half of it empty (the causal diagonal, a window's
-// edge), that half's scores, K rows and V slices are skipped. Each step waits for its stage,
-// passes one barrier, starts the copy of the step two ahead into the stage the previous step used,
-// and computes.
-template <class Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1) fp32_sliced_forward_kernel(const Fp32Args args) {
-  using namespace fp32_detail;
-  constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads, N = Tile::kBlockN;
-  constexpr int kSliceDims = Tile::kSliceDims, kSliceKeys = Tile::kSliceKeys, kHalf = N / 2;
-  extern __shared__ __align__(16) float smem_f[];
-  const core::Problem& p = args.p;
-  const Fp32Block<Tile> blk(args);
-  if (blk.empty()) return;
-
-  float* qs = smem_f;
-  float* ps = qs + Tile::kQFloats;
-  float* stages = ps + Tile::kPFloats;
-  const int k_slices = (blk.dqk + kSliceDims - 1) / kSliceDims;
-  const bool linear_io = args.vector_io && !blk.paged;
-
-  // A step: key tile `tile` (num_tiles: past the end), `slice` < k_slices a K slice, else V slice
-  // slice - k_slices; the tile's live keys [lo, hi), relative to its first key.
-  struct Step {
-    int tile, slice, lo, hi;
-  };
-  auto enter_tile = [&](Step& st, int kt) {
-    st.tile = kt, st.slice = 0;
-    const int64_t n0 = blk.first_key + int64_t(kt) * N;
-    st.lo = static_cast<int>(core::max_i64(blk.key_begin - n0, 0));
-    st.hi = static_cast<int>(core::min_i64(blk.key_end - n0, N));
-  };
-  auto advance = [&](Step& st) {
-    ++st.slice;
-    if (st.slice == k_slices) {
-      st.slice += st.lo / kSliceKeys;  // the first V slice with a live key
-    } else if (st.slice > k_slices && st.slice - k_slices >= (st.hi + kSliceKeys - 1) / kSliceKeys) {
-      enter_tile(st, st.tile + 1);
-    }
-  };
-  auto issue = [&](const Step& st, float* stage) {
-    if (st.tile >= blk.num_tiles) return;
-    const int64_t n0 = blk.first_key + int64_t(st.tile) * N;
-    if (st.slice < k_slices) {
-      const int col0 = st.slice * kSliceDims;
-      const bool lower = st.lo < kHalf, upper = st.hi > kHalf;
-      if (linear_io && n0 >= blk.seq.k_begin && n0 + N <= blk.seq.k_end && col0 + kSliceDims <= blk.dqk) {
-        copy_stage_linear<Tile, N, kSliceDims / 4, Tile::kKSlicePitch>(
-            stage, static_cast<const float*>(p.k.ptr) + blk.k_key0 + n0 * p.k.row_stride + col0, p.k.row_stride,
-            lower, upper);
-      } else {
-        copy_stage<Tile, N, kSliceDims / 4, Tile::kKSlicePitch>(
-            stage, static_cast<const float*>(p.k.ptr), n0, lower, upper, col0, blk.dqk, args.vector_io,
-            [&](int64_t j) { return blk.key_row(p.k, blk.k_key0, j); });
-      }
+    // ---- O += P V -----------------------------------------------------------------------------
+    // Tiles the mask cuts: one block-wide check of V for Inf/NaN; with one (rare), masked
+    // (row, key) pairs skip their FMA (accumulate_pv), as the reference sums allowed keys only.
+    if (mask_boundary && block_tile_has_nonfinite<kFloatExponentBits, Tile::kThreads>(
+                          reinterpret_cast<const unsigned char*>(vs), Tile::kVFloats * 4)) {
+      accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane,
+                          [&](int r, int n) { return mask.allowed(row0 + first_row + R * r, n0 + n); });
     } else {
-      const int64_t j0 = n0 + int64_t(st.slice - k_slices) * kSliceKeys;
-      if (linear_io && j0 >= blk.seq.k_begin && j0 + kSliceKeys <= blk.seq.k_end && blk.dv == Tile::kHeadDim) {
-        copy_stage_linear<Tile, kSliceKeys, Tile::kHeadDim / 4, Tile::kVPitch>(
-            stage, static_cast<const float*>(p.v.ptr) + blk.v_key0 + j0 * p.v.row_stride, p.v.row_stride, true, true);
-      } else {
-        copy_stage<Tile, kSliceKeys, Tile::kHeadDim / 4, Tile::kVPitch>(
-            stage, static_cast<const float*>(p.v.ptr), j0, true, true, 0, blk.dv, args.vector_io,
-            [&](int64_t j) { return blk.key_row(p.v, blk.v_key0, j); });
-      }
-    }
-  };
-
-  float o[TM][CQ][4], row_max[TM], row_sum[TM];
-  clear_accumulators<Tile>(o, row_max, row_sum);
-  float s[TM][TN];
-
-  blk.load_q(qs, args.vector_io);  // committed with the first stage
-  Step load{}, step{};
-  enter_tile(load, 0);
-  enter_tile(step, 0);
-  for (int ahead = 0; ahead < Tile::kStages - 1; ++ahead) {
-    issue(load, stages + ahead * Tile::kStageFloats);
-    cp_async_commit();
-    advance(load);
-  }
-  for (int n = 0; step.tile < blk.num_tiles; ++n, advance(step)) {
-    cp_async_wait<Tile::kStages - 2>();  // this step's stage landed: this thread's copies ...
-    __syncthreads();  // ... and everyone's; the previous step's stage (and, after a tile's K, P) is free
-    issue(load, stages + (n + Tile::kStages - 1) % Tile::kStages * Tile::kStageFloats);
-    cp_async_commit();
-    advance(load);
-
-    const float* stage = stages + n % Tile::kStages * Tile::kStageFloats;
-    const int64_t n0 = blk.first_key + int64_t(step.tile) * N;
-    const bool mask_boundary = !blk.mask.tile_unmasked(blk.row0, blk.row_end, n0, n0 + N);
-    if (step.slice < k_slices) {
-      // ---- S += Q K^T over this slice's head dims ------------------------------------------------
-      if (step.slice == 0) {
-#pragma unroll
-        for (int r = 0; r < TM; ++r)
-#pragma unroll
-          for (int c = 0; c < TN; ++c) s[r][c] = 0.0f;
-      }
-      const int chunks = static_cast<int>(core::min_i64(kSliceDims / 16, blk.d_chunks - step.slice * (kSliceDims / 16)));
-      const float* q = qs + blk.first_row * Tile::kQPitch + step.slice * kSliceDims;
-      const float* k = stage + blk.key_lane * Tile::kKSlicePitch;
-      if (step.lo < kHalf && step.hi > kHalf) {
-        accumulate_scores<Tile, Tile::kKSlicePitch>(s, q, k, chunks);
-      } else if (step.lo < kHalf) {
-        accumulate_scores<Tile, Tile::kKSlicePitch, 0, TN / 2>(s, q, k, chunks);
-      } else {
-        accumulate_scores<Tile, Tile::kKSlicePitch, TN / 2, TN / 2>(s, q, k, chunks);
-      }
-      // ---- after the last slice: softmax into P (the next step's barrier publishes it) ----------
-      // The skipped half's scores stay 0 here and are masked: its keys lie outside [lo, hi).
-      if (step.slice == k_slices - 1) blk.softmax_to_p(s, n0, blk.paged || mask_boundary, ps, row_max, row_sum, o);
-    } else {
-      // ---- O += P V over this slice's keys -----------------------------------------------------
-      const int key = (step.slice - k_slices) * kSliceKeys;
-      blk.template accumulate_values<kSliceKeys>(o, ps + key * Tile::kPPitch + blk.p_slot, stage + 4 * blk.key_lane,
-                                                 n0 + key, mask_boundary);
+      accumulate_pv<Tile>(o, ps + p_slot, vs + 4 * key_lane, [](int, int) { return true; });
     }
   }
   cp_async_wait<0>();
-  blk.store(o, row_max, row_sum, args.vector_io);
+
+  // ---- sinks, normalisation, LSE, store ---------------------------------------------------------
+  float* out = static_cast<float*>(p.out.mutable_ptr());
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    float sum = row_lanes_sum<kKeyBits>(row_sum[r]);
+    float m = row_max[r];
+    float factor = 1.0f;
+    if (p.sinks != nullptr) {
+      const float sink = p.sinks[h];
+      const float new_max = fmaxf(m, sink);
+      factor = m == -INFINITY ? 0.0f : fast_exp2((m - new_max) * kLog2e);
+      sum = sum * factor + fast_exp2((sink - new_max) * kLog2e);
+      m = new_max;
+    }
+    // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
+    const float inv = sum > 0.0f ? factor / sum : (sum == 0.0f ? 0.0f : sum);
+    const int64_t i = row0 + first_row + R * r;
+    if (i >= row_end) continue;
+    if (p.lse != nullptr && key_lane == 0)
+      p.lse[core::lse_offset(p, seq, b, i, h)] = sum > 0.0f ? m + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
+    float* dst = out + core::out_offset(p, seq, b, i, h);
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) {
+      const int col = 4 * key_lane + 4 * G * j;
+      const float4 v = make_float4(o[r][j][0] * inv, o[r][j][1] * inv, o[r][j][2] * inv, o[r][j][3] * inv);
+      if (args.vector_io && col < dv) {
+        *reinterpret_cast<float4*>(dst + col) = v;
+      } else {
+        const float e[4] = {v.x, v.y, v.z, v.w};
+        for (int k = 0; k < 4 && col + k < dv; ++k) dst[col + k] = e[k];
+      }
+    }
+  }
 }
 
 // The device's shared memory per block (opt-in maximum), for choosing among built shapes.
@@ -783,10 +548,7 @@ inline int max_shared_memory_per_block() {
 
 template <class Tile>
 void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
-  const auto kernel = [] {
-    if constexpr (Tile::kSliced) return fp32_sliced_forward_kernel<Tile>;
-    else return fp32_forward_kernel<Tile>;
-  }();
+  const auto kernel = fp32_forward_kernel<Tile>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
   require_shared_memory(configured, Tile::kSmemBytes, "fp32_forward_kernel");

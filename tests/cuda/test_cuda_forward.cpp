@@ -483,10 +483,10 @@ TEST(CudaForward, Fp32TileShapes) {
   }
 }
 
-// Head dim 256 in fp32 runs the sliced kernel (128-key tiles, K and V through a ring of slices) on
-// GPUs with 199 KB of shared memory per block: every K/V source and the tiles whose live keys
-// fill one half only (causal diagonals, window edges, sequences ending inside a tile).
-TEST(CudaForward, Fp32SlicedTileSources) {
+// Head dim 256 in fp32 (cuda-fp32's 64-row tile, or its 32-key fallback where a block has less than
+// 210 KB): every K/V source, including the unaligned copies' general path, and key ranges that
+// start or end inside a key tile (causal diagonals, window edges, varlen lengths around 64 and 128).
+TEST(CudaForward, Fp32HeadDim256Sources) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   auto run = [](AttnConfig config) {
     config.dtype = DType::kFloat32;
@@ -509,7 +509,7 @@ TEST(CudaForward, Fp32SlicedTileSources) {
     c.seed = seed++;
     run(c);
   }
-  {  // varlen with empty sequences and lengths on both sides of a 128-key tile's halves
+  {  // varlen with empty sequences and lengths on both sides of 64 and 128
     AttnConfig c;
     c.layout = Layout::kVarlen;
     c.batch = 5;

@@ -615,8 +615,8 @@ TEST(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
-// Head dim 256: the sliced fp32 kernel with left padding (the first live key inside a tile) and
-// rotary queries, dense and paged.
+// Head dim 256 on cuda-fp32 with left padding (the first live key inside a key tile) and rotary
+// queries, dense and paged.
 TEST(DecodeKvcacheFp32, HeadDim256LeftpadRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
