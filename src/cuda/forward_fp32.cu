@@ -7,7 +7,7 @@ namespace flashsdpa::cuda {
 namespace {
 
 // Fp32Tile<head dim, rows per thread, lanes per row, keys per tile, blocks per SM, paired lanes,
-// pipelined scores>; all 256 threads.
+// pipelined scores, score chunks per loop iteration>; all 256 threads.
 // Shared memory: Q and K rows padded by 4 floats, V unpadded, P transposed (docs/perf-log.md,
 // "fp32 tier v3", has the counts and the measured alternatives).
 // Measured on an H100 (bench --sweep-fp32, 16k tokens, S 4k / 16k): see the notes per shape.
@@ -21,8 +21,10 @@ using Fp32TileD64 = Fp32Tile<64, 4, 8, 64, 2>;
 // (42.5 / 42.7; 8 x 4 scores and 8 x 8 outputs 41.3 / 41.6).
 using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1, true, true>;
 // hd 256: 64 rows, 4 x 4 scores and 4 x 16 outputs per thread; 64-key tiles need 210 KB (sm_90),
-// 32-key tiles 138 KB where a block may have less (36.0 / 36.0 against 32.0 / 32.2).
-using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true>;
+// 32-key tiles 138 KB where a block may have less (36.0 / 36.0 against 32.0 / 32.2). Two score
+// chunks per iteration: +0.8-1.2% on an H100 (39.6 / 40.6 / 40.8 against 39.3 / 40.1 / 40.4 at
+// S 1k / 4k / 16k, non-causal).
+using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true, 2>;
 using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
 }  // namespace

@@ -48,7 +48,7 @@ struct Fp32Args {
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
-          bool kPairedLanes_ = true, bool kPipelinedScores_ = false>
+          bool kPairedLanes_ = true, bool kPipelinedScores_ = false, int kScoreChunkUnroll_ = 1>
 struct Fp32Tile {
   static constexpr int kHeadDim = kHeadDim_;  // Dqk and Dv padded to this
   static constexpr int kThreads = 256;
@@ -61,6 +61,8 @@ struct Fp32Tile {
   // S's operands for the next 4 head dims are loaded before this step's FMAs, into registers of
   // their own, so their shared-memory latency overlaps the FMAs (4 x TM + 4 x TN more registers).
   static constexpr bool kPipelinedScores = kPipelinedScores_;
+  // 16-dim chunks of S per loop iteration: 2 gives the scheduler the next chunk's loads to hoist.
+  static constexpr int kScoreChunkUnroll = kScoreChunkUnroll_;
 
   static constexpr int kRowLanes = 32 / kThreadsPerRow;  // R: row groups per warp
   static constexpr int kWarpRows = kRowLanes * kRowsPerThread;
@@ -202,6 +204,8 @@ __device__ __forceinline__ void compute_scores(float (&s)[Tile::kRowsPerThread][
     for (int c = 0; c < TN; ++c) s[r][c] = 0.0f;
   float4 q_next[TM], k_next[TN];
   if constexpr (Tile::kPipelinedScores) load(q_next, k_next, 0);
+  constexpr int kChunkUnroll = Tile::kScoreChunkUnroll;
+#pragma unroll kChunkUnroll
   for (int chunk = 0; chunk < d_chunks; ++chunk, q += 16, k += 16) {
 #pragma unroll
     for (int d = 0; d < 16; d += 4) {
