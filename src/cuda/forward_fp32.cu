@@ -14,9 +14,9 @@ namespace {
 // hd 64: 128 rows x 64 keys, 4 x 8 scores and 4 x 8 outputs per thread, 99 KB: two blocks per SM
 // (39.0 / 39.2 TFLOP/s; one block per SM 38.3 / 38.6).
 using Fp32TileD64 = Fp32Tile<64, 4, 8, 64, 2>;
-// Pipelined scores (S's next operands loaded before this step's FMAs): +1.7-2.0% at hd 128 and
-// +1.0% at hd 256 on an H200 (bit-identical outputs); at hd 64 the 128-register limit of two blocks
-// per SM turns them into spills (-18%), so hd 64 loads in step.
+// Pipelined scores (S's next operands loaded before this step's FMAs): +1.7-1.9% at hd 128 and
+// +1.3-1.6% at hd 256 on an H100 (bit-identical outputs); at hd 64 the 128-register limit of two
+// blocks per SM turns them into spills (-18% on an H200), so hd 64 loads in step.
 // hd 128: 128 rows x 64 keys, 4 x 8 scores and 4 x 16 outputs per thread, 163 KB (sm_80's limit)
 // (42.5 / 42.7; 8 x 4 scores and 8 x 8 outputs 41.3 / 41.6).
 using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1, true, true>;
