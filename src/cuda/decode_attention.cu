@@ -382,9 +382,9 @@ struct PagedChunk {
 // Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
 // key0 + l (block table included) once; keys outside [key_begin, key_end) or whose block is out
 // of range read nothing and land as zeros, and the returned bit mask says which keys are real.
-// K/V are read once: the copies mark their L2 lines evict-first and ask L2 for whole 256-byte
-// rows (one head's key row at head dim 128); together 2-16% faster at every measured shape than
-// plain cp.async (docs/perf-log.md, CUDA decode, run 4), while the 256-byte hint alone was not.
+// K/V are read once: the copies mark their L2 lines evict-first and give L2 a fetch size; together
+// 2-16% faster at every measured shape than plain cp.async (docs/perf-log.md, CUDA decode, run 4),
+// while the fetch-size hint alone was not. 128-byte fetches since run 13 (decode_common.h).
 template <class E, int kHeadDim>
 __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, const PagedChunk& page,
                                   typename E::T* k_dst, typename E::T* v_dst, int lane) {

@@ -38,10 +38,11 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   return policy;
 }
 
-// cp.async of 16 bytes (src_bytes < 16 zero-fills the rest) with an L2 policy and a 256-byte L2
-// fetch: for K/V rows read once.
+// cp.async of 16 bytes (src_bytes < 16 zero-fills the rest) with an L2 policy and a 128-byte L2
+// fetch: for K/V rows read once. Fetch size on an H100 (us per call, B 1 x 32k / B 8 x 8k / B 64 x
+// 16k, dense): 128 B 52.6 / 97.8 / 1451, 256 B 52.5 / 99.5 / 1451, none 53.6 / 100.6 / 1484.
 __device__ __forceinline__ void cp_async_16_streaming(uint32_t dst, const void* src, int src_bytes, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
                "r"(src_bytes), "l"(policy));
 }
 
