@@ -21,12 +21,14 @@ namespace {
 
 const std::vector<DType> kAllDtypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32};
 
-void expect_passes(AttnConfig config) {
-  for (DType dtype : kAllDtypes) {
-    config.dtype = dtype;
-    AttnCase c(config);
-    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
-  }
+void expect_passes_as(AttnConfig config, DType dtype) {
+  config.dtype = dtype;
+  AttnCase c(config);
+  EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
+}
+
+void expect_passes(const AttnConfig& config) {
+  for (DType dtype : kAllDtypes) expect_passes_as(config, dtype);
 }
 
 AttnConfig batched(int64_t sq, int64_t sk, int64_t hq, int64_t hkv, int64_t dqk, int64_t dv) {
@@ -471,14 +473,12 @@ TEST(CudaForward, Fp32TileShapes) {
   for (const Shape& shape : shapes) {
     for (bool causal : {false, true}) {
       AttnConfig config = batched(300, 333, 2, 1, shape.dqk, shape.dv);
-      config.dtype = DType::kFloat32;
       config.padded_strides = shape.padded_strides;
       config.q_stddev = shape.q_stddev;
       config.causal = causal;
       config.sinks = causal;
       config.seed = seed++;
-      AttnCase c(config);
-      EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
+      expect_passes_as(config, DType::kFloat32);
     }
   }
 }
@@ -488,11 +488,7 @@ TEST(CudaForward, Fp32TileShapes) {
 // start or end inside a key tile (causal diagonals, window edges, varlen lengths around 64 and 128).
 TEST(CudaForward, Fp32HeadDim256Sources) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
-  auto run = [](AttnConfig config) {
-    config.dtype = DType::kFloat32;
-    AttnCase c(config);
-    EXPECT_EQ(check_forward_cuda(c, tier_for(c)), "") << config.describe();
-  };
+  auto run = [](const AttnConfig& config) { expect_passes_as(config, DType::kFloat32); };
   uint64_t seed = 1600;
   for (int64_t block_size : {1, 16, 256}) {  // paged, query rows varlen
     AttnConfig c;
