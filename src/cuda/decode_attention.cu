@@ -68,17 +68,31 @@ struct Tile {
   // memory per chunk (16 ldmatrix per 16 KB of K/V: noise).
   static constexpr bool kQInRegisters = kHeadDim <= 128;
   static constexpr int kQFragments = kQInRegisters ? kHeadDim / 16 : 1;
-  // Row pitch in elements: 16 extra bytes put the 8 rows of every ldmatrix 8x8 block on distinct
-  // 16-byte bank groups (a 2^k-byte pitch would put them all on one).
-  static constexpr int kPitch = kHeadDim + 8;
+  // Q's row pitch in elements: 16 extra bytes put the 8 rows of every ldmatrix 8x8 block on
+  // distinct 16-byte bank groups (a 2^k-byte pitch would put them all on one). K/V stage rows have
+  // no pad and swizzled pieces instead (kv_offset): a padded stage row starts 16 x k bytes into a
+  // 128-byte line, and the copies then ask L2 for 9 sectors per 8 delivered (docs/perf-log.md,
+  // CUDA decode, run 13).
+  static constexpr int kQPitch = kHeadDim + 8;
   static constexpr int kPieces = kHeadDim / 8;                 // 16-byte pieces per row
   static constexpr int kCopiesPerLane = kChunk * kPieces / 32;  // cp.async per lane per chunk, K or V
-  static constexpr int kChunkElems = kChunk * kPitch;
-  static constexpr size_t kQBytes = size_t(kRows) * kPitch * 2;
+  static constexpr int kChunkElems = kChunk * kHeadDim;
+  static constexpr size_t kQBytes = size_t(kRows) * kQPitch * 2;
   static constexpr size_t kStageBytes = 2 * size_t(kChunkElems) * 2;  // K and V chunks, 16-bit elements
   static constexpr int kOPitch = kHeadDim + 4;  // fp32 O rows of the merge
   static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
+  static_assert(kPieces % 8 == 0, "the swizzle permutes the 8 pieces of each 128-byte line");
+  static_assert(kQBytes % 128 == 0, "stages start on 128-byte lines");
 };
+
+// Element offset of (row, d) in a K or V stage chunk: rows of kHeadDim elements, 16-byte piece
+// d / 8 of row r stored at piece (d / 8) ^ (r % 8). Each 128-byte line of a row stays one line (so
+// a warp's copy of it is one L2 request), and the 8 rows an ldmatrix reads at one logical piece
+// fall on 8 distinct 16-byte bank groups.
+template <int kHeadDim>
+__device__ __forceinline__ int kv_offset(int row, int d) {
+  return row * kHeadDim + ((((d >> 3) ^ (row & 7))) << 3) + (d & 7);
+}
 
 // Shared memory of a CTA of kWarps warps: the query tile, each warp's pipeline, the valid-key
 // masks. After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum
@@ -217,7 +231,7 @@ __device__ RowInfo row_info(const Args& a, const CtaWork& w, int r) {
 template <int kHeadDim, typename T>
 __device__ __forceinline__ void query_fragment(const T* q_tile, int kk, int lane, uint32_t (&a)[4]) {
   const int row = lane % 8 + 8 * ((lane / 8) % 2), col = 8 * (lane / 16);
-  ldmatrix_x4(a, smem_address(q_tile + row * Tile<kHeadDim>::kPitch + kk * 16 + col));
+  ldmatrix_x4(a, smem_address(q_tile + row * Tile<kHeadDim>::kQPitch + kk * 16 + col));
 }
 
 // Element pair t of a query row: the rotary pairs first (core::rotary_pair), then the dims past
@@ -327,8 +341,8 @@ __device__ void store_query(const Args& a, const QueryPairs<kHeadDim, kWarps>& q
     const bool rotated = t < rotary_dim / 2 && q.rotated;
     const float y0 = rotated ? q.x0[n] * q.cos_t[n] - q.x1[n] * q.sin_t[n] : q.x0[n];
     const float y1 = rotated ? q.x0[n] * q.sin_t[n] + q.x1[n] * q.cos_t[n] : q.x1[n];
-    q_tile[r * Cfg::kPitch + d0] = from_float<T>(y0);
-    q_tile[r * Cfg::kPitch + d1] = from_float<T>(y1);
+    q_tile[r * Cfg::kQPitch + d0] = from_float<T>(y0);
+    q_tile[r * Cfg::kQPitch + d1] = from_float<T>(y1);
   }
   __syncthreads();
   if constexpr (Cfg::kQInRegisters) {
@@ -364,8 +378,8 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
     const Piece<kHeadDim> piece(c, lane);
     const int64_t k_src = __shfl_sync(0xffffffffu, k_base, piece.key);
     const int64_t v_src = __shfl_sync(0xffffffffu, v_base, piece.key);
-    T* kd = k_dst + piece.key * Cfg::kPitch + piece.d;
-    T* vd = v_dst + piece.key * Cfg::kPitch + piece.d;
+    T* kd = k_dst + kv_offset<kHeadDim>(piece.key, piece.d);
+    T* vd = v_dst + kv_offset<kHeadDim>(piece.key, piece.d);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       kd[e] = (k_src >= 0 && piece.d + e < dqk) ? k[k_src + piece.d + e] : from_float<T>(0.0f);
@@ -413,9 +427,9 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
       for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
         const Piece<kHeadDim> piece(c, lane);
         const bool k_ok = piece.d < p.head_dim_qk, v_ok = piece.d < p.head_dim_v;
-        cp_async_16_streaming(smem_address(k_dst + piece.key * Cfg::kPitch + piece.d),
+        cp_async_16_streaming(smem_address(k_dst + kv_offset<kHeadDim>(piece.key, piece.d)),
                               k_ok ? k_chunk + piece.key * p.k.row_stride + piece.d : k, k_ok ? 16 : 0, policy);
-        cp_async_16_streaming(smem_address(v_dst + piece.key * Cfg::kPitch + piece.d),
+        cp_async_16_streaming(smem_address(v_dst + kv_offset<kHeadDim>(piece.key, piece.d)),
                               v_ok ? v_chunk + piece.key * p.v.row_stride + piece.d : v, v_ok ? 16 : 0, policy);
       }
       return (1u << kChunk) - 1;
@@ -443,9 +457,9 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
     const int64_t k_src = __shfl_sync(0xffffffffu, k_base, piece.key);
     const int64_t v_src = __shfl_sync(0xffffffffu, v_base, piece.key);
     const bool k_ok = k_src >= 0 && piece.d < p.head_dim_qk, v_ok = v_src >= 0 && piece.d < p.head_dim_v;
-    cp_async_16_streaming(smem_address(k_dst + piece.key * Cfg::kPitch + piece.d), k_ok ? k + k_src + piece.d : k,
+    cp_async_16_streaming(smem_address(k_dst + kv_offset<kHeadDim>(piece.key, piece.d)), k_ok ? k + k_src + piece.d : k,
                           k_ok ? 16 : 0, policy);
-    cp_async_16_streaming(smem_address(v_dst + piece.key * Cfg::kPitch + piece.d), v_ok ? v + v_src + piece.d : v,
+    cp_async_16_streaming(smem_address(v_dst + kv_offset<kHeadDim>(piece.key, piece.d)), v_ok ? v + v_src + piece.d : v,
                           v_ok ? 16 : 0, policy);
   }
   return valid;
@@ -517,7 +531,7 @@ __device__ void chunk_scores(const Args& a, const uint32_t (&q_frag)[Tile<kHeadD
     } else {
       query_fragment<kHeadDim>(q_tile, kk, lane, qa);
     }
-    ldmatrix_x4(kb, smem_address(k_tile + key * Cfg::kPitch + kk * 16 + col));
+    ldmatrix_x4(kb, smem_address(k_tile + kv_offset<kHeadDim>(key, kk * 16 + col)));
     mma_16816<E>(s[0], qa, kb[0], kb[1]);
     mma_16816<E>(s[1], qa, kb[2], kb[3]);
   }
@@ -569,10 +583,10 @@ __device__ void accumulate_edge_keys(WarpState<kHeadDim>& st, const float (&p)[2
     const int64_t j = key0 + c;
     const bool sees0 = j >= rows[0].key_begin && j < rows[0].key_end;
     const bool sees1 = j >= rows[1].key_begin && j < rows[1].key_end;
-    const T* v_row = v_tile + c * Cfg::kPitch + 2 * t;
 #pragma unroll
     for (int n = 0; n < kHeadDim / 8; ++n) {
-      const float v0 = to_float(v_row[n * 8]), v1 = to_float(v_row[n * 8 + 1]);
+      const T* v_pair = v_tile + kv_offset<kHeadDim>(c, n * 8 + 2 * t);
+      const float v0 = to_float(v_pair[0]), v1 = to_float(v_pair[1]);
       if (sees0) {
         st.o[n][0] = fmaf(p0, v0, st.o[n][0]);
         st.o[n][1] = fmaf(p0, v1, st.o[n][1]);
@@ -588,7 +602,7 @@ __device__ void accumulate_edge_keys(WarpState<kHeadDim>& st, const float (&p)[2
   for (int idx = lane; idx < kChunk * Cfg::kPieces; idx += 32) {
     const int key = idx / Cfg::kPieces;
     if ((edge >> key) & 1u)
-      *reinterpret_cast<uint4*>(v_tile + key * Cfg::kPitch + (idx % Cfg::kPieces) * 8) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(v_tile + kv_offset<kHeadDim>(key, (idx % Cfg::kPieces) * 8)) = make_uint4(0, 0, 0, 0);
   }
   __syncwarp();
 }
@@ -636,7 +650,7 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 #pragma unroll
   for (int nb = 0; nb < kHeadDim / 16; ++nb) {
     uint32_t vb[4];
-    ldmatrix_x4_trans(vb, smem_address(v_tile + key * Cfg::kPitch + nb * 16 + col));
+    ldmatrix_x4_trans(vb, smem_address(v_tile + kv_offset<kHeadDim>(key, nb * 16 + col)));
     mma_16816<E>(st.o[2 * nb], p_frag, vb[0], vb[1]);
     mma_16816<E>(st.o[2 * nb + 1], p_frag, vb[2], vb[3]);
   }
@@ -745,7 +759,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
   const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // 128: the stages' lines (kv_offset)
   T* q_tile = reinterpret_cast<T*>(smem);
   unsigned char* pipeline = smem + Cfg::kQBytes;
   uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Smem::kPipelineBytes);
