@@ -33,6 +33,7 @@
 #include "cuda/decode_common.h"
 #include "cuda/decode_launch.h"
 #include "cuda/decode_tier.h"
+#include "cuda/device_resources.h"
 
 namespace flashsdpa::cuda {
 namespace decode {
@@ -731,21 +732,10 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
 
 // ---- the kernels --------------------------------------------------------------------------------
 
-// Programmatic dependent launch (sm_90): each kernel of a decode call is launched while the one
-// before it is still running and waits on the device before reading anything, which hides the
-// launch latency (a few us, several percent of a 50 us decode step). The attention kernel lets
-// the combine (or the next call) launch once its main loop is done. Elsewhere these are no-ops and launches
-// serialise as usual.
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_primary_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
+// Each kernel of a decode call is launched while the one before it is still running and waits
+// on the device (wait_for_primary_grid) before reading anything, which hides the launch latency
+// (a few us, several percent of a 50 us decode step). The attention kernel lets the combine (or
+// the next call) launch once its main loop is done (allow_dependent_launch).
 
 template <class E, int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const Args a) {
@@ -974,15 +964,6 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const A
 
 // ---- host side ----------------------------------------------------------------------------------
 
-constexpr int kMaxDevices = 64;
-
-int current_device() {
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  if (device < 0 || device >= kMaxDevices) throw RuntimeError("cuda-decode: device ordinal out of range");
-  return device;
-}
-
 // CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM), or
 // 0 when its shared memory exceeds what a CTA may have on this device (the 8-warp CTA off
 // Hopper). Also raises the kernel's dynamic shared-memory limit, once per device.
@@ -1013,26 +994,6 @@ int resident_ctas(int device) {
   return std::max(resident[device], 0);
 }
 
-// Split scratch comes from a stream-ordered pool of its own that keeps freed memory (a decode
-// step allocates the same few MB every call; returning them to the driver would cost more than
-// the kernel).
-cudaMemPool_t scratch_pool(int device) {
-  static std::mutex mutex;
-  static cudaMemPool_t pools[kMaxDevices] = {};
-  std::lock_guard<std::mutex> lock(mutex);
-  if (pools[device] == nullptr) {
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = device;
-    check_cuda(cudaMemPoolCreate(&pools[device], &props), "cudaMemPoolCreate");
-    uint64_t keep = UINT64_MAX;
-    check_cuda(cudaMemPoolSetAttribute(pools[device], cudaMemPoolAttrReleaseThreshold, &keep),
-               "cudaMemPoolSetAttribute");
-  }
-  return pools[device];
-}
-
 // Minimum keys per split: below ~256 keys (128 KB of K/V at head dim 128) the partial write and
 // the combine cost more than the extra parallelism brings.
 constexpr int64_t kMinKeysPerSplit = 256;
@@ -1055,22 +1016,12 @@ int choose_splits(int64_t work, int64_t max_keys, int resident) {
   return 1;
 }
 
-// Launches with programmatic dependent launch: the kernel may start while the previous one on
-// the stream drains and waits for it on the device (griddepcontrol.wait), which hides the
-// launch latency between the steps of a decode call.
+// Launches with programmatic dependent launch (device_utils.cuh): the kernel may start while the
+// previous one on the stream drains and waits for it on the device, which hides the launch latency
+// between the steps of a decode call.
 void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream, const Args& a,
                        const char* what) {
-  cudaLaunchAttribute overlap[1];
-  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = overlap;
-  config.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, a), what);
+  check_cuda(launch_programmatic(kernel, grid, threads, smem, stream, a), what);
 }
 
 DecodeDebug g_debug;

@@ -75,6 +75,40 @@ struct Float32 {
   static __device__ __forceinline__ float to_float(uint32_t bits) { return __uint_as_float(bits); }
 };
 
+// ---- programmatic dependent launch ---------------------------------------------------------------
+
+// sm_90: a kernel launched with programmatic stream serialization (cudaLaunchKernelEx) may start
+// once every block of the kernel before it has called allow_dependent_launch (or exited), and
+// wait_for_primary_grid waits until that kernel has completed and its writes are visible. Elsewhere
+// both are no-ops and launches serialise as usual.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_primary_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Launches `kernel` with programmatic stream serialization (see above).
+template <class Args>
+inline cudaError_t launch_programmatic(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                                       const Args& args) {
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = overlap;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args);
+}
+
 // ---- shared memory and asynchronous copies ------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {

@@ -36,13 +36,13 @@ void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_g
   args.order_groups = order_groups;
   const int64_t d = p.head_dim_qk > p.head_dim_v ? p.head_dim_qk : p.head_dim_v;
   if (d <= 64) {
-    launch_fp32_tile<Fp32TileD64>(args, stream);
+    launch_fp32_tile<Fp32TileD64, false>(args, stream);
   } else if (d <= 128) {
-    launch_fp32_tile<Fp32TileD128>(args, stream);
+    launch_fp32_tile<Fp32TileD128, false>(args, stream);
   } else if (Fp32TileD256::kSmemBytes <= max_shared_memory_per_block()) {
-    launch_fp32_tile<Fp32TileD256>(args, stream);
+    launch_fp32_tile<Fp32TileD256, true>(args, stream);
   } else {
-    launch_fp32_tile<Fp32TileD256Small>(args, stream);
+    launch_fp32_tile<Fp32TileD256Small, false>(args, stream);
   }
 }
 

@@ -29,13 +29,17 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <mutex>
 
 #include "core/mask.h"
 #include "core/problem.h"
 #include "core/rotary.h"
 #include "core/sequence.h"
 #include "cuda/block_order.h"
+#include "cuda/device_resources.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/key_split.h"
 
 namespace flashsdpa::cuda {
 
@@ -45,6 +49,13 @@ struct Fp32Args {
   // Causal masks and windows with a right edge: longest query tiles first across the grid, in this
   // many L2-sized groups (block_order.h, as the tensor-core tiers); 0: the grid's order.
   int64_t order_groups;
+  // Key-split launch (key_split.h; split.blocks == 0: one item per block of a (tiles, heads,
+  // batch) grid): query tiles per sequence, the pieces' partials ([2 * blocks] slots of
+  // Tile::kStateFloats per thread) and one merge counter per block, zeroed before the launch.
+  KeySplitSchedule split;
+  uint32_t q_tiles = 0;
+  float* split_partials = nullptr;
+  uint32_t* split_counters = nullptr;
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
@@ -78,12 +89,15 @@ struct Fp32Tile {
   static constexpr int kVFloats = kBlockN * kVPitch;
   static constexpr int kPFloats = kBlockN * kPPitch;
   static constexpr int kSmemBytes = (kQFloats + kKFloats + kVFloats + kPFloats) * 4;
+  // A thread's softmax state (row max, row sum, O), as a key-split piece leaves it in scratch.
+  static constexpr int kStateFloats = 2 * kRowsPerThread + kRowsPerThread * kColQuads * 4;
 
   static_assert(kThreadsPerRow == 8 || kThreadsPerRow == 16, "2 or 4 row groups per warp");
   static_assert(kRowsPerThread == 2 || kRowsPerThread % 4 == 0, "P is read as float2 or float4s");
   static_assert(kBlockN % kThreadsPerRow == 0, "whole keys per thread");
   static_assert(kHeadDim % (4 * kThreadsPerRow) == 0, "whole float4 output columns per thread");
   static_assert(kHeadDim % 16 == 0, "the score loop steps 16 head dims at a time");
+  static_assert(kStateFloats % 4 == 0, "the state moves as float4s");
 };
 
 namespace fp32_detail {
@@ -325,18 +339,87 @@ __device__ __forceinline__ void rotate_query_rows(float* qs, const core::Problem
   }
 }
 
+// Key-split pieces (key_split.h). Each piece stores its thread's state (max, sum, O: the same
+// rows and columns in every piece, so no layout change) to its slot, and the piece that finishes
+// last merges every piece's state, in piece order whoever finishes last (bit-reproducible), into
+// row_max / row_sum / o. Returns whether this piece is that last one (it then stores the rows).
+template <class Tile>
+__device__ bool merge_key_split(const Fp32Args& args, const KeySplitPiece& piece,
+                                float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4],
+                                float (&row_max)[Tile::kRowsPerThread], float (&row_sum)[Tile::kRowsPerThread]) {
+  constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kQuads = Tile::kStateFloats / 4;
+  const size_t slot_quads = size_t(kQuads) * Tile::kThreads;
+  float4* partials = reinterpret_cast<float4*>(args.split_partials) + threadIdx.x;
+  float state[Tile::kStateFloats];
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    state[r] = row_max[r];
+    state[TM + r] = row_sum[r];
+#pragma unroll
+    for (int j = 0; j < CQ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) state[2 * TM + (r * CQ + j) * 4 + e] = o[r][j][e];
+  }
+  float4* mine = partials + piece.slot * slot_quads;
+#pragma unroll
+  for (int q = 0; q < kQuads; ++q)
+    __stcg(mine + q * Tile::kThreads, make_float4(state[4 * q], state[4 * q + 1], state[4 * q + 2], state[4 * q + 3]));
+  __threadfence();  // the state is visible device-wide before the count says so
+  __syncthreads();
+  __shared__ bool finished_last;
+  if (threadIdx.x == 0) finished_last = atomicAdd(args.split_counters + piece.first, 1u) == piece.pieces - 1;
+  __syncthreads();
+  if (!finished_last) return false;
+  __threadfence();
+
+  const uint64_t item_begin = uint64_t(piece.item - args.split.whole_items) * args.split.tiles_per_item;
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    row_max[r] = -INFINITY;
+    row_sum[r] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
+  }
+  for (uint32_t k = 0; k < piece.pieces; ++k) {
+    const float4* theirs = partials + split_piece_slot(args.split, piece.first + k, item_begin) * slot_quads;
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 v = __ldcg(theirs + q * Tile::kThreads);
+      state[4 * q] = v.x;
+      state[4 * q + 1] = v.y;
+      state[4 * q + 2] = v.z;
+      state[4 * q + 3] = v.w;
+    }
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const float m = fmaxf(row_max[r], state[r]);
+      const float mine_factor = row_max[r] == -INFINITY ? 0.0f : fast_exp2((row_max[r] - m) * kLog2e);
+      const float their_factor = state[r] == -INFINITY ? 0.0f : fast_exp2((state[r] - m) * kLog2e);
+      row_max[r] = m;
+      row_sum[r] = row_sum[r] * mine_factor + state[TM + r] * their_factor;
+#pragma unroll
+      for (int j = 0; j < CQ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          o[r][j][e] = o[r][j][e] * mine_factor + state[2 * TM + (r * CQ + j) * 4 + e] * their_factor;
+    }
+  }
+  return true;
+}
+
 }  // namespace fp32_detail
 
+// One work item's key tiles [piece.tile_begin, min(piece.tile_end, its tiles)): all of them
+// (piece.whole), or a key-split piece, which stores its rows only if it finishes the item last.
 template <class Tile>
-__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
+__device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWork work, const KeySplitPiece& piece) {
   using namespace fp32_detail;
   constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads;
   constexpr int G = Tile::kThreadsPerRow, R = Tile::kRowLanes, N = Tile::kBlockN;
   extern __shared__ __align__(16) float smem_f[];
   const core::Problem& p = args.p;
 
-  // ---- this block's rows and keys --------------------------------------------------------------
-  const BlockWork work = this_block_work(args.order_groups);
+  // ---- this item's rows and keys ---------------------------------------------------------------
   const int64_t b = work.batch, h = work.head, kv_head = h / p.group, tile = work.tile;
   const core::SeqView seq = core::sequence(p, b);
   const int64_t row0 = tile * Tile::kBlockM;
@@ -348,6 +431,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
   const int64_t key_end = mask.tile_end(row0, row_end);
   const int64_t first_key = key_begin / N * N;
   const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + N - 1) / N) : 0;
+  const int tile_begin = static_cast<int>(piece.tile_begin);
+  const int tile_end = piece.tile_end < uint32_t(num_tiles) ? static_cast<int>(piece.tile_end) : num_tiles;
 
   float* qs = smem_f;
   float* ks = qs + Tile::kQFloats;
@@ -387,9 +472,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     return offset < 0 ? -1 : offset + kv_head * kv.head_stride;
   };
   const bool fast_copy = args.vector_io && !paged;
-  LinearTileCopy<Tile, N, Tile::kKPitch> k_copy(static_cast<const float*>(p.k.ptr), k_key0, first_key, p.k.row_stride,
+  // The copies step through the tiles in order from the piece's first.
+  const int64_t piece_key = first_key + int64_t(tile_begin) * N;
+  LinearTileCopy<Tile, N, Tile::kKPitch> k_copy(static_cast<const float*>(p.k.ptr), k_key0, piece_key, p.k.row_stride,
                                                 dqk, ks);
-  LinearTileCopy<Tile, N, Tile::kVPitch> v_copy(static_cast<const float*>(p.v.ptr), v_key0, first_key, p.v.row_stride,
+  LinearTileCopy<Tile, N, Tile::kVPitch> v_copy(static_cast<const float*>(p.v.ptr), v_key0, piece_key, p.v.row_stride,
                                                 dv, vs);
   auto load_k_tile = [&](int kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
@@ -414,9 +501,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
   }
 
-  if (num_tiles > 0) load_k_tile(0);
+  if (tile_begin < tile_end) load_k_tile(tile_begin);
   cp_async_commit();
-  for (int kt = 0; kt < num_tiles; ++kt) {
+  for (int kt = tile_begin; kt < tile_end; ++kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
     cp_async_wait<0>();  // K of tile kt (and Q) landed: this thread's copies ...
     __syncthreads();     // ... and everyone's; V's buffer and P are free again
@@ -490,7 +577,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
 
     cp_async_wait<0>();  // V of tile kt landed
     __syncthreads();     // P complete; K's buffer is free
-    if (kt + 1 < num_tiles) load_k_tile(kt + 1);
+    if (kt + 1 < tile_end) load_k_tile(kt + 1);
     cp_async_commit();
 
     // ---- O += P V -----------------------------------------------------------------------------
@@ -505,6 +592,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     }
   }
   cp_async_wait<0>();
+  if (!piece.whole && !merge_key_split<Tile>(args, piece, o, row_max, row_sum)) return;
 
   // ---- sinks, normalisation, LSE, store ---------------------------------------------------------
   float* out = static_cast<float*>(p.out.mutable_ptr());
@@ -541,6 +629,42 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
   }
 }
 
+// Work item `item` of the grid's natural order (tile fastest, then head, then sequence).
+__device__ __forceinline__ BlockWork natural_order_item(const Fp32Args& args, uint32_t item) {
+  BlockWork work;
+  work.tile = item % args.q_tiles;
+  work.head = item / args.q_tiles % args.p.heads_q;
+  work.batch = item / args.q_tiles / args.p.heads_q;
+  return work;
+}
+
+// The plain kernel (kKeySplit false): one item per block, block (tile, head, sequence) of the
+// grid (or the item this_block_work maps it to); in a key-split call, only the whole items'
+// blocks. The key-split kernel: block r takes the pieces of run r. Two instantiations rather
+// than a runtime flag: the run's loop costs the kernel registers (hd 256: 230 -> 254; hd 64's
+// spill stores would go 156 -> 548 bytes) and, measured at hd 256, 7% of its speed, so the
+// whole items run on the plain kernel and only the runs on this one (docs/perf-log.md, fp32 tier
+// v6).
+template <class Tile, bool kKeySplit>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
+  const KeySplitSchedule& split = args.split;
+  if constexpr (!kKeySplit) {
+    allow_dependent_launch();  // a key-split call's runs take the SMs as these blocks finish
+    // A key-split call launches the whole grid and the split items' blocks leave at once: the work
+    // item stays a function of blockIdx, which ptxas re-reads instead of keeping it in registers.
+    if (split.blocks != 0 && blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z) >= split.whole_items) return;
+    attend_item<Tile>(args, this_block_work(args.order_groups), KeySplitPiece{0, 0, UINT32_MAX});
+  } else {
+    const uint64_t run_end = split_run_begin(split, blockIdx.x + 1);
+    for (uint64_t at = split_run_begin(split, blockIdx.x); at < run_end;) {
+      const KeySplitPiece piece = split_piece(split, blockIdx.x, at);
+      at += piece.tile_end - piece.tile_begin;
+      attend_item<Tile>(args, natural_order_item(args, piece.item), piece);
+    }
+    wait_for_primary_grid();  // the call is complete only when the whole items' kernel is too
+  }
+}
+
 // The device's shared memory per block (opt-in maximum), for choosing among built shapes.
 inline int max_shared_memory_per_block() {
   int device = 0, bytes = 0;
@@ -550,20 +674,91 @@ inline int max_shared_memory_per_block() {
   return bytes;
 }
 
-template <class Tile>
+// Blocks of the kernel resident on `device` at once (SMs x blocks per SM); also raises the
+// kernel's dynamic shared-memory limit on that device, once.
+template <class Tile, bool kKeySplit>
+int fp32_resident_blocks(int device) {
+  static std::mutex mutex;
+  static int resident[kMaxDevices] = {};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (resident[device] == 0) {
+    const auto kernel = fp32_forward_kernel<Tile, kKeySplit>;
+    require_shared_memory(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes),
+                          Tile::kSmemBytes, "fp32_forward_kernel");
+    int per_sm = 0, sms = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Tile::kThreads, Tile::kSmemBytes),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    resident[device] = (per_sm > 1 ? per_sm : 1) * (sms > 1 ? sms : 1);
+  }
+  return resident[device];
+}
+
+// Every item reads the same key tiles [0, ceil(Sk / BlockN)): batched Q and K, no per-sequence key
+// counts, no window (so no causal mask). Only then does an even split of the flattened tiles
+// balance the blocks.
+inline bool uniform_key_work(const core::Problem& p) {
+  return p.q_layout == core::QLayout::kBatched && p.kv_layout == core::KvLayout::kBatched && p.seqused_k == nullptr &&
+         p.cache_seqlens == nullptr && p.cache_seqlen_all < 0 && p.cache_leftpad == nullptr && p.window_left < 0 &&
+         p.window_right < 0 && p.seqlen_k > 0;
+}
+
+// The plain grid's wave efficiency below which a uniform call splits keys (0.99: split when more
+// than 1% of the last wave would idle). FLASHSDPA_FP32_KEY_SPLIT=0 never splits, =1 always does
+// (uniform calls); for measurement and tests.
+inline double key_split_min_efficiency() {
+  static const double value = [] {
+    const char* env = std::getenv("FLASHSDPA_FP32_KEY_SPLIT");
+    if (env == nullptr || *env == '\0') return 0.99;
+    return env[0] == '0' ? 0.0 : 2.0;
+  }();
+  return value;
+}
+
+// kAllowKeySplit: the tile has a key-split instantiation (built where it was measured to pay).
+template <class Tile, bool kAllowKeySplit>
 void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
-  const auto kernel = fp32_forward_kernel<Tile>;
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  require_shared_memory(configured, Tile::kSmemBytes, "fp32_forward_kernel");
   const core::Problem& p = args.p;
   const int64_t tiles = (p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+  const int device = current_device();
   Fp32Args launch_args = args;
   if (!fits_block_order(tiles, p.heads_q, p.batch)) launch_args.order_groups = 0;
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
-  check_cuda(cudaGetLastError(), "fp32_forward_kernel launch");
+  launch_args.q_tiles = static_cast<uint32_t>(tiles);
+  launch_args.split = KeySplitSchedule{};
+  if (kAllowKeySplit && uniform_key_work(p))
+    launch_args.split = choose_key_split(tiles * p.heads_q * p.batch, (p.seqlen_k + Tile::kBlockN - 1) / Tile::kBlockN,
+                                         fp32_resident_blocks<Tile, kAllowKeySplit>(device), key_split_min_efficiency());
+  const KeySplitSchedule& split = launch_args.split;
+  fp32_resident_blocks<Tile, false>(device);  // raises the plain kernel's shared-memory limit
+  if (split.blocks == 0) {
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+    fp32_forward_kernel<Tile, false><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
+    check_cuda(cudaGetLastError(), "fp32_forward_kernel launch");
+    return;
+  }
+  if constexpr (kAllowKeySplit) {
+    // Scratch: the merge counters (zeroed), then 2 partial slots per run. The whole items' kernel
+    // first; the runs' kernel launched behind it programmatically, so its blocks take SMs as the
+    // whole items finish rather than after the last one.
+    const size_t counter_bytes = (size_t(split.blocks) * sizeof(uint32_t) + 255) / 256 * 256;
+    const size_t bytes = counter_bytes + size_t(2) * split.blocks * Tile::kThreads * Tile::kStateFloats * sizeof(float);
+    void* scratch = nullptr;
+    check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
+    launch_args.split_counters = static_cast<uint32_t*>(scratch);
+    launch_args.split_partials = reinterpret_cast<float*>(static_cast<unsigned char*>(scratch) + counter_bytes);
+    cudaError_t status = cudaMemsetAsync(scratch, 0, counter_bytes, stream);
+    if (status == cudaSuccess && split.whole_items > 0) {
+      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
+      fp32_forward_kernel<Tile, false><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
+      status = cudaGetLastError();
+    }
+    if (status == cudaSuccess)
+      status = launch_programmatic(fp32_forward_kernel<Tile, true>, dim3(split.blocks), Tile::kThreads,
+                                   Tile::kSmemBytes, stream, launch_args);
+    check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+    check_cuda(status, "fp32_forward_kernel launch (key split)");
+  }
 }
 
 }  // namespace flashsdpa::cuda

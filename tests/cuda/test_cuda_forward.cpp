@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/block_order.h"
+#include "cuda/key_split.h"
 #include "gpu_test_util.h"
 
 namespace flashsdpa::test {
@@ -263,6 +264,19 @@ TEST(CudaForward, SanitizeBasic) {
   }
 }
 
+// cuda-fp32's key-split launch (key_split.h): pieces of one key tile each, and runs of several
+// tiles that cut items anywhere; partials, counters and the merge under memcheck and racecheck.
+TEST(CudaForward, SanitizeFp32KeySplit) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = batched(100, 300, 4, 2, 256, 256);
+  c.sinks = true;
+  c.seed = 1150;
+  expect_passes_as(c, DType::kFloat32);
+  c = batched(130, 1000, 8, 2, 256, 256);
+  c.seed = 1151;
+  expect_passes_as(c, DType::kFloat32);
+}
+
 TEST(CudaForward, SanitizeBlockTableOutOfRange) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (DType dtype : kAllDtypes) {
@@ -456,6 +470,69 @@ TEST(CudaForward, LongestFirstOrderIsAPermutation) {
   }
 }
 
+// The fp32 tier's key-split schedule (key_split.h): whole items and runs together cover every
+// (item, key tile) once; an item's pieces lie in consecutive runs, in key order, and the slots the
+// merge reads for them (split_piece_slot) are the ones the pieces wrote, each slot written once.
+TEST(CudaForward, KeySplitScheduleCoversEveryTileOnce) {
+  for (uint32_t items : {1u, 2u, 7u, 30u, 68u, 300u}) {
+    for (uint32_t tiles : {2u, 3u, 16u, 37u}) {
+      for (uint32_t blocks : {1u, 2u, 5u, 33u, 132u}) {
+        for (uint32_t whole : {0u, items / 3, items - 1}) {
+          if (uint64_t(items - whole) * tiles < blocks) continue;  // choose_key_split never runs an empty block
+          const cuda::KeySplitSchedule s{blocks, whole, items, tiles};
+          std::vector<int> covered(size_t(items) * tiles, 0), slot_writes(2 * size_t(blocks), 0);
+          std::vector<std::vector<std::pair<uint32_t, uint32_t>>> item_pieces(items);  // (run, slot)
+          for (uint32_t item = 0; item < whole; ++item)
+            for (uint32_t t = 0; t < tiles; ++t) ++covered[size_t(item) * tiles + t];
+          for (uint32_t r = 0; r < blocks; ++r) {
+            const uint64_t end = cuda::split_run_begin(s, r + 1);
+            ASSERT_LT(cuda::split_run_begin(s, r), end) << "run " << r << " is empty";
+            for (uint64_t at = cuda::split_run_begin(s, r); at < end;) {
+              const cuda::KeySplitPiece piece = cuda::split_piece(s, r, at);
+              ASSERT_GE(piece.item, whole);
+              ASSERT_LT(piece.item, items);
+              ASSERT_LT(piece.tile_begin, piece.tile_end);
+              ASSERT_LE(piece.tile_end, tiles);
+              for (uint32_t t = piece.tile_begin; t < piece.tile_end; ++t) ++covered[size_t(piece.item) * tiles + t];
+              EXPECT_EQ(piece.whole, piece.pieces == 1);
+              if (!piece.whole) {
+                ASSERT_LT(piece.slot, 2 * blocks);
+                ++slot_writes[piece.slot];
+                item_pieces[piece.item].push_back({r, piece.slot});
+                EXPECT_EQ(piece.first + item_pieces[piece.item].size() - 1, r) << "pieces in consecutive runs";
+                EXPECT_EQ(piece.first, item_pieces[piece.item][0].first);
+              }
+              at += piece.tile_end - piece.tile_begin;
+            }
+          }
+          for (int count : covered) ASSERT_EQ(count, 1) << items << " items x " << tiles << " tiles, " << whole << " whole, " << blocks << " runs";
+          for (int writes : slot_writes) ASSERT_LE(writes, 1);
+          for (uint32_t item = 0; item < items; ++item) {
+            const auto& pieces = item_pieces[item];
+            if (pieces.empty()) continue;
+            const uint64_t item_begin = uint64_t(item - whole) * tiles;
+            const cuda::KeySplitPiece first =
+                cuda::split_piece(s, pieces[0].first, std::max(item_begin, cuda::split_run_begin(s, pieces[0].first)));
+            ASSERT_EQ(first.pieces, pieces.size());
+            for (uint32_t k = 0; k < pieces.size(); ++k)
+              EXPECT_EQ(cuda::split_piece_slot(s, first.first + k, item_begin), pieces[k].second);
+          }
+        }
+      }
+    }
+  }
+  // Off where the plain grid fills its waves or there is nothing to split; the last two waves'
+  // items split (all of them below two waves); never more runs than tiles.
+  const cuda::KeySplitSchedule grid = cuda::choose_key_split(2048, 16, 132, 0.99);
+  EXPECT_EQ(grid.blocks, 132u);
+  EXPECT_EQ(grid.whole_items, 14u * 132u);
+  EXPECT_EQ(cuda::choose_key_split(200, 16, 132, 0.99).whole_items, 0u);
+  EXPECT_EQ(cuda::choose_key_split(2 * 132, 16, 132, 0.99).blocks, 0u);
+  EXPECT_EQ(cuda::choose_key_split(2048, 1, 132, 0.99).blocks, 0u);
+  EXPECT_EQ(cuda::choose_key_split(3, 2, 132, 0.99).blocks, 6u);
+  EXPECT_EQ(cuda::choose_key_split(2048, 16, 132, 0.0).blocks, 0u);
+}
+
 // The exact fp32 tier's tile shapes (forward_fp32.cu): several query blocks and key tiles with a
 // partial last tile at every padded head dim, Dqk != Dv, the element-wise load path (padded
 // strides), and extreme logits at head dim 256 (ExtremeLogits covers 64 and 128).
@@ -534,6 +611,42 @@ TEST(CudaForward, Fp32HeadDim256Sources) {
     c.padded_strides = true;
     c.causal = causal;
     c.seed = seed++;
+    run(c);
+  }
+}
+
+// Head dim 256 fp32 calls whose items the launch splits over blocks by key tiles (key_split.h; a
+// batched call without a window on fewer items than the device holds at once): one item in one
+// piece per key tile, items cut at irregular points, logits that put each piece's max far apart,
+// sinks, softcap with ALiBi, Dqk != Dv and unaligned rows. FLASHSDPA_FP32_KEY_SPLIT=0 / 1 runs the
+// same calls plain / always split (scripts/gpu-check.sh runs both).
+TEST(CudaForward, Fp32KeySplitPieces) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  uint64_t seed = 1700;
+  auto run = [&](AttnConfig c) {
+    c.seed = seed++;
+    expect_passes_as(c, DType::kFloat32);
+  };
+  {  // one item, 38 key tiles, the last partial
+    AttnConfig c = batched(64, 64 * 37 + 5, 1, 1, 256, 256);
+    c.batch = 1;
+    c.sinks = true;
+    run(c);
+    c.q_stddev = 1000.0;  // |s| ~ 1e4: every piece's max differs by thousands
+    run(c);
+  }
+  run(batched(128, 1000, 8, 2, 256, 256));  // 32 items x 16 tiles: runs of ~4 tiles cut items anywhere
+  {
+    AttnConfig c = batched(100, 300, 4, 2, 256, 200);
+    c.batch = 3;
+    c.softcap = 20.0f;
+    c.alibi = Alibi::kPerHead;
+    run(c);
+  }
+  {
+    AttnConfig c = batched(70, 333, 2, 1, 200, 256);
+    c.padded_strides = true;
+    c.q_stddev = 30.0;
     run(c);
   }
 }
