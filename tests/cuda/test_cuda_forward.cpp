@@ -636,6 +636,12 @@ TEST(CudaForward, Fp32KeySplitPieces) {
     run(c);
   }
   run(batched(128, 1000, 8, 2, 256, 256));  // 32 items x 16 tiles: runs of ~4 tiles cut items anywhere
+  {  // 200 items x 3 tiles on a device of ~100-200 blocks: runs of 1-2 items, whole items among pieces
+    AttnConfig c = batched(64 * 20, 130, 10, 5, 256, 256);
+    c.batch = 1;
+    c.sinks = true;
+    run(c);
+  }
   {
     AttnConfig c = batched(100, 300, 4, 2, 256, 200);
     c.batch = 3;
