@@ -339,6 +339,20 @@ __device__ __forceinline__ void rotate_query_rows(float* qs, const core::Problem
   }
 }
 
+// A thread's softmax state before any key: max -inf, sum 0, O 0.
+template <class Tile>
+__device__ __forceinline__ void clear_softmax_state(float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4],
+                                                    float (&row_max)[Tile::kRowsPerThread],
+                                                    float (&row_sum)[Tile::kRowsPerThread]) {
+#pragma unroll
+  for (int r = 0; r < Tile::kRowsPerThread; ++r) {
+    row_max[r] = -INFINITY;
+    row_sum[r] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < Tile::kColQuads; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
+  }
+}
+
 // Key-split pieces (key_split.h). Each piece stores its thread's state (max, sum, O: the same
 // rows and columns in every piece, so no layout change) to its slot, and the piece that finishes
 // last merges every piece's state, in piece order whoever finishes last (bit-reproducible), into
@@ -373,13 +387,7 @@ __device__ bool merge_key_split(const Fp32Args& args, const KeySplitPiece& piece
   __threadfence();
 
   const uint64_t item_begin = uint64_t(piece.item - args.split.whole_items) * args.split.tiles_per_item;
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    row_max[r] = -INFINITY;
-    row_sum[r] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
-  }
+  clear_softmax_state<Tile>(o, row_max, row_sum);
   for (uint32_t k = 0; k < piece.pieces; ++k) {
     const float4* theirs = partials + split_piece_slot(args.split, piece.first + k, item_begin) * slot_quads;
 #pragma unroll
@@ -493,13 +501,7 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWor
 
   float o[TM][CQ][4];
   float row_max[TM], row_sum[TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    row_max[r] = -INFINITY;
-    row_sum[r] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < CQ; ++j) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
-  }
+  clear_softmax_state<Tile>(o, row_max, row_sum);
 
   if (tile_begin < tile_end) load_k_tile(tile_begin);
   cp_async_commit();
