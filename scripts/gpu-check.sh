@@ -51,9 +51,9 @@ grep -E "build time|spill" "$out/build.log" | sort -u | head -20
 
 # The prefill has two tiers per dtype on Hopper: the CudaForward tests run once as selected
 # (cuda-wgmma-sm90 and cuda-3xtf32-sm90 on compute capability 9.0) and once forced onto
-# cuda-mma-sm80 and cuda-fp32, so all four stay tested. The forced pass also keeps cuda-fp32 from
-# splitting keys (FLASHSDPA_FP32_KEY_SPLIT=0): the selected pass splits the small batched hd 256
-# calls, the forced one runs the same calls on the plain grid.
+# cuda-mma-sm80 and cuda-fp32, so all four stay tested. The forced pass also keeps cuda-fp32 on its
+# plain grid (FLASHSDPA_FP32_KEY_SPLIT=0): the selected pass runs the batched hd 256 calls on the
+# persistent kernel (splitting keys where the waves are uneven), the forced one on the plain grid.
 mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80,cuda-fp32 FLASHSDPA_FP32_KEY_SPLIT=0)
 
 # The GPU tests spend most of their time in the float64 reference on the CPU, so they run as

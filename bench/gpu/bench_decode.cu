@@ -9,7 +9,8 @@
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
 // summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
-// shipped choice and default, and pair). Options apply to the shapes after them.
+// shipped choice and default, and pair); --page-order sequential|random hands paged caches their
+// blocks in order or in a random permutation (the default). Options apply to the shapes after them.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
@@ -137,6 +138,7 @@ struct Options {
   int splits = 0;
   bool trace = false;
   int variant = 0;
+  bool random_pages = true;
 };
 
 double percentile(std::vector<double> v, double q) {
@@ -263,7 +265,7 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
     if (s.paged) {
       std::vector<int32_t> table(static_cast<size_t>(num_blocks));
       std::iota(table.begin(), table.end(), 0);
-      std::shuffle(table.begin(), table.end(), rng);
+      if (opt.random_pages) std::shuffle(table.begin(), table.end(), rng);
       caches[n].block_table = std::make_unique<DeviceBuffer>(table.size() * 4);
       check(cudaMemcpy(caches[n].block_table->ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice), "table");
     }
@@ -313,10 +315,10 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
-              "\"page_size\": %lld, \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
+              "\"page_size\": %lld, \"page_order\": \"%s\", \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
               "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
-              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), splits,
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), opt.random_pages ? "random" : "sequential", splits,
               flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
               graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
@@ -344,6 +346,13 @@ int main(int argc, char** argv) {
       run_copy(stream);
     } else if (arg == "--splits" && n + 1 < argc) {
       opt.splits = std::atoi(argv[++n]);
+    } else if (arg == "--page-order" && n + 1 < argc) {
+      const std::string order = argv[++n];
+      if (order != "sequential" && order != "random") {
+        std::fprintf(stderr, "unknown page order '%s' (sequential|random)\n", order.c_str());
+        return 2;
+      }
+      opt.random_pages = order == "random";
     } else if (arg == "--trace") {
       opt.trace = true;
     } else if (arg == "--variant" && n + 1 < argc) {

@@ -36,7 +36,7 @@ void sweep_fp32_one(const core::Problem& p, const char* name, double flop, int i
   args.p = p;
   args.vector_io = true;
   args.order_groups = cuda::block_order_groups(p, l2_bytes());
-  const double median = median_ms([&] { cuda::launch_fp32_tile<Tile, false>(args, nullptr); }, 2, iters);
+  const double median = median_ms([&] { cuda::launch_fp32_tile<Tile>(args, nullptr); }, 2, iters);
   // Contiguous out of the benchmark's problems: batch x seqlen x heads x Dv floats.
   std::vector<float> out(static_cast<size_t>(p.batch * p.seqlen_q * p.heads_q * p.head_dim_v));
   cudaMemcpy(out.data(), p.out.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost);

@@ -24,7 +24,7 @@ using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1, true, true>;
 // 32-key tiles 138 KB where a block may have less (36.0 / 36.0 against 32.0 / 32.2). Two score
 // chunks per iteration: +0.8-1.2% on an H100 (39.6 / 40.6 / 40.8 against 39.3 / 40.1 / 40.4 at
 // S 1k / 4k / 16k, non-causal).
-using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true, 2>;
+using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true, 2, true>;
 using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
 }  // namespace
@@ -36,13 +36,13 @@ void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_g
   args.order_groups = order_groups;
   const int64_t d = p.head_dim_qk > p.head_dim_v ? p.head_dim_qk : p.head_dim_v;
   if (d <= 64) {
-    launch_fp32_tile<Fp32TileD64, false>(args, stream);
+    launch_fp32_tile<Fp32TileD64>(args, stream);
   } else if (d <= 128) {
-    launch_fp32_tile<Fp32TileD128, false>(args, stream);
+    launch_fp32_tile<Fp32TileD128>(args, stream);
   } else if (Fp32TileD256::kSmemBytes <= max_shared_memory_per_block()) {
-    launch_fp32_tile<Fp32TileD256, true>(args, stream);
+    launch_fp32_tile<Fp32TileD256>(args, stream);
   } else {
-    launch_fp32_tile<Fp32TileD256Small, false>(args, stream);
+    launch_fp32_tile<Fp32TileD256Small>(args, stream);
   }
 }
 

@@ -59,7 +59,8 @@ struct Fp32Args {
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
-          bool kPairedLanes_ = true, bool kPipelinedScores_ = false, int kScoreChunkUnroll_ = 1>
+          bool kPairedLanes_ = true, bool kPipelinedScores_ = false, int kScoreChunkUnroll_ = 1,
+          bool kPersistent_ = false>
 struct Fp32Tile {
   static constexpr int kHeadDim = kHeadDim_;  // Dqk and Dv padded to this
   static constexpr int kThreads = 256;
@@ -74,6 +75,8 @@ struct Fp32Tile {
   static constexpr bool kPipelinedScores = kPipelinedScores_;
   // 16-dim chunks of S per loop iteration: 2 gives the scheduler the next chunk's loads to hoist.
   static constexpr int kScoreChunkUnroll = kScoreChunkUnroll_;
+  // Uniform calls run on the persistent kernel (key_split.h), built where it was measured to pay.
+  static constexpr bool kPersistent = kPersistent_;
 
   static constexpr int kRowLanes = 32 / kThreadsPerRow;  // R: row groups per warp
   static constexpr int kWarpRows = kRowLanes * kRowsPerThread;
@@ -88,7 +91,12 @@ struct Fp32Tile {
   static constexpr int kKFloats = kBlockN * kKPitch;
   static constexpr int kVFloats = kBlockN * kVPitch;
   static constexpr int kPFloats = kBlockN * kPPitch;
-  static constexpr int kSmemBytes = (kQFloats + kKFloats + kVFloats + kPFloats) * 4;
+  static constexpr int kTileBytes = (kQFloats + kKFloats + kVFloats + kPFloats) * 4;
+  // A block's scheduling state (BlockControl) after the tiles, in dynamic shared memory: static
+  // __shared__ variables move the dynamic base off its 128-byte alignment, and with it every
+  // tile's bank pattern (96 bytes of them: 40% more excessive shared wavefronts, 2.6% slower).
+  static constexpr int kControlBytes = kPersistent ? 128 : 0;
+  static constexpr int kSmemBytes = kTileBytes + kControlBytes;
   // A thread's softmax state (row max, row sum, O), as a key-split piece leaves it in scratch.
   static constexpr int kStateFloats = 2 * kRowsPerThread + kRowsPerThread * kColQuads * 4;
 
@@ -99,6 +107,26 @@ struct Fp32Tile {
   static_assert(kHeadDim % 16 == 0, "the score loop steps 16 head dims at a time");
   static_assert(kStateFloats % 4 == 0, "the state moves as float4s");
 };
+
+// A block's scheduling state: the persistent kernel's current piece (written by thread 0 between
+// pieces), its place in its list, and the key-split merge's vote.
+struct BlockControl {
+  KeySplitPiece piece;
+  BlockPieces cursor;
+  bool has_piece;
+  bool finished_last;
+};
+
+// The dynamic shared memory: the tiles from its 128-byte aligned base, then the BlockControl.
+__device__ __forceinline__ float* tile_smem() {
+  extern __shared__ __align__(128) unsigned char fp32_smem[];
+  return reinterpret_cast<float*>(fp32_smem);
+}
+template <class Tile>
+__device__ __forceinline__ BlockControl& block_control() {
+  static_assert(sizeof(BlockControl) <= Tile::kControlBytes, "the control area holds the BlockControl");
+  return *reinterpret_cast<BlockControl*>(reinterpret_cast<unsigned char*>(tile_smem()) + Tile::kTileBytes);
+}
 
 namespace fp32_detail {
 
@@ -361,26 +389,29 @@ template <class Tile>
 __device__ bool merge_key_split(const Fp32Args& args, const KeySplitPiece& piece,
                                 float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4],
                                 float (&row_max)[Tile::kRowsPerThread], float (&row_sum)[Tile::kRowsPerThread]) {
-  constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kQuads = Tile::kStateFloats / 4;
-  const size_t slot_quads = size_t(kQuads) * Tile::kThreads;
+  constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, kStatQuads = (2 * TM + 3) / 4;
+  // A slot holds, per thread, quads of (max[0..TM), sum[0..TM)) then O's quads o[r][j] at
+  // kStatQuads + r * CQ + j, each quad kThreads float4s apart so a block's access is coalesced.
+  // O moves quad by quad, straight from and into o: a copy of the whole state beside o cost the
+  // key-split kernel 24 registers (254 against the plain kernel's 230).
+  const size_t slot_quads = size_t(Tile::kStateFloats / 4) * Tile::kThreads;
   float4* partials = reinterpret_cast<float4*>(args.split_partials) + threadIdx.x;
-  float state[Tile::kStateFloats];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    state[r] = row_max[r];
-    state[TM + r] = row_sum[r];
-#pragma unroll
-    for (int j = 0; j < CQ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) state[2 * TM + (r * CQ + j) * 4 + e] = o[r][j][e];
-  }
+  auto o_quad = [](int r, int j) { return (kStatQuads + r * CQ + j) * Tile::kThreads; };
+
   float4* mine = partials + piece.slot * slot_quads;
+  float stats[4 * kStatQuads];
 #pragma unroll
-  for (int q = 0; q < kQuads; ++q)
-    __stcg(mine + q * Tile::kThreads, make_float4(state[4 * q], state[4 * q + 1], state[4 * q + 2], state[4 * q + 3]));
+  for (int r = 0; r < TM; ++r) stats[r] = row_max[r], stats[TM + r] = row_sum[r];
+#pragma unroll
+  for (int q = 0; q < kStatQuads; ++q)
+    __stcg(mine + q * Tile::kThreads, make_float4(stats[4 * q], stats[4 * q + 1], stats[4 * q + 2], stats[4 * q + 3]));
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) __stcg(mine + o_quad(r, j), make_float4(o[r][j][0], o[r][j][1], o[r][j][2], o[r][j][3]));
   __threadfence();  // the state is visible device-wide before the count says so
   __syncthreads();
-  __shared__ bool finished_last;
+  bool& finished_last = block_control<Tile>().finished_last;
   if (threadIdx.x == 0) finished_last = atomicAdd(args.split_counters + piece.first, 1u) == piece.pieces - 1;
   __syncthreads();
   if (!finished_last) return false;
@@ -391,25 +422,25 @@ __device__ bool merge_key_split(const Fp32Args& args, const KeySplitPiece& piece
   for (uint32_t k = 0; k < piece.pieces; ++k) {
     const float4* theirs = partials + split_piece_slot(args.split, piece.first + k, item_begin) * slot_quads;
 #pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
+    for (int q = 0; q < kStatQuads; ++q) {
       const float4 v = __ldcg(theirs + q * Tile::kThreads);
-      state[4 * q] = v.x;
-      state[4 * q + 1] = v.y;
-      state[4 * q + 2] = v.z;
-      state[4 * q + 3] = v.w;
+      stats[4 * q] = v.x, stats[4 * q + 1] = v.y, stats[4 * q + 2] = v.z, stats[4 * q + 3] = v.w;
     }
 #pragma unroll
     for (int r = 0; r < TM; ++r) {
-      const float m = fmaxf(row_max[r], state[r]);
+      const float m = fmaxf(row_max[r], stats[r]);
       const float mine_factor = row_max[r] == -INFINITY ? 0.0f : fast_exp2((row_max[r] - m) * kLog2e);
-      const float their_factor = state[r] == -INFINITY ? 0.0f : fast_exp2((state[r] - m) * kLog2e);
+      const float their_factor = stats[r] == -INFINITY ? 0.0f : fast_exp2((stats[r] - m) * kLog2e);
       row_max[r] = m;
-      row_sum[r] = row_sum[r] * mine_factor + state[TM + r] * their_factor;
+      row_sum[r] = row_sum[r] * mine_factor + stats[TM + r] * their_factor;
 #pragma unroll
-      for (int j = 0; j < CQ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          o[r][j][e] = o[r][j][e] * mine_factor + state[2 * TM + (r * CQ + j) * 4 + e] * their_factor;
+      for (int j = 0; j < CQ; ++j) {
+        const float4 v = __ldcg(theirs + o_quad(r, j));
+        o[r][j][0] = o[r][j][0] * mine_factor + v.x * their_factor;
+        o[r][j][1] = o[r][j][1] * mine_factor + v.y * their_factor;
+        o[r][j][2] = o[r][j][2] * mine_factor + v.z * their_factor;
+        o[r][j][3] = o[r][j][3] * mine_factor + v.w * their_factor;
+      }
     }
   }
   return true;
@@ -417,30 +448,156 @@ __device__ bool merge_key_split(const Fp32Args& args, const KeySplitPiece& piece
 
 }  // namespace fp32_detail
 
-// One work item's key tiles [piece.tile_begin, min(piece.tile_end, its tiles)): all of them
-// (piece.whole), or a key-split piece, which stores its rows only if it finishes the item last.
+// Work item `item` of the grid's natural order (tile fastest, then head, then sequence).
+__device__ __forceinline__ BlockWork natural_order_item(const Fp32Args& args, uint32_t item) {
+  BlockWork work;
+  work.tile = item % args.q_tiles;
+  work.head = item / args.q_tiles % args.p.heads_q;
+  work.batch = item / args.q_tiles / args.p.heads_q;
+  return work;
+}
+
+// One work item's rows and the keys they may see.
+struct ItemRows {
+  int64_t batch, head, kv_head;
+  core::SeqView seq;
+  core::Mask mask;
+  int64_t row0, row_end;  // query rows [row0, row_end); row0 >= seq.sq: the item is past the sequence
+  int64_t first_key;      // key tile 0's first key
+  int num_tiles;          // key tiles the rows see
+};
+
 template <class Tile>
-__device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWork work, const KeySplitPiece& piece) {
+__device__ __forceinline__ ItemRows item_rows(const core::Problem& p, const BlockWork& work) {
+  constexpr int N = Tile::kBlockN;
+  ItemRows it;
+  it.batch = work.batch;
+  it.head = work.head;
+  it.kv_head = work.head / p.group;
+  it.seq = core::sequence(p, it.batch);
+  it.mask = core::sequence_mask(p, it.seq);
+  it.row0 = work.tile * Tile::kBlockM;
+  it.row_end = core::min_i64(it.row0 + Tile::kBlockM, it.seq.sq);
+  const int64_t key_begin = it.mask.tile_begin(it.row0, it.row_end);
+  const int64_t key_end = it.mask.tile_end(it.row0, it.row_end);
+  it.first_key = key_begin / N * N;
+  it.num_tiles = key_end > key_begin ? static_cast<int>((key_end - it.first_key + N - 1) / N) : 0;
+  return it;
+}
+
+// The row offset of key j of K or V for an item (-1: not readable); key0 is key 0's offset when
+// K/V are linear in the key index (not paged).
+__device__ __forceinline__ int64_t item_key_row(const core::Problem& p, const ItemRows& it, const core::Operand& kv,
+                                                int64_t key0, int64_t j) {
+  if (j < it.seq.k_begin || j >= it.seq.k_end) return -1;
+  if (p.kv_layout != core::KvLayout::kPaged) return key0 + j * kv.row_stride;
+  const int64_t offset = core::key_offset(p, it.seq, kv, it.batch, j);
+  return offset < 0 ? -1 : offset + it.kv_head * kv.head_stride;
+}
+
+// Key 0's offset in K or V when they are linear in the key index (batched, varlen, dense cache).
+__device__ __forceinline__ int64_t item_key0(const core::Problem& p, const ItemRows& it, const core::Operand& kv) {
+  return p.kv_layout == core::KvLayout::kPaged ? 0
+                                               : core::key_offset(p, it.seq, kv, it.batch, 0) + it.kv_head * kv.head_stride;
+}
+
+// An item's query rows into qs (not committed).
+template <class Tile>
+__device__ __forceinline__ void load_query_rows(const Fp32Args& args, const ItemRows& it, float* qs) {
+  const core::Problem& p = args.p;
+  fp32_detail::load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(
+      qs, static_cast<const float*>(p.q.ptr), static_cast<int>(p.head_dim_qk), args.vector_io, [&](int r) -> int64_t {
+        const int64_t i = it.row0 + r;
+        return i < it.row_end ? core::q_offset(p, it.seq, it.batch, i, it.head) : -1;
+      });
+}
+
+// The item's rows, normalised (sinks included), and their LSE.
+template <class Tile>
+__device__ __forceinline__ void store_rows(const Fp32Args& args, const ItemRows& it, int first_row, int key_lane,
+                                           float (&o)[Tile::kRowsPerThread][Tile::kColQuads][4],
+                                           const float (&row_max)[Tile::kRowsPerThread],
+                                           const float (&row_sum)[Tile::kRowsPerThread]) {
+  using namespace fp32_detail;
+  constexpr int TM = Tile::kRowsPerThread, CQ = Tile::kColQuads, G = Tile::kThreadsPerRow, R = Tile::kRowLanes;
+  constexpr unsigned kKeyBits = LaneRoles<Tile>::kKeyBits;
+  const core::Problem& p = args.p;
+  const int64_t b = it.batch, h = it.head, row0 = it.row0, row_end = it.row_end;
+  const core::SeqView& seq = it.seq;
+  const int dv = static_cast<int>(p.head_dim_v);
+  float* out = static_cast<float*>(p.out.mutable_ptr());
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    float sum = row_lanes_sum<kKeyBits>(row_sum[r]);
+    float m = row_max[r];
+    float factor = 1.0f;
+    if (p.sinks != nullptr) {
+      const float sink = p.sinks[h];
+      const float new_max = fmaxf(m, sink);
+      factor = m == -INFINITY ? 0.0f : fast_exp2((m - new_max) * kLog2e);
+      sum = sum * factor + fast_exp2((sink - new_max) * kLog2e);
+      m = new_max;
+    }
+    // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
+    const float inv = sum > 0.0f ? factor / sum : (sum == 0.0f ? 0.0f : sum);
+    const int64_t i = row0 + first_row + R * r;
+    if (i >= row_end) continue;
+    if (p.lse != nullptr && key_lane == 0)
+      p.lse[core::lse_offset(p, seq, b, i, h)] = sum > 0.0f ? m + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
+    float* dst = out + core::out_offset(p, seq, b, i, h);
+#pragma unroll
+    for (int j = 0; j < CQ; ++j) {
+      const int col = 4 * key_lane + 4 * G * j;
+      const float4 v = make_float4(o[r][j][0] * inv, o[r][j][1] * inv, o[r][j][2] * inv, o[r][j][3] * inv);
+      if (args.vector_io && col < dv) {
+        *reinterpret_cast<float4*>(dst + col) = v;
+      } else {
+        const float e[4] = {v.x, v.y, v.z, v.w};
+        for (int k = 0; k < 4 && col + k < dv; ++k) dst[col + k] = e[k];
+      }
+    }
+  }
+}
+
+// A plain-grid block's one piece: its whole item.
+struct WholeItemPiece {
+  int64_t order_groups;
+  __device__ __forceinline__ BlockWork work() const { return this_block_work(order_groups); }
+  __device__ __forceinline__ KeySplitPiece current() const { return KeySplitPiece{0, 0, UINT32_MAX}; }
+};
+
+// A persistent block's current piece, kept in shared memory (written by thread 0 between pieces)
+// and read where used, so that the key loop holds none of the schedule in registers.
+struct ScheduledPiece {
+  const Fp32Args& args;
+  const KeySplitPiece& piece;  // shared
+  __device__ __forceinline__ BlockWork work() const { return natural_order_item(args, piece.item); }
+  __device__ __forceinline__ KeySplitPiece current() const { return piece; }
+};
+
+// One work item's key tiles [piece.tile_begin, min(piece.tile_end, its tiles)) of the current piece
+// of `pieces` (WholeItemPiece or ScheduledPiece): all of them (piece.whole), or a key-split
+// piece, which stores its rows only if it finishes the item last.
+template <class Tile, class Pieces>
+__device__ __forceinline__ void attend_item(const Fp32Args& args, const Pieces& pieces) {
   using namespace fp32_detail;
   constexpr int TM = Tile::kRowsPerThread, TN = Tile::kKeysPerThread, CQ = Tile::kColQuads;
   constexpr int G = Tile::kThreadsPerRow, R = Tile::kRowLanes, N = Tile::kBlockN;
-  extern __shared__ __align__(16) float smem_f[];
+  float* const smem_f = tile_smem();
   const core::Problem& p = args.p;
 
   // ---- this item's rows and keys ---------------------------------------------------------------
-  const int64_t b = work.batch, h = work.head, kv_head = h / p.group, tile = work.tile;
-  const core::SeqView seq = core::sequence(p, b);
-  const int64_t row0 = tile * Tile::kBlockM;
+  // Worked out again for the store after the key loop, from the piece source (blockIdx, or shared
+  // memory): the key loop does not hold the item's batch, head and sequence in registers.
+  const ItemRows it = item_rows<Tile>(p, pieces.work());
+  const int64_t b = it.batch, h = it.head;
+  const core::SeqView& seq = it.seq;
+  const core::Mask& mask = it.mask;
+  const int64_t row0 = it.row0, row_end = it.row_end, first_key = it.first_key;
   if (row0 >= seq.sq) return;
-  const int64_t row_end = core::min_i64(row0 + Tile::kBlockM, seq.sq);
-  const core::Mask mask = core::sequence_mask(p, seq);
-
-  const int64_t key_begin = mask.tile_begin(row0, row_end);
-  const int64_t key_end = mask.tile_end(row0, row_end);
-  const int64_t first_key = key_begin / N * N;
-  const int num_tiles = key_end > key_begin ? static_cast<int>((key_end - first_key + N - 1) / N) : 0;
+  const KeySplitPiece piece = pieces.current();
   const int tile_begin = static_cast<int>(piece.tile_begin);
-  const int tile_end = piece.tile_end < uint32_t(num_tiles) ? static_cast<int>(piece.tile_end) : num_tiles;
+  const int tile_end = piece.tile_end < uint32_t(it.num_tiles) ? static_cast<int>(piece.tile_end) : it.num_tiles;
 
   float* qs = smem_f;
   float* ks = qs + Tile::kQFloats;
@@ -464,21 +621,9 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWor
   const bool paged = p.kv_layout == core::KvLayout::kPaged;
 
   // ---- loads: Q once, then K and V tiles ------------------------------------------------------
-  load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(qs, static_cast<const float*>(p.q.ptr), dqk, args.vector_io,
-                                                [&](int r) -> int64_t {
-                                                  const int64_t i = row0 + r;
-                                                  return i < row_end ? core::q_offset(p, seq, b, i, h) : -1;
-                                                });
+  load_query_rows<Tile>(args, it, qs);
   if (p.rotary_dim > 0) rotate_query_rows<Tile>(qs, p, seq, row0, row_end);  // KV-cache calls only
-  // Batched, varlen and dense-cache K/V are linear in the key index: resolve key 0 once.
-  const int64_t k_key0 = paged ? 0 : core::key_offset(p, seq, p.k, b, 0) + kv_head * p.k.head_stride;
-  const int64_t v_key0 = paged ? 0 : core::key_offset(p, seq, p.v, b, 0) + kv_head * p.v.head_stride;
-  auto key_row = [&](const core::Operand& kv, int64_t key0, int64_t j) -> int64_t {
-    if (j < seq.k_begin || j >= seq.k_end) return -1;
-    if (!paged) return key0 + j * kv.row_stride;
-    const int64_t offset = core::key_offset(p, seq, kv, b, j);
-    return offset < 0 ? -1 : offset + kv_head * kv.head_stride;
-  };
+  const int64_t k_key0 = item_key0(p, it, p.k), v_key0 = item_key0(p, it, p.v);
   const bool fast_copy = args.vector_io && !paged;
   // The copies step through the tiles in order from the piece's first.
   const int64_t piece_key = first_key + int64_t(tile_begin) * N;
@@ -490,13 +635,13 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWor
     const int64_t n0 = first_key + int64_t(kt) * N;
     if (fast_copy) return k_copy.copy(n0, seq.k_begin, seq.k_end);
     load_rows<Tile, N, Tile::kKPitch>(ks, static_cast<const float*>(p.k.ptr), dqk, args.vector_io,
-                                      [&](int r) { return key_row(p.k, k_key0, n0 + r); });
+                                      [&](int r) { return item_key_row(p, it, p.k, k_key0, n0 + r); });
   };
   auto load_v_tile = [&](int kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
     if (fast_copy) return v_copy.copy(n0, seq.k_begin, seq.k_end);
     load_rows<Tile, N, Tile::kVPitch>(vs, static_cast<const float*>(p.v.ptr), dv, args.vector_io,
-                                      [&](int r) { return key_row(p.v, v_key0, n0 + r); });
+                                      [&](int r) { return item_key_row(p, it, p.v, v_key0, n0 + r); });
   };
 
   float o[TM][CQ][4];
@@ -594,76 +739,38 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const BlockWor
     }
   }
   cp_async_wait<0>();
-  if (!piece.whole && !merge_key_split<Tile>(args, piece, o, row_max, row_sum)) return;
+  if constexpr (Tile::kPersistent) {
+    if (!pieces.current().whole && !merge_key_split<Tile>(args, pieces.current(), o, row_max, row_sum))
+      return;
+  }
 
   // ---- sinks, normalisation, LSE, store ---------------------------------------------------------
-  float* out = static_cast<float*>(p.out.mutable_ptr());
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    float sum = row_lanes_sum<kKeyBits>(row_sum[r]);
-    float m = row_max[r];
-    float factor = 1.0f;
-    if (p.sinks != nullptr) {
-      const float sink = p.sinks[h];
-      const float new_max = fmaxf(m, sink);
-      factor = m == -INFINITY ? 0.0f : fast_exp2((m - new_max) * kLog2e);
-      sum = sum * factor + fast_exp2((sink - new_max) * kLog2e);
-      m = new_max;
-    }
-    // sum is NaN when a NaN score reached this row: keep it visible (core::SoftmaxRow).
-    const float inv = sum > 0.0f ? factor / sum : (sum == 0.0f ? 0.0f : sum);
-    const int64_t i = row0 + first_row + R * r;
-    if (i >= row_end) continue;
-    if (p.lse != nullptr && key_lane == 0)
-      p.lse[core::lse_offset(p, seq, b, i, h)] = sum > 0.0f ? m + logf(sum) : (sum == 0.0f ? -INFINITY : sum);
-    float* dst = out + core::out_offset(p, seq, b, i, h);
-#pragma unroll
-    for (int j = 0; j < CQ; ++j) {
-      const int col = 4 * key_lane + 4 * G * j;
-      const float4 v = make_float4(o[r][j][0] * inv, o[r][j][1] * inv, o[r][j][2] * inv, o[r][j][3] * inv);
-      if (args.vector_io && col < dv) {
-        *reinterpret_cast<float4*>(dst + col) = v;
-      } else {
-        const float e[4] = {v.x, v.y, v.z, v.w};
-        for (int k = 0; k < 4 && col + k < dv; ++k) dst[col + k] = e[k];
-      }
-    }
-  }
+  store_rows<Tile>(args, item_rows<Tile>(p, pieces.work()), first_row, key_lane, o, row_max, row_sum);
 }
 
-// Work item `item` of the grid's natural order (tile fastest, then head, then sequence).
-__device__ __forceinline__ BlockWork natural_order_item(const Fp32Args& args, uint32_t item) {
-  BlockWork work;
-  work.tile = item % args.q_tiles;
-  work.head = item / args.q_tiles % args.p.heads_q;
-  work.batch = item / args.q_tiles / args.p.heads_q;
-  return work;
-}
-
-// The plain kernel (kKeySplit false): one item per block, block (tile, head, sequence) of the
-// grid (or the item this_block_work maps it to); in a key-split call, only the whole items'
-// blocks. The key-split kernel: block r takes the pieces of run r. Two instantiations rather
-// than a runtime flag: the run's loop costs the kernel registers (hd 256: 230 -> 254; hd 64's
-// spill stores would go 156 -> 548 bytes) and, measured at hd 256, 7% of its speed, so the
-// whole items run on the plain kernel and only the runs on this one (docs/perf-log.md, fp32 tier
-// v6).
-template <class Tile, bool kKeySplit>
+// The plain kernel (kPersistent false): one item per block, block (tile, head, sequence) of the
+// grid (or the item this_block_work maps it to). The persistent kernel: one wave of blocks, block
+// r taking its pieces in order (key_split.h). Two instantiations rather than a runtime flag: the
+// plain kernel keeps the grid's work item a function of blockIdx, which ptxas re-reads instead of
+// holding in registers, and the tiles without a persistent schedule never build the loop.
+template <class Tile, bool kPersistent>
 __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_forward_kernel(const Fp32Args args) {
-  const KeySplitSchedule& split = args.split;
-  if constexpr (!kKeySplit) {
-    allow_dependent_launch();  // a key-split call's runs take the SMs as these blocks finish
-    // A key-split call launches the whole grid and the split items' blocks leave at once: the work
-    // item stays a function of blockIdx, which ptxas re-reads instead of keeping it in registers.
-    if (split.blocks != 0 && blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z) >= split.whole_items) return;
-    attend_item<Tile>(args, this_block_work(args.order_groups), KeySplitPiece{0, 0, UINT32_MAX});
+  if constexpr (!kPersistent) {
+    attend_item<Tile>(args, WholeItemPiece{args.order_groups});
   } else {
-    const uint64_t run_end = split_run_begin(split, blockIdx.x + 1);
-    for (uint64_t at = split_run_begin(split, blockIdx.x); at < run_end;) {
-      const KeySplitPiece piece = split_piece(split, blockIdx.x, at);
-      at += piece.tile_end - piece.tile_begin;
-      attend_item<Tile>(args, natural_order_item(args, piece.item), piece);
+    const KeySplitSchedule& split = args.split;
+    BlockControl& control = block_control<Tile>();
+    if (threadIdx.x == 0) {
+      control.cursor = first_block_piece(split, blockIdx.x);
+      control.has_piece = next_block_piece(split, blockIdx.x, control.cursor, control.piece);
     }
-    wait_for_primary_grid();  // the call is complete only when the whole items' kernel is too
+    __syncthreads();
+    while (control.has_piece) {
+      attend_item<Tile>(args, ScheduledPiece{args, control.piece});
+      __syncthreads();  // everyone is done with the piece
+      if (threadIdx.x == 0) control.has_piece = next_block_piece(split, blockIdx.x, control.cursor, control.piece);
+      __syncthreads();
+    }
   }
 }
 
@@ -678,13 +785,13 @@ inline int max_shared_memory_per_block() {
 
 // Blocks of the kernel resident on `device` at once (SMs x blocks per SM); also raises the
 // kernel's dynamic shared-memory limit on that device, once.
-template <class Tile, bool kKeySplit>
+template <class Tile, bool kPersistent>
 int fp32_resident_blocks(int device) {
   static std::mutex mutex;
   static int resident[kMaxDevices] = {};
   std::lock_guard<std::mutex> lock(mutex);
   if (resident[device] == 0) {
-    const auto kernel = fp32_forward_kernel<Tile, kKeySplit>;
+    const auto kernel = fp32_forward_kernel<Tile, kPersistent>;
     require_shared_memory(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes),
                           Tile::kSmemBytes, "fp32_forward_kernel");
     int per_sm = 0, sms = 0;
@@ -699,26 +806,27 @@ int fp32_resident_blocks(int device) {
 // Every item reads the same key tiles [0, ceil(Sk / BlockN)): batched Q and K, no per-sequence key
 // counts, no window (so no causal mask). Only then does an even split of the flattened tiles
 // balance the blocks.
-inline bool uniform_key_work(const core::Problem& p) {
-  return p.q_layout == core::QLayout::kBatched && p.kv_layout == core::KvLayout::kBatched && p.seqused_k == nullptr &&
-         p.cache_seqlens == nullptr && p.cache_seqlen_all < 0 && p.cache_leftpad == nullptr && p.window_left < 0 &&
-         p.window_right < 0 && p.seqlen_k > 0;
+inline bool uniform_key_work(const Fp32Args& args) {
+  const core::Problem& p = args.p;
+  return p.q_layout == core::QLayout::kBatched && p.kv_layout == core::KvLayout::kBatched &&
+         p.seqused_k == nullptr && p.cache_seqlens == nullptr && p.cache_seqlen_all < 0 && p.cache_leftpad == nullptr &&
+         p.window_left < 0 && p.window_right < 0 && p.seqlen_k > 0 && p.rotary_dim == 0;
 }
 
-// The plain grid's wave efficiency below which a uniform call splits keys (0.99: split when more
-// than 1% of the last wave would idle). FLASHSDPA_FP32_KEY_SPLIT=0 never splits, =1 always does
-// (uniform calls); for measurement and tests.
-inline double key_split_min_efficiency() {
-  static const double value = [] {
+// How a uniform call runs: FLASHSDPA_FP32_KEY_SPLIT=0 the plain grid, =1 persistent and always
+// splitting the last waves; unset, persistent, splitting when the plain grid's waves would be less
+// than 99% full. For measurement and tests.
+enum class Fp32Schedule { kPlain, kPersistent, kAlwaysSplit };
+inline Fp32Schedule fp32_schedule() {
+  static const Fp32Schedule value = [] {
     const char* env = std::getenv("FLASHSDPA_FP32_KEY_SPLIT");
-    if (env == nullptr || *env == '\0') return 0.99;
-    return env[0] == '0' ? 0.0 : 2.0;
+    if (env == nullptr || *env == '\0') return Fp32Schedule::kPersistent;
+    return env[0] == '0' ? Fp32Schedule::kPlain : Fp32Schedule::kAlwaysSplit;
   }();
   return value;
 }
 
-// kAllowKeySplit: the tile has a key-split instantiation (built where it was measured to pay).
-template <class Tile, bool kAllowKeySplit>
+template <class Tile>
 void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
   const core::Problem& p = args.p;
   const int64_t tiles = (p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
@@ -728,38 +836,38 @@ void launch_fp32_tile(const Fp32Args& args, cudaStream_t stream) {
   if (!fits_block_order(tiles, p.heads_q, p.batch)) launch_args.order_groups = 0;
   launch_args.q_tiles = static_cast<uint32_t>(tiles);
   launch_args.split = KeySplitSchedule{};
-  if (kAllowKeySplit && uniform_key_work(p))
+  const Fp32Schedule schedule = fp32_schedule();
+  if (Tile::kPersistent && schedule != Fp32Schedule::kPlain && uniform_key_work(args))
     launch_args.split = choose_key_split(tiles * p.heads_q * p.batch, (p.seqlen_k + Tile::kBlockN - 1) / Tile::kBlockN,
-                                         fp32_resident_blocks<Tile, kAllowKeySplit>(device), key_split_min_efficiency());
+                                         fp32_resident_blocks<Tile, Tile::kPersistent>(device),
+                                         schedule == Fp32Schedule::kAlwaysSplit ? 2.0 : 0.99);
   const KeySplitSchedule& split = launch_args.split;
-  fp32_resident_blocks<Tile, false>(device);  // raises the plain kernel's shared-memory limit
   if (split.blocks == 0) {
+    fp32_resident_blocks<Tile, false>(device);  // raises the plain kernel's shared-memory limit
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
     fp32_forward_kernel<Tile, false><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
     check_cuda(cudaGetLastError(), "fp32_forward_kernel launch");
     return;
   }
-  if constexpr (kAllowKeySplit) {
-    // Scratch: the merge counters (zeroed), then 2 partial slots per run. The whole items' kernel
-    // first; the runs' kernel launched behind it programmatically, so its blocks take SMs as the
-    // whole items finish rather than after the last one.
-    const size_t counter_bytes = (size_t(split.blocks) * sizeof(uint32_t) + 255) / 256 * 256;
-    const size_t bytes = counter_bytes + size_t(2) * split.blocks * Tile::kThreads * Tile::kStateFloats * sizeof(float);
+  if constexpr (Tile::kPersistent) {
+    // Scratch only when items are split: the merge counters (zeroed), then 2 partial slots per run.
     void* scratch = nullptr;
-    check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
-    launch_args.split_counters = static_cast<uint32_t*>(scratch);
-    launch_args.split_partials = reinterpret_cast<float*>(static_cast<unsigned char*>(scratch) + counter_bytes);
-    cudaError_t status = cudaMemsetAsync(scratch, 0, counter_bytes, stream);
-    if (status == cudaSuccess && split.whole_items > 0) {
-      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
-      fp32_forward_kernel<Tile, false><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
+    cudaError_t status = cudaSuccess;
+    if (split_total_tiles(split) > 0) {
+      const size_t counter_bytes = (size_t(split.blocks) * sizeof(uint32_t) + 255) / 256 * 256;
+      const size_t bytes =
+          counter_bytes + size_t(2) * split.blocks * Tile::kThreads * Tile::kStateFloats * sizeof(float);
+      check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
+      launch_args.split_counters = static_cast<uint32_t*>(scratch);
+      launch_args.split_partials = reinterpret_cast<float*>(static_cast<unsigned char*>(scratch) + counter_bytes);
+      status = cudaMemsetAsync(scratch, 0, counter_bytes, stream);
+    }
+    if (status == cudaSuccess) {
+      fp32_forward_kernel<Tile, true><<<split.blocks, Tile::kThreads, Tile::kSmemBytes, stream>>>(launch_args);
       status = cudaGetLastError();
     }
-    if (status == cudaSuccess)
-      status = launch_programmatic(fp32_forward_kernel<Tile, true>, dim3(split.blocks), Tile::kThreads,
-                                   Tile::kSmemBytes, stream, launch_args);
-    check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
-    check_cuda(status, "fp32_forward_kernel launch (key split)");
+    if (scratch != nullptr) check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+    check_cuda(status, "fp32_forward_kernel launch (persistent)");
   }
 }
 

@@ -470,30 +470,36 @@ TEST(CudaForward, LongestFirstOrderIsAPermutation) {
   }
 }
 
-// The fp32 tier's key-split schedule (key_split.h): whole items and runs together cover every
-// (item, key tile) once; an item's pieces lie in consecutive runs, in key order, and the slots the
-// merge reads for them (split_piece_slot) are the ones the pieces wrote, each slot written once.
+// The fp32 tier's persistent schedule (key_split.h): the blocks' pieces (whole items dealt
+// round-robin, then each block's run) together cover every (item, key tile) once; an item's
+// pieces lie in consecutive runs, in key order, and the slots the merge reads for them
+// (split_piece_slot) are the ones the pieces wrote, each slot written once.
 TEST(CudaForward, KeySplitScheduleCoversEveryTileOnce) {
   for (uint32_t items : {1u, 2u, 7u, 30u, 68u, 300u}) {
-    for (uint32_t tiles : {2u, 3u, 16u, 37u}) {
+    for (uint32_t tiles : {1u, 2u, 3u, 16u, 37u}) {
       for (uint32_t blocks : {1u, 2u, 5u, 33u, 132u}) {
-        for (uint32_t whole : {0u, items / 3, items - 1}) {
-          if (uint64_t(items - whole) * tiles < blocks) continue;  // choose_key_split never runs an empty block
+        for (uint32_t whole : {0u, items / 3, items - 1, items}) {
+          const uint64_t split_tiles = uint64_t(items - whole) * tiles;
+          if (split_tiles > 0 && split_tiles < blocks) continue;  // choose_key_split never runs an empty block
           const cuda::KeySplitSchedule s{blocks, whole, items, tiles};
           std::vector<int> covered(size_t(items) * tiles, 0), slot_writes(2 * size_t(blocks), 0);
           std::vector<std::vector<std::pair<uint32_t, uint32_t>>> item_pieces(items);  // (run, slot)
-          for (uint32_t item = 0; item < whole; ++item)
-            for (uint32_t t = 0; t < tiles; ++t) ++covered[size_t(item) * tiles + t];
           for (uint32_t r = 0; r < blocks; ++r) {
-            const uint64_t end = cuda::split_run_begin(s, r + 1);
-            ASSERT_LT(cuda::split_run_begin(s, r), end) << "run " << r << " is empty";
-            for (uint64_t at = cuda::split_run_begin(s, r); at < end;) {
-              const cuda::KeySplitPiece piece = cuda::split_piece(s, r, at);
-              ASSERT_GE(piece.item, whole);
+            if (split_tiles > 0) ASSERT_LT(cuda::split_run_begin(s, r), cuda::split_run_begin(s, r + 1)) << "run " << r << " is empty";
+            cuda::BlockPieces cursor = cuda::first_block_piece(s, r);
+            cuda::KeySplitPiece piece;
+            uint32_t whole_seen = 0;
+            while (cuda::next_block_piece(s, r, cursor, piece)) {
               ASSERT_LT(piece.item, items);
               ASSERT_LT(piece.tile_begin, piece.tile_end);
               ASSERT_LE(piece.tile_end, tiles);
               for (uint32_t t = piece.tile_begin; t < piece.tile_end; ++t) ++covered[size_t(piece.item) * tiles + t];
+              if (piece.item < whole) {  // the block's whole items first, blocks apart
+                ASSERT_TRUE(piece.whole);
+                EXPECT_EQ(piece.item, r + whole_seen * blocks);
+                ++whole_seen;
+                continue;
+              }
               EXPECT_EQ(piece.whole, piece.pieces == 1);
               if (!piece.whole) {
                 ASSERT_LT(piece.slot, 2 * blocks);
@@ -502,10 +508,9 @@ TEST(CudaForward, KeySplitScheduleCoversEveryTileOnce) {
                 EXPECT_EQ(piece.first + item_pieces[piece.item].size() - 1, r) << "pieces in consecutive runs";
                 EXPECT_EQ(piece.first, item_pieces[piece.item][0].first);
               }
-              at += piece.tile_end - piece.tile_begin;
             }
           }
-          for (int count : covered) ASSERT_EQ(count, 1) << items << " items x " << tiles << " tiles, " << whole << " whole, " << blocks << " runs";
+          for (int count : covered) ASSERT_EQ(count, 1) << items << " items x " << tiles << " tiles, " << whole << " whole, " << blocks << " blocks";
           for (int writes : slot_writes) ASSERT_LE(writes, 1);
           for (uint32_t item = 0; item < items; ++item) {
             const auto& pieces = item_pieces[item];
@@ -521,16 +526,22 @@ TEST(CudaForward, KeySplitScheduleCoversEveryTileOnce) {
       }
     }
   }
-  // Off where the plain grid fills its waves or there is nothing to split; the last two waves'
-  // items split (all of them below two waves); never more runs than tiles.
+  // Whole items only where the plain grid fills its waves or items have one tile; otherwise the
+  // last two waves' items split (all of them below two waves); never more runs than tiles; off
+  // where positions could overflow.
   const cuda::KeySplitSchedule grid = cuda::choose_key_split(2048, 16, 132, 0.99);
   EXPECT_EQ(grid.blocks, 132u);
   EXPECT_EQ(grid.whole_items, 14u * 132u);
   EXPECT_EQ(cuda::choose_key_split(200, 16, 132, 0.99).whole_items, 0u);
-  EXPECT_EQ(cuda::choose_key_split(2 * 132, 16, 132, 0.99).blocks, 0u);
-  EXPECT_EQ(cuda::choose_key_split(2048, 1, 132, 0.99).blocks, 0u);
+  const cuda::KeySplitSchedule full = cuda::choose_key_split(2 * 132, 16, 132, 0.99);
+  EXPECT_EQ(full.blocks, 132u);
+  EXPECT_EQ(full.whole_items, 264u);
+  EXPECT_EQ(cuda::choose_key_split(2048, 1, 132, 0.99).whole_items, 2048u);
   EXPECT_EQ(cuda::choose_key_split(3, 2, 132, 0.99).blocks, 6u);
-  EXPECT_EQ(cuda::choose_key_split(2048, 16, 132, 0.0).blocks, 0u);
+  const cuda::KeySplitSchedule small = cuda::choose_key_split(3, 2, 132, 0.0);
+  EXPECT_EQ(small.blocks, 3u);
+  EXPECT_EQ(small.whole_items, 3u);
+  EXPECT_EQ(cuda::choose_key_split(int64_t(1) << 31, 16, 132, 0.99).blocks, 0u);
 }
 
 // The exact fp32 tier's tile shapes (forward_fp32.cu): several query blocks and key tiles with a
@@ -615,11 +626,12 @@ TEST(CudaForward, Fp32HeadDim256Sources) {
   }
 }
 
-// Head dim 256 fp32 calls whose items the launch splits over blocks by key tiles (key_split.h; a
-// batched call without a window on fewer items than the device holds at once): one item in one
-// piece per key tile, items cut at irregular points, logits that put each piece's max far apart,
-// sinks, softcap with ALiBi, Dqk != Dv and unaligned rows. FLASHSDPA_FP32_KEY_SPLIT=0 / 1 runs the
-// same calls plain / always split (scripts/gpu-check.sh runs both).
+// Head dim 256 fp32 calls on the persistent launch (key_split.h; batched calls without a window):
+// one item in one piece per key tile, items cut at irregular points, logits that put each piece's
+// max far apart, sinks, softcap with ALiBi, Dqk != Dv, unaligned rows; blocks that take several
+// whole items, then a run.
+// FLASHSDPA_FP32_KEY_SPLIT=0 / 1 runs the same calls plain / always split (scripts/gpu-check.sh
+// runs both).
 TEST(CudaForward, Fp32KeySplitPieces) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 1700;
@@ -638,6 +650,17 @@ TEST(CudaForward, Fp32KeySplitPieces) {
   run(batched(128, 1000, 8, 2, 256, 256));  // 32 items x 16 tiles: runs of ~4 tiles cut items anywhere
   {  // 200 items x 3 tiles on a device of ~100-200 blocks: runs of 1-2 items, whole items among pieces
     AttnConfig c = batched(64 * 20, 130, 10, 5, 256, 256);
+    c.batch = 1;
+    c.sinks = true;
+    run(c);
+  }
+  {  // 33 query tiles x 8 heads: two whole waves of 132 SMs (whole items only, two per block)
+    AttnConfig c = batched(64 * 33, 100, 8, 2, 256, 256);
+    c.batch = 1;
+    run(c);
+  }
+  {  // 101 query tiles (the last of 17 rows) x 4 heads: two whole items per block, then ~3-tile runs
+    AttnConfig c = batched(64 * 100 + 17, 130, 4, 1, 256, 256);
     c.batch = 1;
     c.sinks = true;
     run(c);
