@@ -98,11 +98,17 @@ FLASHSDPA_HD int64_t lse_offset(const Problem& p, const SeqView& s, int64_t b, i
 // the table gives no valid one (slot past max_blocks_per_seq, entry outside [0, num_blocks));
 // the row of key j inside that block.
 FLASHSDPA_HD int64_t paged_slot(const Problem& p, int64_t j) { return j / p.block_size; }
-FLASHSDPA_HD int64_t paged_block(const Problem& p, int64_t b, int64_t slot) {
+// A block_table entry as stored (-1 for a slot past the table), and the block it names (-1: out
+// of range). Two steps so that a kernel can load an entry early and check it when it is used.
+FLASHSDPA_HD int32_t paged_entry(const Problem& p, int64_t b, int64_t slot) {
   if (slot < 0 || slot >= p.max_blocks_per_seq) return -1;
-  const int64_t block = p.block_table[b * p.block_table_stride + slot];
-  if (block < 0 || block >= p.num_blocks) return -1;
-  return block;
+  return p.block_table[b * p.block_table_stride + slot];
+}
+FLASHSDPA_HD int64_t paged_checked_block(const Problem& p, int64_t entry) {
+  return entry < 0 || entry >= p.num_blocks ? -1 : entry;
+}
+FLASHSDPA_HD int64_t paged_block(const Problem& p, int64_t b, int64_t slot) {
+  return paged_checked_block(p, paged_entry(p, b, slot));
 }
 FLASHSDPA_HD int64_t paged_row(const Problem& p, const Operand& kv, int64_t block, int64_t slot, int64_t j) {
   return block * kv.batch_stride + (j - slot * p.block_size) * kv.row_stride;

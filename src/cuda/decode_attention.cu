@@ -389,9 +389,11 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
   }
 }
 
-// A paged chunk's block-table slot and block (-1: none valid), for pages of whole chunks.
+// A paged chunk's block-table slot and entry as loaded (checked with core::paged_checked_block
+// only when the chunk's copies are issued), for pages of whole chunks.
 struct PagedChunk {
-  int64_t slot = 0, block = -1;
+  int64_t slot = 0;
+  int32_t entry = -1;  // 32-bit as stored: widening it at the load would wait for the load
 };
 
 // Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
@@ -417,7 +419,8 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
     const bool paged = p.kv_layout == core::KvLayout::kPaged;
     auto first_row = [&](const core::Operand& kv) {
       if (!paged) return core::key_offset(p, w.s, kv, w.b, key0);
-      return page.block < 0 ? int64_t(-1) : core::paged_row(p, kv, page.block, page.slot, key0);
+      const int64_t block = core::paged_checked_block(p, page.entry);
+      return block < 0 ? int64_t(-1) : core::paged_row(p, kv, block, page.slot, key0);
     };
     const int64_t k_row = first_row(p.k), v_row = first_row(p.v);
     if (k_row >= 0 && v_row >= 0) {  // uniform over the warp: the same key for every lane
@@ -765,12 +768,14 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kChunk; };
   // Paged caches whose pages hold whole chunks: the block-table entry of a warp's next chunk is
   // loaded while this chunk's copies are issued, so the copies never wait on the table (a
-  // dependent round trip per chunk otherwise; docs/perf-log.md, CUDA decode, run 10).
+  // dependent round trip per chunk otherwise; docs/perf-log.md, CUDA decode, run 10); it is
+  // range-checked only when used, one chunk later, so the warp does not wait on the load at
+  // the check (docs/perf-log.md, CUDA decode, run 15).
   const bool blocks_ahead = a.p.kv_layout == core::KvLayout::kPaged && a.strided_chunks;
   auto look_up = [&](int n) {
     PagedChunk page;
     page.slot = core::paged_slot(a.p, chunk_key0(n));
-    page.block = core::paged_block(a.p, w.b, page.slot);
+    page.entry = core::paged_entry(a.p, w.b, page.slot);
     return page;
   };
   PagedChunk next_page = blocks_ahead && my_chunks > 0 ? look_up(0) : PagedChunk{};
