@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <string>
 
 #include "core/mask.h"
@@ -969,34 +968,13 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const A
 
 // ---- host side ----------------------------------------------------------------------------------
 
-// CTAs of one kernel instantiation resident on the whole device at once (SMs x CTAs per SM), or
-// 0 when its shared memory exceeds what a CTA may have on this device (the 8-warp CTA off
-// Hopper). Also raises the kernel's dynamic shared-memory limit, once per device.
+// CTAs of one kernel instantiation resident on the whole device at once, or 0 when its shared
+// memory exceeds what a CTA may have on this device (the 8-warp CTA off Hopper); raises the
+// kernel's dynamic shared-memory limit (resident_blocks).
 template <class E, int kHeadDim, int kWarps>
 int resident_ctas(int device) {
-  static std::mutex mutex;
-  static int resident[kMaxDevices] = {};
-  std::lock_guard<std::mutex> lock(mutex);
-  if (resident[device] == 0) {
-    const int smem = static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes);
-    int smem_limit = 0;
-    check_cuda(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute");
-    if (smem > smem_limit) {
-      resident[device] = -1;
-    } else {
-      check_cuda(cudaFuncSetAttribute(split_kv_attention_kernel<E, kHeadDim, kWarps>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                 "cudaFuncSetAttribute");
-      int per_sm = 0, sms = 0;
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, split_kv_attention_kernel<E, kHeadDim, kWarps>,
-                                                               kWarps * 32, smem),
-                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-      check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-      resident[device] = std::max(per_sm, 1) * std::max(sms, 1);
-    }
-  }
-  return std::max(resident[device], 0);
+  return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps>>(
+      device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes));
 }
 
 // Minimum keys per split: below ~256 keys (128 KB of K/V at head dim 128) the partial write and

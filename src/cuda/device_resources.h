@@ -1,8 +1,14 @@
-// Per-device resources the CUDA tiers share: the current device's ordinal and the stream-ordered
-// pool that split-key scratch comes from (decode's partials, the fp32 forward's key-split pieces).
+// Per-device resources the CUDA tiers share: the current device's ordinal, the stream-ordered
+// pool that split-key scratch comes from (decode's partials, the fp32 forward's key-split pieces)
+// and how many blocks of a kernel the device holds at once (what both tiers size their splits by).
 #pragma once
 
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "cuda/device_utils.cuh"
 
 namespace flashsdpa::cuda {
 
@@ -15,5 +21,32 @@ int current_device();
 // allocates the same few MB every call, and returning them to the driver would cost more than the
 // kernel.
 cudaMemPool_t scratch_pool(int device);
+
+// Blocks of kKernel resident on `device` at once (SMs x blocks per SM) with `threads` threads and
+// `smem_bytes` of dynamic shared memory, or 0 when smem_bytes exceeds what a block may opt into on
+// the device. Also raises the kernel's dynamic shared-memory limit; once per kernel and device.
+template <auto kKernel>
+int resident_blocks(int device, int threads, int smem_bytes) {
+  static std::mutex mutex;
+  static int resident[kMaxDevices] = {};  // 0: not worked out yet, -1: does not fit
+  std::lock_guard<std::mutex> lock(mutex);
+  if (resident[device] == 0) {
+    int smem_limit = 0;
+    check_cuda(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    if (smem_bytes > smem_limit) {
+      resident[device] = -1;
+    } else {
+      check_cuda(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
+                 "cudaFuncSetAttribute");
+      int per_sm = 0, sms = 0;
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem_bytes),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+      resident[device] = std::max(per_sm, 1) * std::max(sms, 1);
+    }
+  }
+  return std::max(resident[device], 0);
+}
 
 }  // namespace flashsdpa::cuda

@@ -30,7 +30,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <mutex>
 
 #include "core/mask.h"
 #include "core/problem.h"
@@ -784,23 +783,12 @@ inline int max_shared_memory_per_block() {
 }
 
 // Blocks of the kernel resident on `device` at once (SMs x blocks per SM); also raises the
-// kernel's dynamic shared-memory limit on that device, once.
+// kernel's dynamic shared-memory limit (resident_blocks), or refuses a tile that does not fit.
 template <class Tile, bool kPersistent>
 int fp32_resident_blocks(int device) {
-  static std::mutex mutex;
-  static int resident[kMaxDevices] = {};
-  std::lock_guard<std::mutex> lock(mutex);
-  if (resident[device] == 0) {
-    const auto kernel = fp32_forward_kernel<Tile, kPersistent>;
-    require_shared_memory(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes),
-                          Tile::kSmemBytes, "fp32_forward_kernel");
-    int per_sm = 0, sms = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Tile::kThreads, Tile::kSmemBytes),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    resident[device] = (per_sm > 1 ? per_sm : 1) * (sms > 1 ? sms : 1);
-  }
-  return resident[device];
+  const int resident = resident_blocks<fp32_forward_kernel<Tile, kPersistent>>(device, Tile::kThreads, Tile::kSmemBytes);
+  if (resident == 0) require_shared_memory(cudaErrorInvalidValue, Tile::kSmemBytes, "fp32_forward_kernel");
+  return resident;
 }
 
 // Every item reads the same key tiles [0, ceil(Sk / BlockN)): batched Q and K, no per-sequence key
