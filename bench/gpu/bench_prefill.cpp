@@ -4,7 +4,12 @@
 //   flashsdpa_gpu_bench                     the grid of issue 4 (hd 64/128/256 x seqlen 1k/4k/16k,
 //                                           16k tokens per batch, H = 2048 / hd, causal or not,
 //                                           bf16, fp16, fp32)
-//   flashsdpa_gpu_bench --one DT HD S B H C  one point (DT bf16|fp16|fp32, C 0|1)
+//   flashsdpa_gpu_bench --one DT HD S B H C [SK] [--trace FILE]
+//                                           one point (DT bf16|fp16|fp32, C 0|1; SK keys per
+//                                           sequence, default S); --trace writes one more call's
+//                                           timeline of the persistent fp32 kernel's pieces to FILE
+//                                           (block item tile_begin tile_end start issued landed loop
+//                                           v_issued end, ns)
 //   flashsdpa_gpu_bench --grid DT            the prefill grid of one dtype
 //   flashsdpa_gpu_bench --sweep             candidate tensor-core tile shapes (bench/gpu/tile_sweep*.cu),
 //                                           bf16, hd 64/128/256, 1k/4k/16k, causal or not; causal
@@ -32,6 +37,7 @@
 
 #include "core/dtype.h"
 #include "core/validate.h"
+#include "cuda/launch.h"
 #include "flashsdpa/flashsdpa.h"
 #include "tile_sweep.h"
 
@@ -78,33 +84,68 @@ void fill(DeviceBuffer& buf, DType dtype, int64_t count, uint64_t seed) {
   check(cudaMemcpy(buf.ptr, host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
 }
 
-// Multiply-adds of allowed (i, j) pairs, bottom-right aligned causal (Sq == Sk here: S(S+1)/2).
-double flop_count(int64_t b, int64_t h, int64_t s, int64_t d, bool causal) {
-  const double pairs = causal ? static_cast<double>(s) * (s + 1) / 2.0 : static_cast<double>(s) * s;
+// Multiply-adds of allowed (i, j) pairs, bottom-right aligned causal: query row i sees keys
+// j <= i + sk - sq (sq == sk: S(S+1)/2).
+double flop_count(int64_t b, int64_t h, int64_t sq, int64_t sk, int64_t d, bool causal) {
+  double pairs = static_cast<double>(sq) * sk;
+  if (causal) {
+    pairs = 0;
+    for (int64_t i = 0; i < sq; ++i) pairs += static_cast<double>(std::clamp<int64_t>(i + sk - sq + 1, 0, sk));
+  }
   return 4.0 * b * h * pairs * d;
 }
+double flop_count(int64_t b, int64_t h, int64_t s, int64_t d, bool causal) { return flop_count(b, h, s, s, d, causal); }
 
 struct Point {
   std::string dtype;
   int64_t hd, seqlen, batch, heads;
   bool causal;
+  int64_t seqlen_k = 0;  // 0: seqlen
+  const char* trace_file = nullptr;
 };
+
+// One more call with the fp32 timeline on (cuda::Fp32Debug), its records written to `path`.
+void write_fp32_trace(const char* path, const flashsdpa::AttnParams& p, const flashsdpa::ExecContext& ctx) {
+  const int capacity = 1 << 16;
+  const size_t bytes = sizeof(unsigned long long) * (1 + size_t(flashsdpa::cuda::kFp32TraceWords) * capacity);
+  DeviceBuffer buffer(bytes);
+  check(cudaMemset(buffer.ptr, 0, bytes), "trace memset");
+  flashsdpa::cuda::fp32_set_debug({static_cast<unsigned long long*>(buffer.ptr), capacity});
+  flashsdpa::attention_forward(p, ctx);
+  check(cudaDeviceSynchronize(), "traced call");
+  flashsdpa::cuda::fp32_set_debug({});
+  std::vector<unsigned long long> words(bytes / sizeof(unsigned long long));
+  check(cudaMemcpy(words.data(), buffer.ptr, bytes, cudaMemcpyDeviceToHost), "trace copy");
+  FILE* f = std::fopen(path, "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cannot write %s\n", path);
+    std::exit(1);
+  }
+  const unsigned long long records = std::min<unsigned long long>(words[0], capacity);
+  for (unsigned long long n = 0; n < records; ++n) {
+    const unsigned long long* r = words.data() + 1 + flashsdpa::cuda::kFp32TraceWords * n;
+    std::fprintf(f, "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu\n", r[0] >> 32, r[0] & 0xffffffffull,
+                 r[1] >> 32, r[1] & 0xffffffffull, r[2], r[3], r[4], r[5], r[6], r[7]);
+  }
+  std::fclose(f);
+}
 
 void run_point(const Point& pt, int iters) {
   using namespace flashsdpa;
   const DType dtype = parse_dtype(pt.dtype);
   const int64_t esize = dtype_size(dtype);
-  const int64_t n = pt.batch * pt.seqlen * pt.heads * pt.hd;
-  DeviceBuffer q(n * esize), k(n * esize), v(n * esize), out(n * esize);
+  const int64_t sk = pt.seqlen_k > 0 ? pt.seqlen_k : pt.seqlen;
+  const int64_t n = pt.batch * pt.seqlen * pt.heads * pt.hd, nk = pt.batch * sk * pt.heads * pt.hd;
+  DeviceBuffer q(n * esize), k(nk * esize), v(nk * esize), out(n * esize);
   DeviceBuffer lse(pt.batch * pt.heads * pt.seqlen * 4);
   fill(q, dtype, n, 1);
-  fill(k, dtype, n, 2);
-  fill(v, dtype, n, 3);
+  fill(k, dtype, nk, 2);
+  fill(v, dtype, nk, 3);
 
   AttnParams p;
   p.q = TensorRef::contiguous(q.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
-  p.k = TensorRef::contiguous(k.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
-  p.v = TensorRef::contiguous(v.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
+  p.k = TensorRef::contiguous(k.ptr, dtype, {pt.batch, sk, pt.heads, pt.hd});
+  p.v = TensorRef::contiguous(v.ptr, dtype, {pt.batch, sk, pt.heads, pt.hd});
   p.out = TensorRef::contiguous(out.ptr, dtype, {pt.batch, pt.seqlen, pt.heads, pt.hd});
   p.lse = TensorRef::contiguous(lse.ptr, DType::kFloat32, {pt.batch, pt.heads, pt.seqlen});
   p.causal = pt.causal;
@@ -130,13 +171,16 @@ void run_point(const Point& pt, int iters) {
   check(cudaGetLastError(), "timed runs");
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  const double tflops = flop_count(pt.batch, pt.heads, pt.seqlen, pt.hd, pt.causal) / (median * 1e-3) / 1e12;
+  const double tflops = flop_count(pt.batch, pt.heads, pt.seqlen, sk, pt.hd, pt.causal) / (median * 1e-3) / 1e12;
+  std::string keys;
+  if (sk != pt.seqlen) keys = ", \"seqlen_k\": " + std::to_string(sk);
   std::printf(
-      "{\"dtype\": \"%s\", \"hd\": %lld, \"seqlen\": %lld, \"batch\": %lld, \"heads\": %lld, \"causal\": %s, "
+      "{\"dtype\": \"%s\", \"hd\": %lld, \"seqlen\": %lld%s, \"batch\": %lld, \"heads\": %lld, \"causal\": %s, "
       "\"ms\": %.4f, \"ms_min\": %.4f, \"tflops\": %.2f, \"tier\": \"%s\"}\n",
-      pt.dtype.c_str(), static_cast<long long>(pt.hd), static_cast<long long>(pt.seqlen),
+      pt.dtype.c_str(), static_cast<long long>(pt.hd), static_cast<long long>(pt.seqlen), keys.c_str(),
       static_cast<long long>(pt.batch), static_cast<long long>(pt.heads), pt.causal ? "true" : "false", median,
       ms.front(), tflops, sel.tier.c_str());
+  if (pt.trace_file != nullptr) write_fp32_trace(pt.trace_file, p, ctx);
   std::fflush(stdout);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
@@ -302,9 +346,16 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (argc == 8 && std::strcmp(argv[1], "--one") == 0) {
+  if (argc >= 8 && std::strcmp(argv[1], "--one") == 0) {
     Point pt{argv[2], std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]), std::atoll(argv[6]),
              std::atoi(argv[7]) != 0};
+    for (int n = 8; n < argc; ++n) {
+      if (std::strcmp(argv[n], "--trace") == 0 && n + 1 < argc) {
+        pt.trace_file = argv[++n];
+      } else {
+        pt.seqlen_k = std::atoll(argv[n]);
+      }
+    }
     run_point(pt, pt.dtype == "fp32" ? 5 : 20);
     return 0;
   }

@@ -124,11 +124,6 @@ struct Args {
   int trace_capacity;      // records of kDecodeTraceWords words: attention CTAs in the first half, the combine's after
 };
 
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // The global time once `value` has arrived: the predicate consumes it before the timer is read,
 // so a stamp taken on a loaded value marks the load's arrival, not its issue.
 __device__ __forceinline__ unsigned long long global_ns_after(uint32_t value) {

@@ -163,6 +163,15 @@ __device__ __forceinline__ void mma_16816<BFloat16>(float (&d)[4], const uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ---- timing ---------------------------------------------------------------------------------------
+
+// The GPU's global timer in ns, for the benchmarks' timelines (decode --trace, fp32 --trace).
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // ---- math -----------------------------------------------------------------------------------------
 
 // 2^x with the hardware approximation (about 2 ulp); exp2(-inf) = 0.

@@ -27,13 +27,19 @@ using Fp32TileD128 = Fp32Tile<128, 4, 8, 64, 1, true, true>;
 using Fp32TileD256 = Fp32Tile<256, 4, 16, 64, 1, true, true, 2, true>;
 using Fp32TileD256Small = Fp32Tile<256, 4, 16, 32, 1>;
 
+Fp32Debug g_debug;
+
 }  // namespace
+
+void fp32_set_debug(const Fp32Debug& debug) { g_debug = debug; }
 
 void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_groups, cudaStream_t stream) {
   Fp32Args args;
   args.p = p;
   args.vector_io = vector_io;
   args.order_groups = order_groups;
+  args.trace = g_debug.trace;
+  args.trace_capacity = g_debug.trace_capacity;
   const int64_t d = p.head_dim_qk > p.head_dim_v ? p.head_dim_qk : p.head_dim_v;
   if (d <= 64) {
     launch_fp32_tile<Fp32TileD64>(args, stream);

@@ -39,6 +39,7 @@
 #include "cuda/device_resources.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/key_split.h"
+#include "cuda/launch.h"
 
 namespace flashsdpa::cuda {
 
@@ -55,6 +56,9 @@ struct Fp32Args {
   uint32_t q_tiles = 0;
   float* split_partials = nullptr;
   uint32_t* split_counters = nullptr;
+  // Benchmark timeline of the persistent kernel's pieces (launch.h, Fp32Debug); nullptr: none.
+  unsigned long long* trace = nullptr;
+  int trace_capacity = 0;
 };
 
 template <int kHeadDim_, int kRowsPerThread_, int kThreadsPerRow_, int kBlockN_, int kMinBlocksPerSm_,
@@ -114,6 +118,9 @@ struct BlockControl {
   BlockPieces cursor;
   bool has_piece;
   bool finished_last;
+  // Benchmark timeline (Fp32Debug): the piece's start, its Q and first K tile issued, landed, its
+  // key loop's end, its first V tile issued.
+  unsigned long long trace_ns[5];
 };
 
 // The dynamic shared memory: the tiles from its 128-byte aligned base, then the BlockControl.
@@ -500,10 +507,20 @@ __device__ __forceinline__ int64_t item_key0(const core::Problem& p, const ItemR
                                                : core::key_offset(p, it.seq, kv, it.batch, 0) + it.kv_head * kv.head_stride;
 }
 
-// An item's query rows into qs (not committed).
+// An item's query rows into qs (not committed). Rows are linear in the row index within a
+// sequence, so with aligned rows they take the K/V tiles' copy: issuing the hd 256 block's 64 KB
+// through load_rows (a row offset per 16 bytes) took ~2 us of each item's prologue, the copy of
+// a K tile ~0.3 us (docs/perf-log.md, "fp32 tier v8").
 template <class Tile>
 __device__ __forceinline__ void load_query_rows(const Fp32Args& args, const ItemRows& it, float* qs) {
   const core::Problem& p = args.p;
+  if (args.vector_io) {
+    fp32_detail::LinearTileCopy<Tile, Tile::kBlockM, Tile::kQPitch> rows(
+        static_cast<const float*>(p.q.ptr), core::q_offset(p, it.seq, it.batch, it.row0, it.head), 0, p.q.row_stride,
+        static_cast<int>(p.head_dim_qk), qs);
+    rows.copy(0, 0, it.row_end - it.row0);
+    return;
+  }
   fp32_detail::load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(
       qs, static_cast<const float*>(p.q.ptr), static_cast<int>(p.head_dim_qk), args.vector_io, [&](int r) -> int64_t {
         const int64_t i = it.row0 + r;
@@ -560,6 +577,7 @@ __device__ __forceinline__ void store_rows(const Fp32Args& args, const ItemRows&
 
 // A plain-grid block's one piece: its whole item.
 struct WholeItemPiece {
+  static constexpr bool kScheduled = false;
   int64_t order_groups;
   __device__ __forceinline__ BlockWork work() const { return this_block_work(order_groups); }
   __device__ __forceinline__ KeySplitPiece current() const { return KeySplitPiece{0, 0, UINT32_MAX}; }
@@ -568,6 +586,7 @@ struct WholeItemPiece {
 // A persistent block's current piece, kept in shared memory (written by thread 0 between pieces)
 // and read where used, so that the key loop holds none of the schedule in registers.
 struct ScheduledPiece {
+  static constexpr bool kScheduled = true;  // the block's schedule is in its BlockControl
   const Fp32Args& args;
   const KeySplitPiece& piece;  // shared
   __device__ __forceinline__ BlockWork work() const { return natural_order_item(args, piece.item); }
@@ -618,6 +637,11 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const Pieces& 
   if (mod.has_alibi) mod.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
   const bool has_mod = mod.softcap > 0.0f || mod.has_alibi;
   const bool paged = p.kv_layout == core::KvLayout::kPaged;
+  // The benchmark timeline's instants of a persistent block's piece (launch.h, Fp32Debug).
+  auto stamp = [&](int n) {
+    if constexpr (Pieces::kScheduled)
+      if (args.trace != nullptr && threadIdx.x == 0) block_control<Tile>().trace_ns[n] = global_ns();
+  };
 
   // ---- loads: Q once, then K and V tiles ------------------------------------------------------
   load_query_rows<Tile>(args, it, qs);
@@ -649,12 +673,15 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const Pieces& 
 
   if (tile_begin < tile_end) load_k_tile(tile_begin);
   cp_async_commit();
+  stamp(1);
   for (int kt = tile_begin; kt < tile_end; ++kt) {
     const int64_t n0 = first_key + int64_t(kt) * N;
     cp_async_wait<0>();  // K of tile kt (and Q) landed: this thread's copies ...
     __syncthreads();     // ... and everyone's; V's buffer and P are free again
+    if (kt == tile_begin) stamp(2);
     load_v_tile(kt);
     cp_async_commit();
+    if (kt == tile_begin) stamp(4);
 
     // ---- S = Q K^T ----------------------------------------------------------------------------
     float s[TM][TN];
@@ -738,6 +765,7 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const Pieces& 
     }
   }
   cp_async_wait<0>();
+  stamp(3);
   if constexpr (Tile::kPersistent) {
     if (!pieces.current().whole && !merge_key_split<Tile>(args, pieces.current(), o, row_max, row_sum))
       return;
@@ -745,6 +773,18 @@ __device__ __forceinline__ void attend_item(const Fp32Args& args, const Pieces& 
 
   // ---- sinks, normalisation, LSE, store ---------------------------------------------------------
   store_rows<Tile>(args, item_rows<Tile>(p, pieces.work()), first_row, key_lane, o, row_max, row_sum);
+}
+
+// One piece's record in the benchmark timeline (launch.h, Fp32Debug), by thread 0 after the piece.
+__device__ __forceinline__ void record_piece(const Fp32Args& args, const BlockControl& control) {
+  const unsigned long long end = global_ns();
+  const unsigned long long record = atomicAdd(args.trace, 1ull);
+  if (record >= static_cast<unsigned long long>(args.trace_capacity)) return;
+  unsigned long long* rec = args.trace + 1 + kFp32TraceWords * record;
+  rec[0] = (static_cast<unsigned long long>(blockIdx.x) << 32) | control.piece.item;
+  rec[1] = (static_cast<unsigned long long>(control.piece.tile_begin) << 32) | control.piece.tile_end;
+  for (int n = 0; n < 5; ++n) rec[2 + n] = control.trace_ns[n];
+  rec[7] = end;
 }
 
 // The plain kernel (kPersistent false): one item per block, block (tile, head, sequence) of the
@@ -765,9 +805,13 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) fp32_fo
     }
     __syncthreads();
     while (control.has_piece) {
+      if (args.trace != nullptr && threadIdx.x == 0) control.trace_ns[0] = global_ns();
       attend_item<Tile>(args, ScheduledPiece{args, control.piece});
       __syncthreads();  // everyone is done with the piece
-      if (threadIdx.x == 0) control.has_piece = next_block_piece(split, blockIdx.x, control.cursor, control.piece);
+      if (threadIdx.x == 0) {
+        if (args.trace != nullptr) record_piece(args, control);
+        control.has_piece = next_block_piece(split, blockIdx.x, control.cursor, control.piece);
+      }
       __syncthreads();
     }
   }

@@ -30,6 +30,19 @@ void launch_mma_forward_d256(const MmaArgs& args, cudaStream_t stream);
 // order_groups as MmaArgs::order_groups.
 void launch_fp32_forward(const core::Problem& p, bool vector_io, int64_t order_groups, cudaStream_t stream);
 
+// Benchmark-only (bench/gpu/bench_prefill.cpp --trace), read at each launch: a device buffer that
+// receives the timeline of the next persistent fp32 launches. Word 0 counts the records; record n
+// (words 1 + kFp32TraceWords n ..) is one piece: block << 32 | item, first key tile << 32 | end
+// tile, then ns (global timer, thread 0) at the piece's start, once its Q and first K tile were
+// issued, once they landed, at its key loop's end, once its first V tile was issued, and after
+// its rows were stored.
+inline constexpr int kFp32TraceWords = 8;
+struct Fp32Debug {
+  unsigned long long* trace = nullptr;
+  int trace_capacity = 0;  // records
+};
+void fp32_set_debug(const Fp32Debug& debug);
+
 // The backward (tier cuda-bwd, backward.cu): dq, dk, dv and dsinks in fp32 SIMT, deterministic.
 void launch_backward(const core::BwdProblem& bp, cudaStream_t stream);
 
