@@ -522,7 +522,7 @@ __device__ __forceinline__ void load_query_rows(const Fp32Args& args, const Item
     return;
   }
   fp32_detail::load_rows<Tile, Tile::kBlockM, Tile::kQPitch>(
-      qs, static_cast<const float*>(p.q.ptr), static_cast<int>(p.head_dim_qk), args.vector_io, [&](int r) -> int64_t {
+      qs, static_cast<const float*>(p.q.ptr), static_cast<int>(p.head_dim_qk), /*vector_io=*/false, [&](int r) -> int64_t {
         const int64_t i = it.row0 + r;
         return i < it.row_end ? core::q_offset(p, it.seq, it.batch, i, it.head) : -1;
       });

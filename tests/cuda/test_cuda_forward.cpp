@@ -631,7 +631,7 @@ TEST(CudaForward, Fp32HeadDim256Sources) {
 // max far apart, sinks, softcap with ALiBi, Dqk != Dv, unaligned rows; blocks that take several
 // whole items, then a run.
 // FLASHSDPA_FP32_KEY_SPLIT=0 / 1 runs the same calls plain / always split (scripts/gpu-check.sh
-// runs both).
+// runs them as selected and plain; =1 is run by hand).
 TEST(CudaForward, Fp32KeySplitPieces) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 1700;
