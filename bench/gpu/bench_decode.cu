@@ -9,7 +9,7 @@
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
 // summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
-// shipped choice and default, and pair); --page-order sequential|random hands paged caches their
+// shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
 // blocks in order or in a random permutation (the default). Options apply to the shapes after them.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated

@@ -1064,15 +1064,19 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 // Which kernel serves a call. At head dim 128, where its 213 KB fit (Hopper), a call that one
 // 8-warp CTA per SM would split (a small batch) runs that CTA with two chunks per warp in flight:
 // 2-4% faster than two 4-warp CTAs per SM at B 1 x 32k, B 8 x 8k and Hq 64 B 2-8 x 32k on an
-// H100, while with one split it was level or slower at B 64 and with paged caches
-// (docs/perf-log.md, CUDA decode, run 12). Every other call runs two 4-warp CTAs per SM, kStages
-// chunks deep per warp. The variant `pair` keeps the previous kernel measurable: the 4-warp CTA,
-// kStages deep, for every call.
+// H100 (docs/perf-log.md, CUDA decode, run 12). So does a call whose CTAs fit one wave of it
+// unsplit: Hq 64 B 16 x 8k ran 178.7 us as 128 8-warp CTAs against 184.2 us as 256 4-warp CTAs
+// of two splits and their combine (x 32k: 696.6 against 704.5 us; run 17). Larger calls run two
+// 4-warp CTAs per SM, kStages chunks deep per warp: with one split over several waves the 8-warp
+// CTA was level or 0.3% slower dense (B 32 x 4k, B 64 x 16k). The variants `pair` (the 4-warp CTA
+// for every call) and `wide` (the 8-warp CTA wherever it fits) keep the alternatives measurable.
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
-    if (g_debug.variant != kDecodePair && wide_resident > 0 && split_count(p, wide_resident) > 1) {
+    const bool wide = g_debug.variant == kDecodeWide ||
+                      (split_work(p) <= wide_resident || split_count(p, wide_resident) > 1);
+    if (g_debug.variant != kDecodePair && wide_resident > 0 && wide) {
       launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
     }

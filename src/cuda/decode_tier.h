@@ -26,15 +26,17 @@ void decode_forward(const core::Problem& p, void* stream);  // attend only
 
 // Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-12), selected by
 // DecodeDebug::variant. 0 is the shipped choice: at head dim 128 where it fits (Hopper), one 8-warp
-// CTA per SM with two chunks per warp in flight for calls it splits; otherwise two 4-warp CTAs per
-// SM; a combine kernel after the splits.
+// CTA per SM with two chunks per warp in flight for calls it splits or serves in one wave;
+// otherwise two 4-warp CTAs per SM; a combine kernel after the splits.
 //   kDecodePair: the two 4-warp CTAs per SM, kStages chunks deep, for every call (the kernel
 //     shipped before run 12).
+//   kDecodeWide: the 8-warp CTA for every call where it fits (head dim 128 on Hopper).
 inline constexpr int kDecodeAuto = 0;
 inline constexpr int kDecodePair = 1;
-inline constexpr int kDecodeVariants = 2;
+inline constexpr int kDecodeWide = 2;
+inline constexpr int kDecodeVariants = 3;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"auto", "pair"};
+  static const char* const names[kDecodeVariants] = {"auto", "pair", "wide"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
