@@ -18,7 +18,7 @@
 #   DECODE_CHECK_TESTS      gtest filter for the test step (default: Decode*)
 #   DECODE_CHECK_BENCH      1 (default) runs the benchmark; 0 skips it
 #   DECODE_CHECK_VARIANTS   kernel variants, comma-separated, the first one the main table's
-#                           (default: auto,pair; auto is the shipped choice)
+#                           (default: auto,pair,wide; auto is the shipped choice)
 #   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 #   DECODE_CHECK_SOURCE     1: also source.csv.gz, per-SASS-instruction warp-stall samples of the
@@ -32,7 +32,7 @@ out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-decode-gpu}
 gencode=${FLASHSDPA_CUDA_GENCODE:--gencode=arch=compute_90a,code=sm_90a}
-variants=${DECODE_CHECK_VARIANTS:-auto,pair}
+variants=${DECODE_CHECK_VARIANTS:-auto,pair,wide}
 budget=${DECODE_CHECK_BUDGET:-330}
 bench="$build/flashsdpa_decode_bench"
 status=0
