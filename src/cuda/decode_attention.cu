@@ -1074,8 +1074,8 @@ template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
-    const bool wide = g_debug.variant == kDecodeWide ||
-                      (split_work(p) <= wide_resident || split_count(p, wide_resident) > 1);
+    const bool wide =
+        g_debug.variant == kDecodeWide || split_work(p) <= wide_resident || split_count(p, wide_resident) > 1;
     if (g_debug.variant != kDecodePair && wide_resident > 0 && wide) {
       launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;

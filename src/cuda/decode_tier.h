@@ -24,7 +24,7 @@ inline constexpr int64_t kDecodeMaxQueryLen = 16;
 void decode_kvcache(const core::Problem& p, void* stream);  // append (+ rotary), then attend
 void decode_forward(const core::Problem& p, void* stream);  // attend only
 
-// Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-12), selected by
+// Kernel variants under measurement (docs/perf-log.md, CUDA decode, runs 6-17), selected by
 // DecodeDebug::variant. 0 is the shipped choice: at head dim 128 where it fits (Hopper), one 8-warp
 // CTA per SM with two chunks per warp in flight for calls it splits or serves in one wave;
 // otherwise two 4-warp CTAs per SM; a combine kernel after the splits.
