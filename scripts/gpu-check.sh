@@ -49,9 +49,9 @@ echo "== build ($jobs jobs)"
 } > "$out/build.log" 2>&1 || { echo "BUILD FAILED (see build.log)"; tail -30 "$out/build.log"; exit 1; }
 grep -E "build time|spill" "$out/build.log" | sort -u | head -20
 
-# The prefill has two tiers per dtype on Hopper: the CudaForward tests run once as selected
-# (cuda-wgmma-sm90 and cuda-3xtf32-sm90 on compute capability 9.0) and once forced onto
-# cuda-mma-sm80 and cuda-fp32, so all four stay tested. The forced pass also keeps cuda-fp32 on its
+# The prefill has two tiers per dtype on Hopper (three for fp32): the CudaForward tests run once
+# as selected (cuda-wgmma-sm90, and cuda-3xtf32-sm90 or cuda-dmma-sm90 by head dim, on compute
+# capability 9.0) and once forced onto cuda-mma-sm80 and cuda-fp32, so all five stay tested. The forced pass also keeps cuda-fp32 on its
 # plain grid (FLASHSDPA_FP32_KEY_SPLIT=0): the selected pass runs the batched hd 256 calls on the
 # persistent kernel (splitting keys where the waves are uneven), the forced one on the plain grid.
 mma_pass=(env FLASHSDPA_CUDA_FORWARD_TIER=cuda-mma-sm80,cuda-fp32 FLASHSDPA_FP32_KEY_SPLIT=0)

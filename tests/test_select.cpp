@@ -16,6 +16,8 @@ TEST(ForcedPrefillTier, OneEntryPerDtypeFamily) {
   EXPECT_EQ(forced_prefill_tier("cuda-mma-sm80,cuda-fp32", true, &unknown), Tier::kCudaFp32);
   EXPECT_EQ(forced_prefill_tier("cuda-fp32,cuda-wgmma-sm90", false, &unknown), Tier::kCudaWgmma);
   EXPECT_EQ(forced_prefill_tier("cuda-3xtf32-sm90", true, &unknown), Tier::kCuda3xTf32);
+  EXPECT_EQ(forced_prefill_tier("cuda-dmma-sm90", true, &unknown), Tier::kCudaDmma);
+  EXPECT_EQ(forced_prefill_tier("cuda-dmma-sm90", false, &unknown), Tier::kNone);
   EXPECT_EQ(unknown, "");
 }
 

@@ -1,5 +1,5 @@
-"""How accurate the fp32 attention backends are under the SPEC §6 rule: torch's, and flashsdpa's two
-fp32 tiers (cuda-3xtf32-sm90 and cuda-fp32) when the flashsdpa package is importable.
+"""How accurate the fp32 attention backends are under the SPEC §6 rule: torch's, and flashsdpa's three
+fp32 tiers (cuda-3xtf32-sm90, cuda-dmma-sm90 and cuda-fp32) when the flashsdpa package is importable.
 
 The fp32 bar of the CUDA forward compares cuda-fp32 (exact FFMA, every score one fp32 fmaf chain)
 with torch's efficient backend at fp32. On compute capability 8.0 and newer that backend runs its
@@ -62,7 +62,7 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(7)
     try:
         import flashsdpa  # noqa: F401
-        backends = [("3xtf32", "cuda-3xtf32-sm90"), ("ffma", "cuda-fp32")]
+        backends = [("3xtf32", "cuda-3xtf32-sm90"), ("dmma", "cuda-dmma-sm90"), ("ffma", "cuda-fp32")]
     except ImportError as e:
         print(f"# flashsdpa not importable ({e}): torch's backends only")
         backends = []
@@ -83,8 +83,9 @@ def main():
         row = {"hd": hd, "seqlen": s, "logits": scale_name, "causal": causal, "bound": bound,
                "ref_fp32_err": (ref32.double() - ref64).abs().max().item()}
         for name, backend in backends:
-            if isinstance(backend, str) and (backend == "cuda-3xtf32-sm90" and hd > 128):
-                continue  # served by cuda-fp32 only
+            if isinstance(backend, str) and ((backend == "cuda-3xtf32-sm90" and hd > 128) or
+                                             (backend == "cuda-dmma-sm90" and hd <= 128)):
+                continue  # head dims each Hopper tier does not serve
             try:
                 out = (flashsdpa_out(backend, q, k, v, causal) if isinstance(backend, str)
                        else backend_out(backend, q, k, v, causal))

@@ -23,6 +23,7 @@ const char* tier_name(Tier tier) {
     case Tier::kCudaWgmma: return "cuda-wgmma-sm90";
     case Tier::kCudaBackward: return "cuda-bwd";
     case Tier::kCuda3xTf32: return "cuda-3xtf32-sm90";
+    case Tier::kCudaDmma: return "cuda-dmma-sm90";
   }
   return "unknown";
 }
@@ -51,7 +52,7 @@ Backend resolve_backend(Backend requested, const void* data) {
 
 Tier forced_prefill_tier(const std::string& list, bool fp32, std::string* unknown) {
   const Tier half_tiers[] = {Tier::kCudaWgmma, Tier::kCudaMma};
-  const Tier fp32_tiers[] = {Tier::kCuda3xTf32, Tier::kCudaFp32};
+  const Tier fp32_tiers[] = {Tier::kCuda3xTf32, Tier::kCudaDmma, Tier::kCudaFp32};
   Tier found = Tier::kNone;
   size_t begin = 0;
   while (begin <= list.size()) {
@@ -61,12 +62,13 @@ Tier forced_prefill_tier(const std::string& list, bool fp32, std::string* unknow
     begin = end + 1;
     if (name.empty()) continue;
     bool known = false;
-    for (int i = 0; i < 2; ++i) {
-      for (Tier t : {half_tiers[i], fp32_tiers[i]}) {
-        if (name != tier_name(t)) continue;
+    for (bool fp32_family : {false, true}) {
+      const Tier* family = fp32_family ? fp32_tiers : half_tiers;
+      const int count = fp32_family ? 3 : 2;
+      for (int i = 0; i < count; ++i) {
+        if (name != tier_name(family[i])) continue;
         known = true;
-        const bool fp32_tier = t == fp32_tiers[i];
-        if (fp32_tier == fp32 && found == Tier::kNone) found = t;
+        if (fp32_family == fp32 && found == Tier::kNone) found = family[i];
       }
     }
     if (!known && unknown != nullptr && unknown->empty()) *unknown = name;
@@ -86,11 +88,17 @@ struct PrefillTier {
   bool hopper_only;  // compute capability 9.0 (wgmma)
 };
 
-// In order of preference: the Hopper tier first where it serves the call, the sm80 tier (fp16/bf16)
-// or the FFMA tier (fp32) for the rest and on every other GPU.
+// In order of preference: the Hopper tiers first where they serve the call, the sm80 tier
+// (fp16/bf16) or the FFMA tier (fp32) for the rest and on every other GPU. Each list ends with the
+// tier that serves every call of its dtypes.
+struct PrefillTiers {
+  const PrefillTier* tiers;
+  int count;
+};
 constexpr PrefillTier kHalfPrefillTiers[] = {{Tier::kCudaWgmma, cuda::wgmma_tier_supports, true},
                                              {Tier::kCudaMma, cuda::mma_tier_supports, false}};
 constexpr PrefillTier kFp32PrefillTiers[] = {{Tier::kCuda3xTf32, cuda::tf32x3_tier_supports, true},
+                                             {Tier::kCudaDmma, cuda::dmma_tier_supports, true},
                                              {Tier::kCudaFp32, cuda::fp32_tier_supports, false}};
 
 // The forward past the decode rule. FLASHSDPA_CUDA_FORWARD_TIER (read by forced_prefill_tier) lets
@@ -99,18 +107,19 @@ constexpr PrefillTier kFp32PrefillTiers[] = {{Tier::kCuda3xTf32, cuda::tf32x3_ti
 TierChoice select_cuda_prefill(const Problem& p) {
   const bool hopper = cuda::device_capability() == 90;
   const bool fp32 = p.dtype == DType::kFloat32;
-  const PrefillTier* tiers = fp32 ? kFp32PrefillTiers : kHalfPrefillTiers;
+  const PrefillTiers list = fp32 ? PrefillTiers{kFp32PrefillTiers, 3} : PrefillTiers{kHalfPrefillTiers, 2};
   std::string why;
   const char* forced_env = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
   if (forced_env != nullptr && *forced_env != '\0') {
-    const std::string list = forced_env, prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + list + ": ";
+    const std::string forced_list = forced_env, prefix = "FLASHSDPA_CUDA_FORWARD_TIER=" + forced_list + ": ";
     std::string unknown;
-    const Tier forced = forced_prefill_tier(list, fp32, &unknown);
+    const Tier forced = forced_prefill_tier(forced_list, fp32, &unknown);
     if (!unknown.empty())
       return none(Backend::kCuda, prefix + "'" + unknown +
-                                      "' is not a prefill tier (cuda-wgmma-sm90, cuda-mma-sm80, cuda-3xtf32-sm90, cuda-fp32)");
-    for (int i = 0; i < 2 && forced != Tier::kNone; ++i) {
-      const PrefillTier& t = tiers[i];
+                                      "' is not a prefill tier (cuda-wgmma-sm90, cuda-mma-sm80, cuda-3xtf32-sm90, "
+                                      "cuda-dmma-sm90, cuda-fp32)");
+    for (int i = 0; i < list.count && forced != Tier::kNone; ++i) {
+      const PrefillTier& t = list.tiers[i];
       if (t.tier != forced) continue;
       if (t.hopper_only && !hopper) return none(Backend::kCuda, prefix + tier_name(forced) + " needs compute capability 9.0");
       if (t.supports(p, &why)) return TierChoice{t.tier, Backend::kCuda, prefix + why};
@@ -118,14 +127,15 @@ TierChoice select_cuda_prefill(const Problem& p) {
     }
   }
   std::string fallback;
-  for (int i = 0; i < 2; ++i) {
-    const PrefillTier& t = tiers[i];
+  const PrefillTier& last = list.tiers[list.count - 1];
+  for (int i = 0; i < list.count; ++i) {
+    const PrefillTier& t = list.tiers[i];
     if (t.hopper_only && !hopper) continue;
     if (t.supports(p, &why)) return TierChoice{t.tier, Backend::kCuda, fallback + why};
-    if (i == 1) break;
-    fallback = std::string(tier_name(t.tier)) + " cannot serve this call (" + why + "), so ";
+    if (&t == &last) break;
+    fallback += std::string(tier_name(t.tier)) + " cannot serve this call (" + why + "), so ";
   }
-  return none(Backend::kCuda, std::string(tier_name(tiers[1].tier)) + " cannot serve this call: " + why);
+  return none(Backend::kCuda, std::string(tier_name(last.tier)) + " cannot serve this call: " + why);
 }
 #endif
 

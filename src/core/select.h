@@ -19,13 +19,14 @@ enum class Tier : int32_t {
   kCudaWgmma,       // src/cuda: fp16/bf16 prefill on Hopper's wgmma, sm90a
   kCudaBackward,    // src/cuda: the backward, fp32 SIMT, every dtype
   kCuda3xTf32,      // src/cuda: fp32 prefill on Hopper's wgmma, three TF32 products per product
+  kCudaDmma,        // src/cuda: fp32 prefill on Hopper's FP64 tensor cores (exact products)
 };
 
 const char* tier_name(Tier tier);
 
 // FLASHSDPA_CUDA_FORWARD_TIER=<tier>[,<tier>]: the entry of `list` that names a prefill tier of the
-// call's dtypes (cuda-wgmma-sm90 or cuda-mma-sm80 for fp16/bf16, cuda-3xtf32-sm90 or cuda-fp32
-// for fp32), kNone when none does. An entry that is no prefill tier at all lands in *unknown (the
+// call's dtypes (cuda-wgmma-sm90 or cuda-mma-sm80 for fp16/bf16, cuda-3xtf32-sm90, cuda-dmma-sm90
+// or cuda-fp32 for fp32), kNone when none does. An entry that is no prefill tier at all lands in *unknown (the
 // first such entry; the selector then refuses every call), empty entries are skipped.
 Tier forced_prefill_tier(const std::string& list, bool fp32, std::string* unknown);
 

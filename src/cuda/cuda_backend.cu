@@ -114,6 +114,10 @@ void forward(const core::Problem& p, core::Tier tier, void* stream) {
       if (!tf32x3_tier_supports(p, &why)) throw Error("cuda-3xtf32-sm90 cannot serve this call: " + why);
       launch_3xtf32_forward(tensor_core_args(p, true), as_stream(stream));  // rows are 16-byte aligned
       return;
+    case core::Tier::kCudaDmma:
+      if (!dmma_tier_supports(p, &why)) throw Error("cuda-dmma-sm90 cannot serve this call: " + why);
+      launch_dmma_forward(tensor_core_args(p, true), as_stream(stream));  // rows are 16-byte aligned
+      return;
     case core::Tier::kCudaDecode:
       decode_forward(p, stream);  // short queries, paged continuous batching (decode_tier.h)
       return;

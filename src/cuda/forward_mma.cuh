@@ -488,7 +488,7 @@ template <class Tile, class E>
 __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4],
                                                      const core::Problem& p, const BlockView& blk,
                                                      int64_t warp_row0, int64_t first_key, int num_tiles,
-                                                     int full_begin, int full_end) {
+                                                     int full_begin, int full_end, int col0 = 0) {
   static_assert(2 * Tile::kOutTiles <= 64, "one bit per column of the lane in a 64-bit mask");
   using Bits = typename E::Bits;
   constexpr Bits kExponent = E::kElementExponent;
@@ -521,7 +521,7 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
       for (int dt = 0; dt < Tile::kOutTiles; ++dt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int col = dt * 8 + 2 * t + e;
+          const int col = col0 + dt * 8 + 2 * t + e;
           if (col < dv && !isfinite(E::to_float(v[v_row + col]))) bad |= uint64_t(1) << (2 * dt + e);
         }
       if (bad == 0) continue;
@@ -535,7 +535,7 @@ __device__ __forceinline__ void add_nonfinite_values(float (&o)[Tile::kMTiles][T
 #pragma unroll
             for (int e = 0; e < 2; ++e)
               if ((bad >> (2 * dt + e)) & 1u)  // score_term: p x v is NaN when p is 0 or NaN
-                o[mt][dt][2 * r + e] += score_term * E::to_float(v[v_row + dt * 8 + 2 * t + e]);
+                o[mt][dt][2 * r + e] += score_term * E::to_float(v[v_row + col0 + dt * 8 + 2 * t + e]);
         }
     }
   }
@@ -680,14 +680,18 @@ __device__ __forceinline__ KeyTiles key_tiles(const core::Problem& p, const Bloc
 
 // The correction after the key loop when a cut tile's products skipped an Inf or NaN of V
 // (add_nonfinite_values). The block's view and key tiles are resolved again from the arguments,
-// so that the key loop keeps nothing alive for this path but one flag.
+// so that the key loop keeps nothing alive for this path but one flag. Warp w holds rows
+// w * kWarpRows.. and output columns 0..; a tile whose warps split rows and columns otherwise
+// (cuda-dmma-sm90) names the warp's row strip and first column.
 template <class Tile, class E, bool kLinearKvOnly>
-__device__ __forceinline__ void add_skipped_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4], const MmaArgs& args) {
+__device__ __forceinline__ void add_skipped_values(float (&o)[Tile::kMTiles][Tile::kOutTiles][4], const MmaArgs& args,
+                                                   int row_strip = -1, int col0 = 0) {
   BlockView blk;
   open_block<kLinearKvOnly>(args, Tile::kBlockM, &blk);
   const KeyTiles tiles = key_tiles<Tile::kBlockN>(args.p, blk);
-  add_nonfinite_values<Tile, E>(o, args.p, blk, blk.row0 + (threadIdx.x >> 5) * Tile::kWarpRows, tiles.first_key,
-                                tiles.num_tiles, tiles.full_begin, tiles.full_end);
+  const int strip = row_strip >= 0 ? row_strip : static_cast<int>(threadIdx.x >> 5);
+  add_nonfinite_values<Tile, E>(o, args.p, blk, blk.row0 + strip * Tile::kWarpRows, tiles.first_key,
+                                tiles.num_tiles, tiles.full_begin, tiles.full_end, col0);
 }
 
 }  // namespace mma_detail

@@ -191,20 +191,30 @@ __device__ __forceinline__ void issue_values(float (&o)[Tile::kOutTiles][4], con
     wgmma::wgmma_rs_nmajor<Tile::kHeadDim, E>(o, p[step], wgmma::advance(v_desc, step * 16 * 128));
 }
 
-// Online softmax of one key tile, scores -> probabilities in place, running max and (per-thread
-// partial) sum updated; factor[r] is what the output accumulator's row r must be multiplied by.
-// Same rules as mma_detail::softmax_step, with the rescale of O left to the caller (O is still
-// being accumulated by the tensor cores while this runs).
+// The tile's raw row maxima (before the scale to log2 units) over the keys this warp holds.
 template <class Tile>
-__device__ __forceinline__ void softmax_scores(float (&s)[Tile::kKeyTiles][4], float (&row_max)[2], float (&row_sum)[2],
-                                               float (&factor)[2], float unit) {
+__device__ __forceinline__ void tile_row_max(const float (&s)[Tile::kKeyTiles][4], float (&tile_max)[2]) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float tile_max = -INFINITY;
+    float m = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < Tile::kKeyTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-    tile_max = quad_max(tile_max);
-    const float new_max = fmaxf(row_max[r], tile_max * unit);
+    for (int nt = 0; nt < Tile::kKeyTiles; ++nt) m = fmaxf(m, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    tile_max[r] = quad_max(m);
+  }
+}
+
+// Online softmax of one key tile whose raw row maxima are tile_max (a tile split between warps
+// passes the maxima of all its keys), scores -> probabilities in place, running max and
+// (per-thread partial) sum updated; factor[r] is what the output accumulator's row r must be
+// multiplied by. Same rules as mma_detail::softmax_step, with the rescale of O left to the caller
+// (O is still being accumulated by the tensor cores while this runs).
+template <class Tile>
+__device__ __forceinline__ void softmax_with_max(float (&s)[Tile::kKeyTiles][4], const float (&tile_max)[2],
+                                                 float (&row_max)[2], float (&row_sum)[2], float (&factor)[2],
+                                                 float unit) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float new_max = fmaxf(row_max[r], tile_max[r] * unit);
     // A row that has seen no allowed key keeps max = -inf: factor 0 (O is 0 anyway) and shift 0,
     // so exp2(-inf - 0) = 0 and -inf - -inf is never formed.
     factor[r] = row_max[r] == -INFINITY ? 0.0f : fast_exp2(row_max[r] - new_max);
@@ -221,6 +231,15 @@ __device__ __forceinline__ void softmax_scores(float (&s)[Tile::kKeyTiles][4], f
       }
     row_sum[r] = row_sum[r] * factor[r] + sum;
   }
+}
+
+// Online softmax of one key tile a warp holds whole.
+template <class Tile>
+__device__ __forceinline__ void softmax_scores(float (&s)[Tile::kKeyTiles][4], float (&row_max)[2], float (&row_sum)[2],
+                                               float (&factor)[2], float unit) {
+  float tile_max[2];
+  tile_row_max<Tile>(s, tile_max);
+  softmax_with_max<Tile>(s, tile_max, row_max, row_sum, factor, unit);
 }
 
 // Past the first tiles a row's max rarely moves: the warp skips the rescale when none of its rows

@@ -1,5 +1,5 @@
-// Host-side entry points of the Hopper wgmma forwards (tiers cuda-wgmma-sm90, forward_wgmma.cuh,
-// and cuda-3xtf32-sm90, forward_3xtf32.cuh).
+// Host-side entry points of the Hopper forwards (tiers cuda-wgmma-sm90, forward_wgmma.cuh,
+// cuda-3xtf32-sm90, forward_3xtf32.cuh, and cuda-dmma-sm90, forward_dmma.cuh).
 // CUDA runtime types only, no device code.
 #pragma once
 
@@ -22,5 +22,8 @@ void launch_wgmma_forward_d256(const MmaArgs& args, cudaStream_t stream);
 void launch_3xtf32_forward(const MmaArgs& args, cudaStream_t stream);
 void launch_3xtf32_forward_d64(const MmaArgs& args, cudaStream_t stream);
 void launch_3xtf32_forward_d128(const MmaArgs& args, cudaStream_t stream);
+
+// Runs an fp32 problem dmma_tier_supports() accepted (tiers.h), padded to 256.
+void launch_dmma_forward(const MmaArgs& args, cudaStream_t stream);
 
 }  // namespace flashsdpa::cuda

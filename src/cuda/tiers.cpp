@@ -133,8 +133,8 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
   std::string problem = dtype_and_shape_problem(p, false);
   if (problem.empty() && padded_head_dim(p) > 128) {
     core::Text os;
-    os << "head dims above 128 are served by cuda-fp32 (a 128-row block's two TF32 planes of Q alone would need "
-          "256 KB of shared memory at 256); got Dqk = "
+    os << "head dims above 128 are served by cuda-dmma-sm90 or cuda-fp32 (a 128-row block's two TF32 planes of Q "
+          "alone would need 256 KB of shared memory at 256); got Dqk = "
        << p.head_dim_qk << ", Dv = " << p.head_dim_v;
     problem = os.str();
   }
@@ -146,6 +146,23 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why) {
                 "cuda-3xtf32-sm90 serves this fp32 forward: Hopper wgmma.mma_async with each product taken as three "
                 "TF32 products (big x big + big x small + small x big, accurate to fp32 rounding) and fp32 "
                 "accumulation, 128-row query blocks of two warpgroups",
+                why);
+}
+
+bool dmma_tier_supports(const core::Problem& p, std::string* why) {
+  std::string problem = dtype_and_shape_problem(p, false);
+  if (problem.empty() && padded_head_dim(p) <= 128) {
+    core::Text os;
+    os << "head dims up to 128 are served by cuda-3xtf32-sm90 or cuda-fp32 (this tier's tile is built for 256); "
+          "got Dqk = "
+       << p.head_dim_qk << ", Dv = " << p.head_dim_v;
+    problem = os.str();
+  }
+  if (problem.empty()) problem = wgmma_layout_problem(p, "cuda-fp32");
+  return answer(p, problem,
+                "cuda-dmma-sm90 serves this fp32 forward: Hopper's FP64 tensor cores (mma.sync m16n8k16 .f64), "
+                "each fp32 product exact in fp64, scores and each key tile's P V summed in fp64, 64-row query "
+                "blocks of 8 warps",
                 why);
 }
 

@@ -36,6 +36,15 @@ bool fp32_tier_supports(const core::Problem& p, std::string* why);
 // *why says what it lacks (the selector then falls back to cuda-fp32).
 bool tf32x3_tier_supports(const core::Problem& p, std::string* why);
 
+// cuda-dmma-sm90: fp32 forward on Hopper's FP64 tensor cores (mma.sync m16n8k16 .f64), every
+// fp32 product exact in fp64 and each score and each tile's P V summed in fp64
+// (forward_dmma.cuh). Compute capability 9.0 (checked by the selector) and a build with sm_90a
+// code; batched, varlen and dense-cache K/V (not paged) with every row 16-byte aligned and head
+// dims above 128 up to 256 (cuda-3xtf32-sm90 serves the smaller ones); every mask and modifier,
+// exact_fp32 calls too. On false, *why says what it lacks (the selector then falls back to
+// cuda-fp32).
+bool dmma_tier_supports(const core::Problem& p, std::string* why);
+
 // cuda-fp32 for attention_kvcache: fp32 dense or paged caches, the append of k_new / v_new with
 // rotary (cuda-decode's append kernel), then the fp32 forward over the cache with the queries
 // rotated as they load. Every mask and modifier; Dqk, Dv in 1..256. num_splits is ignored: the

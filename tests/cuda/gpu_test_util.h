@@ -196,8 +196,8 @@ inline std::string check_backward_cuda(AttnCase& c, bool deterministic = false) 
 // The tier the selector must name for a case: fp16/bf16 queries of at most 16 rows (the longest
 // the unchecked device path can assume) are decoding; everything else runs on the prefill tier of
 // its dtype that FLASHSDPA_CUDA_FORWARD_TIER forces (a comma-separated list), else on compute
-// capability 9.0 the Hopper tier for what it serves (cuda-wgmma-sm90, or cuda-3xtf32-sm90 for
-// fp32), else cuda-mma-sm80 (fp16/bf16) or cuda-fp32.
+// capability 9.0 the Hopper tier for what it serves (cuda-wgmma-sm90, or cuda-3xtf32-sm90 then
+// cuda-dmma-sm90 for fp32), else cuda-mma-sm80 (fp16/bf16) or cuda-fp32.
 inline std::string tier_for(AttnCase& c) {
   const core::Problem p = unchecked_problem(c);
   const bool fp32 = p.dtype == DType::kFloat32;
@@ -206,7 +206,10 @@ inline std::string tier_for(AttnCase& c) {
   const core::Tier forced_tier = core::forced_prefill_tier(forced != nullptr ? forced : "", fp32, nullptr);
   if (forced_tier != core::Tier::kNone) return core::tier_name(forced_tier);
   const bool hopper = cuda::device_capability() == 90;
-  if (fp32) return hopper && cuda::tf32x3_tier_supports(p, nullptr) ? "cuda-3xtf32-sm90" : "cuda-fp32";
+  if (fp32) {
+    if (hopper && cuda::tf32x3_tier_supports(p, nullptr)) return "cuda-3xtf32-sm90";
+    return hopper && cuda::dmma_tier_supports(p, nullptr) ? "cuda-dmma-sm90" : "cuda-fp32";
+  }
   return hopper && cuda::wgmma_tier_supports(p, nullptr) ? "cuda-wgmma-sm90" : "cuda-mma-sm80";
 }
 

@@ -276,9 +276,9 @@ TEST(CudaForward, HopperSelection) {
   EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
 }
 
-// fp32 on Hopper: cuda-3xtf32-sm90 for aligned linear layouts up to head dim 128, cuda-fp32 for the
-// rest (head dim 256, paged K/V, unaligned rows) and when forced; a forced fp16/bf16 tier leaves
-// fp32 calls alone.
+// fp32 on Hopper: cuda-3xtf32-sm90 for aligned linear layouts up to head dim 128, cuda-dmma-sm90
+// above, cuda-fp32 for the rest (paged K/V, unaligned rows) and when forced; a forced fp16/bf16
+// tier leaves fp32 calls alone.
 TEST(CudaForward, HopperSelectionFp32) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   if (cuda::device_capability() != 90) GTEST_SKIP() << "cuda-3xtf32-sm90 is chosen on compute capability 9.0 only";
@@ -305,10 +305,14 @@ TEST(CudaForward, HopperSelectionFp32) {
   env.set(nullptr);
   Selection sel = explain_on_gpu(dense);
   EXPECT_EQ(sel.tier, "cuda-3xtf32-sm90") << sel.reason;
-  for (AttnCase* c : {&wide, &padded, &paged}) {
+  sel = explain_on_gpu(wide);
+  EXPECT_EQ(sel.tier, "cuda-dmma-sm90") << sel.reason;
+  EXPECT_NE(sel.reason.find("cuda-3xtf32-sm90 cannot serve this call"), std::string::npos) << sel.reason;
+  for (AttnCase* c : {&padded, &paged}) {
     sel = explain_on_gpu(*c);
     EXPECT_EQ(sel.tier, "cuda-fp32") << sel.reason;
     EXPECT_NE(sel.reason.find("cuda-3xtf32-sm90 cannot serve this call"), std::string::npos) << sel.reason;
+    EXPECT_NE(sel.reason.find("cuda-dmma-sm90 cannot serve this call"), std::string::npos) << sel.reason;
   }
 
   {  // a forward that feeds a backward asks for exact products
@@ -333,6 +337,13 @@ TEST(CudaForward, HopperSelectionFp32) {
   sel = explain_on_gpu(paged);
   EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
   EXPECT_NE(sel.reason.find("paged"), std::string::npos) << sel.reason;
+
+  env.set("cuda-dmma-sm90");
+  sel = explain_on_gpu(dense);  // head dim 128: the 256-wide tile only
+  EXPECT_FALSE(sel.supported) << sel.tier << ": " << sel.reason;
+  EXPECT_NE(sel.reason.find("up to 128"), std::string::npos) << sel.reason;
+  sel = explain_on_gpu(wide);
+  EXPECT_EQ(sel.tier, "cuda-dmma-sm90") << sel.reason;
 }
 
 }  // namespace
