@@ -10,4 +10,14 @@ using DmmaTileD256 = DmmaTile<256>;
 
 void launch_dmma_forward(const MmaArgs& args, cudaStream_t stream) { launch_dmma_tile<DmmaTileD256>(args, stream); }
 
+int fp32_to_fp64_rate_ratio() {
+  int device = 0, ratio = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it
+    return 0;
+  }
+  return ratio;
+}
+
 }  // namespace flashsdpa::cuda

@@ -159,6 +159,12 @@ bool dmma_tier_supports(const core::Problem& p, std::string* why) {
     problem = os.str();
   }
   if (problem.empty()) problem = wgmma_layout_problem(p, "cuda-fp32");
+  if (problem.empty()) {
+    const int ratio = fp32_to_fp64_rate_ratio();
+    if (ratio < 1 || ratio > 2)
+      problem = "this GPU's FP64 rate is " + (ratio > 0 ? "1/" + std::to_string(ratio) : std::string("unknown")) +
+                " of its FP32 rate (the FP64 tensor cores pay only at 1/2, as on the H100 and H200)";
+  }
   return answer(p, problem,
                 "cuda-dmma-sm90 serves this fp32 forward: Hopper's FP64 tensor cores (mma.sync m16n8k16 .f64), "
                 "each fp32 product exact in fp64, scores and each key tile's P V summed in fp64, 64-row query "

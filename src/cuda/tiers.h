@@ -41,9 +41,14 @@ bool tf32x3_tier_supports(const core::Problem& p, std::string* why);
 // (forward_dmma.cuh). Compute capability 9.0 (checked by the selector) and a build with sm_90a
 // code; batched, varlen and dense-cache K/V (not paged) with every row 16-byte aligned and head
 // dims above 128 up to 256 (cuda-3xtf32-sm90 serves the smaller ones); every mask and modifier,
-// exact_fp32 calls too. On false, *why says what it lacks (the selector then falls back to
-// cuda-fp32).
+// exact_fp32 calls too; only on GPUs with the full FP64 rate (fp32_to_fp64_rate_ratio() <= 2, as
+// the H100 and H200: parts with a reduced FP64 rate would run it far below the FFMA tier). On
+// false, *why says what it lacks (the selector then falls back to cuda-fp32).
 bool dmma_tier_supports(const core::Problem& p, std::string* why);
+
+// The current device's FP32 to FP64 throughput ratio (cudaDevAttrSingleToDoublePrecisionPerfRatio:
+// 2 on the H100), 0 when it cannot be read.
+int fp32_to_fp64_rate_ratio();
 
 // cuda-fp32 for attention_kvcache: fp32 dense or paged caches, the append of k_new / v_new with
 // rotary (cuda-decode's append kernel), then the fp32 forward over the cache with the queries
