@@ -65,7 +65,7 @@ struct DmmaTile {
   static constexpr int kOutTiles = kHalfCols / 8;
   // P V's 16 n8 tiles in two passes of 8: the fp64 accumulators of a pass (64 registers) beside
   // O's 64 fp32 ones; one pass of 16 spills. The key steps of a pass unrolled by 2: all 4 made
-  // ptxas hoist every step's V loads (255 registers, spills), 1 ran 1-2% slower (H100, hd 256).
+  // ptxas hoist every step's V loads (255 registers, spills), 1 ran ~1% slower (H100, hd 256).
   static constexpr int kOutTilesPerPass = 8;
   static constexpr int kValueStepUnroll = 2;
   // Pitches in floats. Q and K rows are read as 16-byte chunks, lane (g, t) at row g, chunk t: a
