@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "cuda/mma_f64.cuh"
+
 #define CHECK(x)                                                                     \
   do {                                                                               \
     cudaError_t e = (x);                                                             \
@@ -39,15 +41,6 @@ __global__ void ffma_kernel(float* out, float seed) {
 #pragma unroll
   for (int i = 0; i < 16; ++i) s += a[i];
   if (s == 12345.0f) out[threadIdx.x] = s;
-}
-
-__device__ __forceinline__ void mma_m16n8k16(double (&d)[4], const double (&a)[8], const double (&b)[4]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5,%6,%7,%8,%9,%10,%11}, "
-      "{%12,%13,%14,%15}, {%0,%1,%2,%3};\n"
-      : "+d"(d[0]), "+d"(d[1]), "+d"(d[2]), "+d"(d[3])
-      : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(a[4]), "d"(a[5]), "d"(a[6]), "d"(a[7]), "d"(b[0]),
-        "d"(b[1]), "d"(b[2]), "d"(b[3]));
 }
 
 __device__ __forceinline__ void mma_m8n8k4(double (&d)[2], double a, double b) {
@@ -85,7 +78,7 @@ __global__ void dmma16_kernel(double* out, float seed) {
 #pragma unroll
         for (int i = 0; i < 12; ++i) f[i] = __int_as_float(__float_as_int(f[i]) ^ (it & 1));
       }
-      mma_m16n8k16(acc[c], a, b);
+      flashsdpa::cuda::mma_f64_m16n8k16(acc[c], a, b);
     }
   }
   double s = 0;

@@ -335,26 +335,6 @@ __device__ __forceinline__ void split_probabilities(uint32_t (&p_big)[Tile::kKey
   }
 }
 
-// The warp's rows of the normalised output straight to global memory: 8-byte stores of the two
-// columns a thread holds per n8 tile (rows are 16-byte aligned and Dv a multiple of 4).
-template <class Tile>
-__device__ __forceinline__ void store_rows(const float (&o)[Tile::kOutTiles][4], const core::Problem& p,
-                                           const BlockView& blk, int64_t warp_row0) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  float* out = static_cast<float*>(const_cast<void*>(p.out.ptr));
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = warp_row0 + g + 8 * r;
-    if (i >= blk.row_end) continue;
-    float* row = out + core::out_offset(p, blk.seq, blk.b, i, blk.h);
-#pragma unroll
-    for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
-      const int col = dt * 8 + 2 * t;
-      if (col < p.head_dim_v) *reinterpret_cast<float2*>(row + col) = make_float2(o[dt][2 * r], o[dt][2 * r + 1]);
-    }
-  }
-}
-
 }  // namespace tf32x3_detail
 
 template <class Tile>
@@ -390,7 +370,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
   mma_detail::start_rows<Tile>(o, row_max, row_sum);
   if (num_tiles == 0) {  // no key in reach: out = 0, lse = -inf (or the sink)
     mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
-    store_rows<Tile>(o[0], p, blk, warp_row0);
+    mma_detail::store_fp32_rows<Tile>(o[0], p, blk, warp_row0);
     return;
   }
 
@@ -499,7 +479,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) tf32x3_
 
   if (values_zeroed) mma_detail::add_skipped_values<Tile, Float32, true>(o, args);
   mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
-  store_rows<Tile>(o[0], p, blk, warp_row0);
+  mma_detail::store_fp32_rows<Tile>(o[0], p, blk, warp_row0);
 #else
   // Built only for sm_90a; the selector never launches it elsewhere (wgmma_kernels_loaded()).
   __trap();

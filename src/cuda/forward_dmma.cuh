@@ -45,6 +45,7 @@
 #include "cuda/forward_mma.cuh"
 #include "cuda/forward_wgmma.cuh"
 #include "cuda/launch.h"
+#include "cuda/mma_f64.cuh"
 
 namespace flashsdpa::cuda {
 
@@ -97,17 +98,6 @@ struct DmmaKeyHalf {
 
 namespace dmma_detail {
 
-// D += A B on the FP64 tensor cores, m16n8k16. Lane (g, t) = (lane / 4, lane % 4) holds
-// a[i] = A(g + 8 (i % 2), t + 4 (i / 2)), b[i] = B(t + 4 i, g), d[i] = D(g + 8 (i / 2), 2 t + i % 2).
-__device__ __forceinline__ void mma_f64(double (&d)[4], const double (&a)[8], const double (&b)[4]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5,%6,%7,%8,%9,%10,%11}, "
-      "{%12,%13,%14,%15}, {%0,%1,%2,%3};\n"
-      : "+d"(d[0]), "+d"(d[1]), "+d"(d[2]), "+d"(d[3])
-      : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(a[4]), "d"(a[5]), "d"(a[6]), "d"(a[7]), "d"(b[0]),
-        "d"(b[1]), "d"(b[2]), "d"(b[3]));
-}
-
 // An A fragment from two fp32 rows (g and g + 8) whose lane holds 4 consecutive floats each: k
 // position t + 4m is element m of the lane's chunk.
 __device__ __forceinline__ void a_fragment(double (&a)[8], const float* row_g, const float* row_g8) {
@@ -133,7 +123,7 @@ __device__ __forceinline__ void compute_scores(double (&acc)[4][4], const float*
     for (int nt = 0; nt < 4; ++nt) {
       const float4 kv = *reinterpret_cast<const float4*>(k + nt * 8 * Tile::kKPitch);
       const double b[4] = {kv.x, kv.y, kv.z, kv.w};
-      mma_f64(acc[nt], a, b);
+      mma_f64_m16n8k16(acc[nt], a, b);
     }
   }
 }
@@ -175,7 +165,7 @@ __device__ __forceinline__ void accumulate_values(float (&o)[Tile::kOutTiles][4]
       for (int nt = 0; nt < Tile::kOutTilesPerPass; ++nt) {
         const float* col = v_step + nt * 8;
         const double b[4] = {col[0], col[4 * Tile::kVPitch], col[8 * Tile::kVPitch], col[12 * Tile::kVPitch]};
-        mma_f64(acc[nt], a, b);
+        mma_f64_m16n8k16(acc[nt], a, b);
       }
     }
 #pragma unroll
@@ -185,26 +175,6 @@ __device__ __forceinline__ void accumulate_values(float (&o)[Tile::kOutTiles][4]
         float& out = o[pass * Tile::kOutTilesPerPass + nt][e];
         out = (rescale ? out * factor[e >> 1] : out) + static_cast<float>(acc[nt][e]);
       }
-  }
-}
-
-// The warp's rows and columns of the normalised output straight to global memory (8-byte stores
-// of the two columns a lane holds per n8 tile; rows are 16-byte aligned and Dv a multiple of 4).
-template <class Tile>
-__device__ __forceinline__ void store_rows(const float (&o)[Tile::kOutTiles][4], const core::Problem& p,
-                                           const mma_detail::BlockView& blk, int64_t warp_row0, int col0) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  float* out = static_cast<float*>(const_cast<void*>(p.out.ptr));
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = warp_row0 + g + 8 * r;
-    if (i >= blk.row_end) continue;
-    float* row = out + core::out_offset(p, blk.seq, blk.b, i, blk.h);
-#pragma unroll
-    for (int nt = 0; nt < Tile::kOutTiles; ++nt) {
-      const int col = col0 + nt * 8 + 2 * t;
-      if (col < p.head_dim_v) *reinterpret_cast<float2*>(row + col) = make_float2(o[nt][2 * r], o[nt][2 * r + 1]);
-    }
   }
 }
 
@@ -238,7 +208,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) dmma_fo
   mma_detail::start_rows<Tile>(o, row_max, row_sum);
   if (num_tiles == 0) {  // no key in reach: out = 0, lse = -inf (or the sink)
     mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
-    store_rows<Tile>(o[0], p, blk, warp_row0, col0);
+    mma_detail::store_fp32_rows<Tile>(o[0], p, blk, warp_row0, col0);
     return;
   }
 
@@ -341,7 +311,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSm) dmma_fo
   if (values_zeroed) mma_detail::add_skipped_values<Tile, Float32, true>(o, args, strip, col0);
   // Both halves write the same LSE values for their rows (the same bits).
   mma_detail::normalize_rows<Tile>(o, row_max, row_sum, args, blk, warp_row0);
-  store_rows<Tile>(o[0], p, blk, warp_row0, col0);
+  mma_detail::store_fp32_rows<Tile>(o[0], p, blk, warp_row0, col0);
 #else
   // Built for sm_90 only; the selector never launches it elsewhere (wgmma_kernels_loaded()).
   __trap();

@@ -624,6 +624,27 @@ __device__ __forceinline__ void finish_and_store(float (&o)[Tile::kMTiles][Tile:
   }
 }
 
+// The fp32 tiers' rows (cuda-3xtf32-sm90, cuda-dmma-sm90), normalised, straight to global memory:
+// 8-byte stores of the two columns a lane holds per n8 tile, the warp's columns from col0 (rows
+// are 16-byte aligned and Dv a multiple of 4).
+template <class Tile>
+__device__ __forceinline__ void store_fp32_rows(const float (&o)[Tile::kOutTiles][4], const core::Problem& p,
+                                                const BlockView& blk, int64_t warp_row0, int col0 = 0) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float* out = static_cast<float*>(const_cast<void*>(p.out.ptr));
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = warp_row0 + g + 8 * r;
+    if (i >= blk.row_end) continue;
+    float* row = out + core::out_offset(p, blk.seq, blk.b, i, blk.h);
+#pragma unroll
+    for (int dt = 0; dt < Tile::kOutTiles; ++dt) {
+      const int col = col0 + dt * 8 + 2 * t;
+      if (col < p.head_dim_v) *reinterpret_cast<float2*>(row + col) = make_float2(o[dt][2 * r], o[dt][2 * r + 1]);
+    }
+  }
+}
+
 // The (query tile, head, sequence) this block computes: the grid's natural order, or longest
 // first in L2-sized groups when args.order_groups > 0 (block_order.h).
 __device__ __forceinline__ BlockWork block_work(const MmaArgs& args) { return this_block_work(args.order_groups); }
