@@ -85,7 +85,7 @@ TierChoice none(Backend backend, std::string why) { return TierChoice{Tier::kNon
 struct PrefillTier {
   Tier tier;
   bool (*supports)(const Problem&, std::string*);
-  bool hopper_only;  // compute capability 9.0 (wgmma)
+  bool hopper_only;  // compute capability 9.0 (wgmma; mma.sync m16n8k16 .f64)
 };
 
 // In order of preference: the Hopper tiers first where they serve the call, the sm80 tier
