@@ -10,7 +10,16 @@
 // summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
 // shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
-// blocks in order or in a random permutation (the default). Options apply to the shapes after them.
+// blocks in order, in a random permutation (the default), or permuted within each group of 64
+// blocks (local: the same page-sized jumps, a small address range at a time); --floor also times,
+// per shape, what any kernel reading the same bytes needs (below). Options apply to the shapes
+// after them.
+//
+// The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
+// K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
+// device-to-device copy moving the same bytes (half read, half written). Small calls pay a fixed
+// cost (launch, the first loads' latency, the tail) that a bandwidth bar set by a 2 GiB copy does
+// not see; the floor says how much of a shape's gap to that bar any kernel would pay.
 //
 // The tier is called below the public API (core::prepare_kvcache + cuda::kvcache), validated
 // once per shape: what is timed is the launch sequence of a decode step (attention kernel, and
@@ -59,6 +68,28 @@ __global__ void fill_kernel(__nv_bfloat16* data, size_t n, uint32_t seed) {
     x ^= x >> 16;
     data[i] = __float2bfloat16(static_cast<float>(x) * (2.0f / 4294967296.0f) - 1.0f);
   }
+}
+
+// A streaming read of two arrays of 16-byte words (K and V), folded into one word so that nothing
+// is skipped; `sink` is written only on an impossible value. Each thread keeps kLoads loads of each
+// array in flight.
+constexpr int kFloorLoads = 4;
+__global__ void read_floor_kernel(const uint4* k, const uint4* v, size_t words, unsigned* sink) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  unsigned acc = 0;
+  for (; i + (kFloorLoads - 1) * stride < words; i += kFloorLoads * stride) {
+    uint4 a[kFloorLoads], b[kFloorLoads];
+#pragma unroll
+    for (int n = 0; n < kFloorLoads; ++n) a[n] = __ldcs(k + i + n * stride), b[n] = __ldcs(v + i + n * stride);
+#pragma unroll
+    for (int n = 0; n < kFloorLoads; ++n) acc ^= a[n].x ^ a[n].w ^ b[n].y ^ b[n].z;
+  }
+  for (; i < words; i += stride) {
+    const uint4 a = __ldcs(k + i), b = __ldcs(v + i);
+    acc ^= a.x ^ a.w ^ b.y ^ b.z;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
 }
 
 struct DeviceBuffer {
@@ -138,8 +169,18 @@ struct Options {
   int splits = 0;
   bool trace = false;
   int variant = 0;
-  bool random_pages = true;
+  enum class PageOrder { kSequential, kRandom, kLocal } page_order = PageOrder::kRandom;
+  bool floor = false;
 };
+
+const char* page_order_name(Options::PageOrder order) {
+  switch (order) {
+    case Options::PageOrder::kSequential: return "sequential";
+    case Options::PageOrder::kRandom: return "random";
+    case Options::PageOrder::kLocal: return "local";
+  }
+  return "?";
+}
 
 double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0.0;
@@ -244,6 +285,46 @@ struct CacheSet {
   std::unique_ptr<DeviceBuffer> k, v, block_table;
 };
 
+// The floor of a shape (top of the file): the first `kv_bytes / 2` bytes of each set's K and V
+// buffers (all of a dense cache), read by read_floor_kernel at 1, 2, 4 and 8 CTAs of 256 threads
+// per SM, then copied K -> V (the last measurement: it overwrites V). Graph timing, sets alternated.
+void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, cudaStream_t stream) {
+  const size_t operand = static_cast<size_t>(kv_bytes / 2), words = operand / 16;
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
+  DeviceBuffer sink(4);
+  const int sets = static_cast<int>(caches.size());
+  double best_us = 1e30;
+  int best_ctas = 0;
+  for (int per_sm : {1, 2, 4, 8}) {
+    int call = 0;
+    const double us = time_graph_us(
+        [&] {
+          const CacheSet& c = caches[call++ % sets];
+          read_floor_kernel<<<sms * per_sm, 256, 0, stream>>>(static_cast<const uint4*>(c.k->ptr),
+                                                               static_cast<const uint4*>(c.v->ptr), words,
+                                                               static_cast<unsigned*>(sink.ptr));
+          check(cudaGetLastError(), "read_floor_kernel");
+        },
+        stream, 10);
+    if (us > 0 && us < best_us) best_us = us, best_ctas = sms * per_sm;
+  }
+  int call = 0;
+  const double copy_us = time_graph_us(
+      [&] {
+        const CacheSet& c = caches[call++ % sets];
+        check(cudaMemcpyAsync(c.v->ptr, c.k->ptr, operand, cudaMemcpyDeviceToDevice, stream), "floor copy");
+      },
+      stream, 10);
+  std::printf("{\"floor\": true, \"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, "
+              "\"layout\": \"%s\", \"page_size\": %lld, \"bytes\": %.0f, \"read_us\": %.2f, \"read_gbps\": %.1f, "
+              "\"read_ctas\": %d, \"copy_us\": %.2f, \"copy_gbps\": %.1f}\n",
+              (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), kv_bytes, best_us,
+              kv_bytes / best_us * 1e-3, best_ctas, copy_us, kv_bytes / copy_us * 1e-3);
+  std::fflush(stdout);
+}
+
 void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const int splits = opt.splits;
   const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
@@ -265,7 +346,9 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
     if (s.paged) {
       std::vector<int32_t> table(static_cast<size_t>(num_blocks));
       std::iota(table.begin(), table.end(), 0);
-      if (opt.random_pages) std::shuffle(table.begin(), table.end(), rng);
+      if (opt.page_order == Options::PageOrder::kRandom) std::shuffle(table.begin(), table.end(), rng);
+      if (opt.page_order == Options::PageOrder::kLocal)
+        for (size_t g = 0; g < table.size(); g += 64) std::shuffle(table.begin() + g, table.begin() + std::min(g + 64, table.size()), rng);
       caches[n].block_table = std::make_unique<DeviceBuffer>(table.size() * 4);
       check(cudaMemcpy(caches[n].block_table->ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice), "table");
     }
@@ -318,10 +401,11 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
               "\"page_size\": %lld, \"page_order\": \"%s\", \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
               "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
-              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), opt.random_pages ? "random" : "sequential", splits,
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), page_order_name(opt.page_order), splits,
               flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
               graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
+  if (opt.floor) run_floor(s, caches, kv_bytes, stream);
 }
 
 void run_copy(cudaStream_t stream) {
@@ -348,11 +432,15 @@ int main(int argc, char** argv) {
       opt.splits = std::atoi(argv[++n]);
     } else if (arg == "--page-order" && n + 1 < argc) {
       const std::string order = argv[++n];
-      if (order != "sequential" && order != "random") {
-        std::fprintf(stderr, "unknown page order '%s' (sequential|random)\n", order.c_str());
+      if (order == "sequential") opt.page_order = Options::PageOrder::kSequential;
+      else if (order == "random") opt.page_order = Options::PageOrder::kRandom;
+      else if (order == "local") opt.page_order = Options::PageOrder::kLocal;
+      else {
+        std::fprintf(stderr, "unknown page order '%s' (sequential|random|local)\n", order.c_str());
         return 2;
       }
-      opt.random_pages = order == "random";
+    } else if (arg == "--floor") {
+      opt.floor = true;
     } else if (arg == "--trace") {
       opt.trace = true;
     } else if (arg == "--variant" && n + 1 < argc) {

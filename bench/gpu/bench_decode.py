@@ -126,15 +126,17 @@ def copy_gbps():
     return 2.0 * n / us * 1e-3
 
 
-def run_flashsdpa(bench, shapes, variant):
-    args = [bench, "--variant", variant] + [f"{b},{s},{hq},{hkv},{hd},{layout},{page}"
-                                             for (b, s, hq, hkv, hd, layout, page) in shapes]
+def run_flashsdpa(bench, shapes, variant, floor=False):
+    """flashsdpa's rows by shape, and with floor=True the benchmark's --floor lines by shape too."""
+    args = [bench, "--variant", variant] + (["--floor"] if floor else []) + [
+        f"{b},{s},{hq},{hkv},{hd},{layout},{page}" for (b, s, hq, hkv, hd, layout, page) in shapes]
     done = subprocess.run(args, check=True, capture_output=True, text=True)
-    rows = {}
+    rows, floors = {}, {}
     for line in done.stdout.splitlines():
         r = json.loads(line)
-        rows[(r["batch"], r["seqlen_k"], r["hq"], r["hkv"], r["hd"], r["layout"], r["page_size"])] = r
-    return rows
+        key = (r["batch"], r["seqlen_k"], r["hq"], r["hkv"], r["hd"], r["layout"], r["page_size"])
+        (floors if r.get("floor") else rows)[key] = r
+    return rows, floors
 
 
 def main():
@@ -148,7 +150,10 @@ def main():
     shapes = [(b, s, 32, 8, 128, layout, page) for (b, s) in MAIN_SHAPES for (layout, page) in MAIN_LAYOUTS]
     shapes += [(b, WIDE_SEQLENS[0], 64, 8, 128, layout, page) for b in WIDE_BATCHES for (layout, page) in MAIN_LAYOUTS[:2]]
     shapes += [(b, WIDE_SEQLENS[1], 64, 8, 128, "dense", 0) for b in WIDE_BATCHES]
-    ours = {v: run_flashsdpa(args.bench, shapes, v) for v in variants}
+    ours, floors = {}, {}
+    for n, v in enumerate(variants):
+        ours[v], found = run_flashsdpa(args.bench, shapes, v, floor=n == 0)
+        floors.update(found)
     copy = copy_gbps()
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)")
 
@@ -182,6 +187,10 @@ def main():
             "flashsdpa_us": r["graph_us"] if graphed else r["us"],
             "flashsdpa_eager_gbps": r["gbps"], "torch_flash_eager_gbps": flash_eager, "cudnn_eager_gbps": cudnn_eager,
             "torch_flash_note": flash_note, "cudnn_note": cudnn_note,
+            # What any kernel reading these bytes needs (bench_decode.cu --floor): a plain streaming
+            # read of K and V, and a device copy moving the same bytes (read + write), graph-timed.
+            "floor_read_gbps": floors[shape]["read_gbps"] if shape in floors else None,
+            "floor_copy_gbps": floors[shape]["copy_gbps"] if shape in floors else None,
         })
 
     meta = {
@@ -195,7 +204,9 @@ def main():
                   "the *_eager_gbps fields always); flashsdpa through its C++ benchmark (core::prepare_kvcache + "
                   "cuda::kvcache, no append), torch SDPA on identically shaped random inputs; GB/s = bytes of K and "
                   "V read / time; copy = (read + write) / time of a 2 GiB device-to-device copy; every backend alternates "
-                  "two copies of K/V below 1 GiB so that no call reads the previous one's K/V from L2",
+                  "two copies of K/V below 1 GiB so that no call reads the previous one's K/V from L2; read floor = "
+                  "a plain streaming read of the same K/V bytes (16-byte loads, fastest of 1-8 CTAs per SM), same "
+                  "timing, the least time any kernel reading them needs",
         "variants": variants,
         "rows": rows,
     }
@@ -216,8 +227,8 @@ def write_table(meta, path):
         "",
         meta["method"] + ".",
         "",
-        "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us | timing | flashsdpa eager GB/s |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| batch | keys | Hq/Hkv | layout | flashsdpa GB/s | % of copy | torch flash GB/s | cuDNN GB/s | vs cuDNN | us | timing | flashsdpa eager GB/s | read floor GB/s (% of copy) | % of floor |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     main = [r for r in meta["rows"] if r["variant"] == meta["variants"][0]]
     if len(meta["variants"]) > 1:
@@ -228,9 +239,12 @@ def write_table(meta, path):
         flash = fmt(r["torch_flash_gbps"]) + (" (expanded)" if r["torch_flash_note"] == "expanded K/V" else "")
         cudnn = fmt(r["cudnn_gbps"]) + (" (expanded)" if r["cudnn_note"] == "expanded K/V" else "")
         vs = "n/a" if not r["cudnn_gbps"] else f"{r['flashsdpa_gbps'] / r['cudnn_gbps']:.2f}x"
+        floor = r.get("floor_read_gbps")
+        floor_cells = ("n/a | n/a" if not floor else
+                       f"{floor:.0f} ({100 * floor / r['copy_gbps']:.0f}%) | {100 * r['flashsdpa_gbps'] / floor:.0f}%")
         lines.append(f"| {r['batch']} | {r['seqlen_k']} | {r['hq']}/{r['hkv']} | {layout} | {r['flashsdpa_gbps']:.0f} | "
                      f"{100 * r['flashsdpa_gbps'] / r['copy_gbps']:.0f}% | {flash} | {cudnn} | {vs} | {r['flashsdpa_us']:.1f} | "
-                     f"{r['timing']} | {r['flashsdpa_eager_gbps']:.0f} |")
+                     f"{r['timing']} | {r['flashsdpa_eager_gbps']:.0f} | {floor_cells} |")
     lines.append("")
     lines.append(f"Device-to-device copy: {meta['rows'][0]['copy_gbps']:.0f} GB/s (read + write). torch's SDPA has no "
                  "paged cache: its numbers on paged rows are those of the dense shape.")
