@@ -71,7 +71,7 @@ __global__ void fill_kernel(__nv_bfloat16* data, size_t n, uint32_t seed) {
 }
 
 // A streaming read of two arrays of 16-byte words (K and V), folded into one word so that nothing
-// is skipped; `sink` is written only on an impossible value. Each thread keeps kLoads loads of each
+// is skipped; `sink` is written only on an impossible value. Each thread keeps kFloorLoads loads of each
 // array in flight.
 constexpr int kFloorLoads = 4;
 __global__ void read_floor_kernel(const uint4* k, const uint4* v, size_t words, unsigned* sink) {
