@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #if FLASHSDPA_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -229,6 +230,14 @@ ExecContext context_for(const at::Tensor& q, bool check) {
   if (q.is_cuda()) {
     ctx.backend = Backend::kCuda;
     ctx.stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
+    // Split-KV scratch from torch's caching allocator: inside torch.cuda.graph it comes from the
+    // graph's pool and captures as plain memory (the library's own pool would add memory nodes
+    // between the kernels of consecutive calls). Freed right after the launches, on the stream
+    // that uses it: the allocator hands it out again only in that stream's order.
+    ctx.scratch.allocate = [](size_t bytes, void* stream, void*) -> void* {
+      return c10::cuda::CUDACachingAllocator::raw_alloc_with_stream(bytes, static_cast<cudaStream_t>(stream));
+    };
+    ctx.scratch.release = [](void* ptr, void*, void*) { c10::cuda::CUDACachingAllocator::raw_delete(ptr); };
     return ctx;
   }
 #endif

@@ -7,13 +7,14 @@
 //   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
-// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end);
+// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end),
+// alone and in the steady state of a CUDA graph (trace_steady);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
 // shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
 // blocks in order, in a random permutation (the default), or permuted within each group of 64
 // blocks (local: the same page-sized jumps, a small address range at a time); --floor also times,
-// per shape, what any kernel reading the same bytes needs (below). Options apply to the shapes
-// after them.
+// per shape, what any kernel reading the same bytes needs (below); --scratch arena|pool says where
+// split-KV partials come from (arena_allocator). Options apply to the shapes after them.
 //
 // The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
 // K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
@@ -160,6 +161,17 @@ double time_graph_us(F&& call, cudaStream_t stream, int calls) {
   return us;
 }
 
+// Split-KV scratch from one preallocated buffer (--scratch arena, the default), as a serving engine
+// or torch's caching allocator hands it out: the calls of a stream use it in turn. --scratch pool:
+// the library's own stream-ordered pool, whose allocations become memory nodes in a CUDA graph.
+flashsdpa::ScratchAllocator arena_allocator() {
+  static DeviceBuffer arena(size_t(256) << 20);
+  flashsdpa::ScratchAllocator allocator;
+  allocator.allocate = [](size_t bytes, void*, void*) -> void* { return bytes <= arena.bytes ? arena.ptr : nullptr; };
+  allocator.release = [](void*, void*, void*) {};
+  return allocator;
+}
+
 struct Shape {
   int64_t batch, seqlen, hq, hkv, hd, page;
   bool paged;
@@ -171,6 +183,7 @@ struct Options {
   int variant = 0;
   enum class PageOrder { kSequential, kRandom, kLocal } page_order = PageOrder::kRandom;
   bool floor = false;
+  bool arena_scratch = true;
 };
 
 const char* page_order_name(Options::PageOrder order) {
@@ -216,7 +229,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   if (ctas == 0) return;
   unsigned long long t0 = ~0ull;
   for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[kWords * n + 1]);
-  std::vector<double> start, first, loop, end, dur, issued, query, work, rows, loaded;
+  std::vector<double> start, first, loop, end, dur, issued, query, work, rows, loaded, merged;
   std::vector<int> per_sm(1024, 0);
   // Rank of each CTA on its SM by start time: rank 0 starts on an idle SM with cold caches, a
   // rank past the SM's resident CTAs starts after another CTA finished there (warm caches).
@@ -234,6 +247,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
     work.push_back((r[7] - r[1]) * 1e-3);
     rows.push_back((r[8] - r[1]) * 1e-3);
     loaded.push_back((r[9] - r[1]) * 1e-3);
+    merged.push_back((double(r[10]) - double(r[3])) * 1e-3);
     start.push_back((r[1] - t0) * 1e-3);
     if (r[2]) first.push_back((r[2] - r[1]) * 1e-3);
     const int k = std::min(rank[n], 2);
@@ -260,7 +274,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f, "
               "\"work_p50\": %.2f, \"rows_p50\": %.2f, \"issued_p50\": %.2f, \"loaded_p50\": %.2f, \"query_p50\": %.2f, "
               "\"issued_by_rank\": [%.2f, %.2f, %.2f], \"first_by_rank\": [%.2f, %.2f, %.2f], "
-              "\"ctas_by_rank\": [%zu, %zu, %zu]}\n",
+              "\"ctas_by_rank\": [%zu, %zu, %zu], \"merged_p50\": %.2f}\n",
               label, ctas, sms, max_per_sm, percentile(start, 0.5), percentile(start, 1.0), percentile(first, 0.5),
               percentile(first, 0.9), percentile(loop, 0.1), percentile(loop, 0.5), percentile(loop, 1.0),
               percentile(end, 0.1), percentile(end, 0.5), percentile(end, 0.9), percentile(end, 1.0),
@@ -268,7 +282,94 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               percentile(work, 0.5), percentile(rows, 0.5), percentile(issued, 0.5), percentile(loaded, 0.5),
               percentile(query, 0.5), percentile(issued_rank[0], 0.5), percentile(issued_rank[1], 0.5),
               percentile(issued_rank[2], 0.5), percentile(first_rank[0], 0.5), percentile(first_rank[1], 0.5),
-              percentile(first_rank[2], 0.5), issued_rank[0].size(), issued_rank[1].size(), issued_rank[2].size());
+              percentile(first_rank[2], 0.5), issued_rank[0].size(), issued_rank[1].size(), issued_rank[2].size(),
+              percentile(merged, 0.5));
+  std::fflush(stdout);
+}
+
+// The steady state: four calls captured in one CUDA graph (the last two traced), replayed; the
+// fourth call's timeline from its first CTA's start, and the gap between the third call's last
+// kernel ending and the fourth call's first CTA starting. The globaltimer of an H100 ticks every
+// 256 ns here: single stamps are that coarse, percentiles over CTAs less so.
+struct CallSpan {
+  double att_start_min = 0, att_start_p50 = 0, att_end_max = 0, comb_start_min = -1, comb_end_max = -1;
+  double work = 0, issued = 0, first = 0, loop_max = 0;
+  double merged_p50 = 0, merged_max = 0, merge_p50 = 0, merge_max = 0, comb_dur_p50 = 0, comb_dur_max = 0;
+};
+CallSpan call_span(const std::vector<unsigned long long>& rec, int capacity, unsigned long long t0) {
+  constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
+  CallSpan c;
+  std::vector<double> start, end, work, issued, first, loop, merged, merge, comb_dur;
+  for (size_t n = 0; n < size_t(capacity / 2) && rec[kWords * n] != 0; ++n) {
+    const unsigned long long* r = &rec[kWords * n];
+    merged.push_back((double(r[10]) - double(r[3])) * 1e-3);
+    merge.push_back((double(r[4]) - double(r[3])) * 1e-3);
+    start.push_back((double(r[1]) - double(t0)) * 1e-3);
+    end.push_back((double(r[4]) - double(t0)) * 1e-3);
+    loop.push_back((double(r[3]) - double(t0)) * 1e-3);
+    work.push_back((r[7] - r[1]) * 1e-3);
+    issued.push_back((r[5] - r[1]) * 1e-3);
+    if (r[2]) first.push_back((r[2] - r[1]) * 1e-3);
+  }
+  c.att_start_min = percentile(start, 0.0), c.att_start_p50 = percentile(start, 0.5);
+  c.att_end_max = percentile(end, 1.0), c.loop_max = percentile(loop, 1.0);
+  c.work = percentile(work, 0.5);
+  c.issued = percentile(issued, 0.5), c.first = percentile(first, 0.5);
+  c.merged_p50 = percentile(merged, 0.5), c.merged_max = percentile(merged, 1.0);
+  c.merge_p50 = percentile(merge, 0.5), c.merge_max = percentile(merge, 1.0);
+  for (size_t m = kWords * size_t(capacity / 2); m + 1 < rec.size() && rec[m] != 0; m += 2) {
+    const double cs = (double(rec[m]) - double(t0)) * 1e-3, ce = (double(rec[m + 1]) - double(t0)) * 1e-3;
+    comb_dur.push_back(ce - cs);
+    c.comb_start_min = c.comb_start_min < 0 ? cs : std::min(c.comb_start_min, cs);
+    c.comb_end_max = std::max(c.comb_end_max, ce);
+  }
+  c.comb_dur_p50 = percentile(comb_dur, 0.5), c.comb_dur_max = percentile(comb_dur, 1.0);
+  return c;
+}
+
+template <typename F>
+void trace_steady(F&& call, cudaStream_t stream, const char* label) {
+  const int capacity = 1 << 16;
+  constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
+  DeviceBuffer first_buf(size_t(capacity) * kWords * 8), second_buf(size_t(capacity) * kWords * 8);
+  check(cudaMemset(first_buf.ptr, 0, first_buf.bytes), "trace memset");
+  check(cudaMemset(second_buf.ptr, 0, second_buf.bytes), "trace memset");
+  for (int n = 0; n < 3; ++n) call();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  const flashsdpa::cuda::DecodeDebug saved = flashsdpa::cuda::decode_debug();
+  flashsdpa::cuda::DecodeDebug debug = saved;
+  debug.trace_capacity = capacity;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+  for (int n = 0; n < 4; ++n) {
+    debug.trace = static_cast<unsigned long long*>(n == 2 ? first_buf.ptr : n == 3 ? second_buf.ptr : nullptr);
+    debug.trace_capacity = debug.trace ? capacity : 0;
+    flashsdpa::cuda::decode_set_debug(debug);
+    call();
+  }
+  flashsdpa::cuda::decode_set_debug(saved);
+  check(cudaStreamEndCapture(stream, &graph), "end capture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  for (int n = 0; n < 5; ++n) check(cudaGraphLaunch(exec, stream), "graph launch");
+  check(cudaStreamSynchronize(stream), "steady trace");
+  std::vector<unsigned long long> a(size_t(capacity) * kWords), b(size_t(capacity) * kWords);
+  check(cudaMemcpy(a.data(), first_buf.ptr, first_buf.bytes, cudaMemcpyDeviceToHost), "trace copy");
+  check(cudaMemcpy(b.data(), second_buf.ptr, second_buf.bytes, cudaMemcpyDeviceToHost), "trace copy");
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  unsigned long long t0 = ~0ull;
+  for (size_t n = 0; n < size_t(capacity / 2) && a[kWords * n] != 0; ++n) t0 = std::min(t0, a[kWords * n + 1]);
+  const CallSpan x = call_span(a, capacity, t0), y = call_span(b, capacity, t0);
+  const double x_end = x.comb_end_max > 0 ? x.comb_end_max : x.att_end_max;
+  std::printf("{\"steady\": \"%s\", \"period\": %.2f, \"gap\": %.2f, \"start_p50\": %.2f, \"work\": %.2f, "
+              "\"issued\": %.2f, \"first\": %.2f, \"loop_max\": %.2f, "
+              "\"att_end_max\": %.2f, \"comb_start\": %.2f, \"comb_end\": %.2f, \"merged\": [%.2f, %.2f], "
+              "\"merge\": [%.2f, %.2f], \"comb_dur\": [%.2f, %.2f]}\n",
+              label, y.att_start_min - x.att_start_min, y.att_start_min - x_end, y.att_start_p50 - y.att_start_min, y.work,
+              y.issued, y.first, y.loop_max - y.att_start_min, y.att_end_max - y.att_start_min,
+              y.comb_start_min - y.att_start_min, y.comb_end_max - y.att_start_min, y.merged_p50, y.merged_max,
+              y.merge_p50, y.merge_max, y.comb_dur_p50, y.comb_dur_max);
   std::fflush(stdout);
 }
 
@@ -377,6 +478,7 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
     flashsdpa::core::ValidateOptions options;
     options.check_index_values = false;
     problems.push_back(flashsdpa::core::prepare_kvcache(a, options));
+    if (opt.arena_scratch) problems.back().scratch = arena_allocator();
   }
 
   int call = 0;
@@ -389,6 +491,7 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
                   (long long)s.seqlen, (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0),
                   splits, flashsdpa::cuda::decode_variant_name(opt.variant));
     trace_call([&] { step(); }, stream, label);
+    trace_steady([&] { step(); }, stream, label);
   }
 
   // Every output finite: a benchmark of a kernel that writes garbage is no benchmark.
@@ -443,6 +546,13 @@ int main(int argc, char** argv) {
       opt.floor = true;
     } else if (arg == "--trace") {
       opt.trace = true;
+    } else if (arg == "--scratch" && n + 1 < argc) {
+      const std::string where = argv[++n];
+      if (where != "arena" && where != "pool") {
+        std::fprintf(stderr, "unknown scratch '%s' (arena|pool)\n", where.c_str());
+        return 2;
+      }
+      opt.arena_scratch = where == "arena";
     } else if (arg == "--variant" && n + 1 < argc) {
       const std::string name = argv[++n];
       opt.variant = -1;

@@ -100,7 +100,8 @@ core::TierChoice choose(const core::Problem& p, Op op, Backend backend) {
 
 void attention_forward(const AttnParams& params, const ExecContext& ctx) {
   const Backend backend = core::resolve_backend(ctx.backend, params.q.data);
-  const core::Problem p = core::prepare_forward(params, options_for(backend, ctx));
+  core::Problem p = core::prepare_forward(params, options_for(backend, ctx));
+  p.scratch = ctx.scratch;
   const core::TierChoice choice = choose(p, Op::kForward, backend);
   if (backend == Backend::kCpu) cpu::forward(p, ctx.num_threads);
   else cuda::forward(p, choice.tier, ctx.stream);
@@ -108,7 +109,8 @@ void attention_forward(const AttnParams& params, const ExecContext& ctx) {
 
 void attention_kvcache(const AttnParams& params, const ExecContext& ctx) {
   const Backend backend = core::resolve_backend(ctx.backend, params.q.data);
-  const core::Problem p = core::prepare_kvcache(params, options_for(backend, ctx));
+  core::Problem p = core::prepare_kvcache(params, options_for(backend, ctx));
+  p.scratch = ctx.scratch;
   const core::TierChoice choice = choose(p, Op::kKvCache, backend);
   if (backend == Backend::kCpu) cpu::kvcache(p, ctx.num_threads);
   else cuda::kvcache(p, choice.tier, ctx.stream);

@@ -100,6 +100,9 @@ struct Problem {
 
   int num_splits = 0;
   bool exact_fp32 = false;  // AttnParams::exact_fp32: no 3xTF32 tier
+
+  // Execution, not the problem: where CUDA scratch comes from (ExecContext::scratch).
+  ScratchAllocator scratch;
 };
 
 // Backward: the forward problem plus the gradient operands.

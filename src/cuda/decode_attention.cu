@@ -40,7 +40,7 @@ namespace {
 
 constexpr int kRows = 16;   // packed query rows per CTA: the M of m16n8k16
 constexpr int kChunk = 16;  // keys per warp step: two n8 score tiles, the K of the P V product
-constexpr int kMaxSplits = 128;  // as flash-attn; the combine gives each split a thread
+constexpr int kMaxSplits = 128;  // as flash-attn; the combine's lanes hold 4 splits' lse each
 // Warps per attention CTA: 4 (two CTAs per SM at head dim 128), or 8 (one CTA per SM) for split
 // calls at head dim 128 (launch_for_variant; docs/perf-log.md, CUDA decode, runs 6 and 12).
 constexpr int kNarrowWarps = 4;
@@ -661,7 +661,7 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 // the split's partials, and the combine adds the sink once.
 template <class E, int kHeadDim, int kWarps>
 __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
-                                int warp) {
+                                int warp, unsigned long long& t_merged) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   constexpr int kThreadsPerRow = threads_per_row<kWarps>();
@@ -670,8 +670,10 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   float* max_all = merge + kWarps * kRows * Cfg::kOPitch;       // [kWarps][kRows]
   float* sum_all = max_all + kWarps * kRows;                    // [kWarps][kRows]
   const int g = lane / 4, t = lane % 4;
+  const int rows_held = w.row0 + 8 < w.packed_rows ? 2 : 1;  // a lane's second row (g + 8) is padding past the tile's rows
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
+    if (r >= rows_held) break;
     const int row = g + 8 * r;
     float* o_row = o_all + (warp * kRows + row) * Cfg::kOPitch;
 #pragma unroll
@@ -686,6 +688,7 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
     }
   }
   __syncthreads();
+  if (a.trace != nullptr) t_merged = global_ns();
 
   // kThreadsPerRow threads finish one row: its geometry and the warps' weights once, then
   // strided columns (consecutive threads, consecutive columns).
@@ -838,7 +841,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   allow_dependent_launch();
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
-  merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp);
+  unsigned long long t_merged = 0;
+  merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp, t_merged);
   if (a.trace != nullptr && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
@@ -853,110 +857,111 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       rec[7] = t_work;
       rec[8] = t_rows;
       rec[9] = t_loaded;
+      rec[10] = t_merged;
     }
   }
 }
 
-// Merges the splits of one (query row, head) per CTA. The partial lse values are the logits of
+// Merges the splits of one (query row, head) per warp. The partial lse values are the logits of
 // normalised partial outputs: out = sum_s e^(lse_s - M) O_s / Z with Z = sum_s e^(lse_s - M) and
-// M their max, then the sink joins Z once (core::SoftmaxRow). Every load is independent of the
-// others, so the CTA issues them together — the lse of each split by one thread, the partial
-// rows as float4 columns by groups of threads — and pays about one memory latency, not one per
-// split. Reductions run in a fixed order: the result does not depend on timing.
-constexpr int kCombineBatch = 8;  // partial rows per thread in flight at once
-constexpr int kCombineWarps = 4;
-constexpr int kCombineThreads = kCombineWarps * 32;
+// M their max, then the sink joins Z once (core::SoftmaxRow). Lane l holds columns
+// l * kHeadDim / 32 onwards of every partial row and the lse of splits l, l + 32, ...; every load
+// is independent of the others and issued together, so a row pays about one memory latency. No
+// block barriers: a warp per row ended its call 0.2-0.3 us sooner than a 128-thread CTA per row
+// with four block reductions (Hq 64 B 1 x 8k; docs/perf-log.md, CUDA decode, run 19).
+// Reductions run in a fixed order (a shuffle tree, then the splits in order): the result does not
+// depend on timing.
+constexpr int kCombineWarps = 4;  // rows per CTA
 
-template <typename T>
-__device__ float block_reduce(float x, float* scratch, T op) {
+template <int kPerLane>
+__device__ __forceinline__ void load_row_piece(const float* src, float (&dst)[kPerLane]) {
+  if constexpr (kPerLane % 4 == 0) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
-  __syncthreads();
-  float total = scratch[0];
+    for (int e = 0; e < kPerLane; e += 4) {
+      const float4 v = reinterpret_cast<const float4*>(src)[e / 4];
+      dst[e] = v.x, dst[e + 1] = v.y, dst[e + 2] = v.z, dst[e + 3] = v.w;
+    }
+  } else {
 #pragma unroll
-  for (int k = 1; k < kCombineWarps; ++k) total = op(total, scratch[k]);
-  __syncthreads();
-  return total;
+    for (int e = 0; e < kPerLane; e += 2) {
+      const float2 v = reinterpret_cast<const float2*>(src)[e / 2];
+      dst[e] = v.x, dst[e + 1] = v.y;
+    }
+  }
 }
 
 template <class E, int kHeadDim>
-__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const Args a) {
+__global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(const Args a) {
   using T = typename E::T;
-  constexpr int kColumns = kHeadDim / 4;         // float4 columns of a partial row
-  constexpr int kGroups = kCombineThreads / kColumns;  // threads per column, each taking every kGroups-th split
-  static_assert(kGroups * kColumns == kCombineThreads && kMaxSplits <= kCombineThreads, "combine layout");
-  __shared__ float weight[kMaxSplits];
-  __shared__ float4 columns[kGroups][kColumns];
-  __shared__ float scratch[kCombineWarps];
-
+  constexpr int kPerLane = kHeadDim / 32;  // floats of a partial row per lane: 2, 4 or 8
+  constexpr int kBatch = 64 / kPerLane;    // partial rows in flight per lane (64 registers)
+  constexpr int kLsePerLane = kMaxSplits / 32;
+  __shared__ float weights[kCombineWarps][kMaxSplits];
   const core::Problem& p = a.p;
-  const int64_t b = blockIdx.y;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t item = int64_t(blockIdx.x) * kCombineWarps + warp, b = blockIdx.y;
+  if (item >= p.seqlen_q * p.heads_q) return;
   const core::SeqView s = core::sequence(p, b);
-  const int64_t i = blockIdx.x / p.heads_q, h = blockIdx.x % p.heads_q;
+  const int64_t i = item / p.heads_q, h = item % p.heads_q;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
-  const int n = a.num_splits, column = threadIdx.x % kColumns, group = threadIdx.x / kColumns;
+  const int n = a.num_splits;
   wait_for_primary_grid();  // the partials of every split are written
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
 
-  float4 o[kCombineBatch];
+  float lse[kLsePerLane];
+#pragma unroll
+  for (int j = 0; j < kLsePerLane; ++j) lse[j] = j * 32 + lane < n ? a.partial_lse[slot(j * 32 + lane)] : -INFINITY;
+  float o[kBatch][kPerLane];
   auto load_batch = [&](int first) {
 #pragma unroll
-    for (int u = 0; u < kCombineBatch; ++u) {
-      const int split = first + u * kGroups;
-      o[u] = split < n ? reinterpret_cast<const float4*>(a.partial_out + slot(split) * kHeadDim)[column]
-                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
+    for (int u = 0; u < kBatch; ++u)  // unconditional, at a clamped split (n >= 2): loads behind branches wait one by one
+      load_row_piece<kPerLane>(a.partial_out + slot(min(first + u, n - 1)) * kHeadDim + lane * kPerLane, o[u]);
   };
-  const float lse = threadIdx.x < n ? a.partial_lse[slot(threadIdx.x)] : -INFINITY;
-  load_batch(group);  // in flight while the weights are worked out
+  load_batch(0);
 
   core::SoftmaxRow<float> total;
-  total.max = block_reduce(lse, scratch, [](float x, float y) { return fmaxf(x, y); });
-  const float w = lse == -INFINITY ? 0.0f : __expf(lse - total.max);  // an empty split weighs 0
-  if (threadIdx.x < n) weight[threadIdx.x] = w;
-  total.sum = block_reduce(w, scratch, [](float x, float y) { return x + y; });  // also publishes weight[]
-
-  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  for (int first = group; first < n; first += kGroups * kCombineBatch) {
-    if (first != group) load_batch(first);
 #pragma unroll
-    for (int u = 0; u < kCombineBatch; ++u) {
-      const int split = first + u * kGroups;
-      if (split >= n) break;
-      const float ws = weight[split];
-      acc.x += ws * o[u].x;
-      acc.y += ws * o[u].y;
-      acc.z += ws * o[u].z;
-      acc.w += ws * o[u].w;
-    }
+  for (int j = 0; j < kLsePerLane; ++j) total.max = fmaxf(total.max, lse[j]);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) total.max = fmaxf(total.max, __shfl_xor_sync(0xffffffffu, total.max, offset));
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kLsePerLane; ++j) {
+    const float w = lse[j] == -INFINITY ? 0.0f : __expf(lse[j] - total.max);  // an empty split weighs 0
+    if (j * 32 + lane < n) weights[warp][j * 32 + lane] = w;
+    sum += w;
   }
-  columns[group][column] = acc;
-  __syncthreads();
-  if (group != 0) return;
-  for (int g = 1; g < kGroups; ++g) {
-    acc.x += columns[g][column].x;
-    acc.y += columns[g][column].y;
-    acc.z += columns[g][column].z;
-    acc.w += columns[g][column].w;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  total.sum = sum;
+  __syncwarp();
+
+  float acc[kPerLane] = {};
+  for (int first = 0; first < n; first += kBatch) {
+    if (first != 0) load_batch(first);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const float w = first + u < n ? weights[warp][first + u] : 0.0f;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc[e] += w * o[u][e];
+    }
   }
   const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
   const float scale = sink_factor * total.inv_sum();
   T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, s, b, i, h);
-  const float values[4] = {acc.x, acc.y, acc.z, acc.w};
 #pragma unroll
-  for (int e = 0; e < 4; ++e)
-    if (4 * column + e < p.head_dim_v) out[4 * column + e] = from_float<T>(values[e] * scale);
-  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
-  if (a.trace != nullptr && threadIdx.x == 0) {
-    // The second half of the buffer: one (start, end) per combine CTA.
+  for (int e = 0; e < kPerLane; ++e)
+    if (lane * kPerLane + e < p.head_dim_v) out[lane * kPerLane + e] = from_float<T>(acc[e] * scale);
+  if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
+  if (a.trace != nullptr && lane == 0) {
+    // The second half of the buffer: one (start, end) per combine warp.
     const int64_t first = kDecodeTraceWords * int64_t(a.trace_capacity / 2);
-    const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
-    if (first + 2 * cta + 1 < kDecodeTraceWords * int64_t(a.trace_capacity)) {
-      a.trace[first + 2 * cta] = t_start;
-      a.trace[first + 2 * cta + 1] = global_ns();
+    const int64_t rec = (blockIdx.y * int64_t(gridDim.x) + blockIdx.x) * kCombineWarps + warp;
+    if (first + 2 * rec + 1 < kDecodeTraceWords * int64_t(a.trace_capacity)) {
+      a.trace[first + 2 * rec] = t_start;
+      a.trace[first + 2 * rec + 1] = global_ns();
     }
   }
 }
@@ -1041,11 +1046,17 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
 
+  // Partials: from the caller's allocator when it has one (ExecContext::scratch), else the pool.
   void* scratch = nullptr;
+  bool pooled = false;
   if (splits > 1) {
     const size_t slots = size_t(splits) * a.q_rows * p.heads_q;
     const size_t bytes = slots * (kHeadDim + 1) * sizeof(float);
-    check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
+    if (p.scratch.allocate != nullptr) scratch = p.scratch.allocate(bytes, stream, p.scratch.user);
+    if (scratch == nullptr) {
+      check_cuda(cudaMallocFromPoolAsync(&scratch, bytes, scratch_pool(device), stream), "cudaMallocFromPoolAsync");
+      pooled = true;
+    }
     a.partial_out = static_cast<float*>(scratch);
     a.partial_lse = a.partial_out + slots * kHeadDim;
   }
@@ -1054,10 +1065,12 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps>, grid, kWarps * 32,
                     CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
-    const dim3 combine_grid(static_cast<unsigned>(p.seqlen_q * p.heads_q), static_cast<unsigned>(p.batch));
-    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineThreads, 0, stream, a,
+    const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kCombineWarps)),
+                            static_cast<unsigned>(p.batch));
+    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineWarps * 32, 0, stream, a,
                       "combine_splits_kernel launch");
-    check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+    if (pooled) check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+    else if (p.scratch.release != nullptr) p.scratch.release(scratch, stream, p.scratch.user);
   }
 }
 

@@ -43,13 +43,19 @@ inline const char* decode_variant_name(int variant) {
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
 // SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
-// geometry known, row bounds known, query rows arrived, in ns; then, from the buffer's middle, per combine CTA: start, end). `variant`: the kernel
-// variant.
-inline constexpr int kDecodeTraceWords = 10;  // words per attention CTA's record
+// geometry known, row bounds known, query rows arrived, warps' states in the merge area, in ns;
+// then, from the buffer's middle, per combine warp: start, end). `variant`: the kernel variant.
+inline constexpr int kDecodeTraceWords = 11;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of kDecodeTraceWords words
   int variant = 0;
+  void* scratch = nullptr;  // EXPERIMENT: a fixed partials buffer instead of the pool
+  size_t scratch_bytes = 0;
+  bool combine_trigger = false;
+  bool prewarm = false;      // EXPERIMENT
+  bool row_combine = false;  // EXPERIMENT
+  bool early_query = false;  // EXPERIMENT  // EXPERIMENT: the combine lets the next kernel launch at its start
 };
 void decode_set_debug(const DecodeDebug& debug);
 DecodeDebug decode_debug();

@@ -72,6 +72,15 @@ std::string run_kvcache_on_gpu(AttnCase& c, bool checked = false) {
   });
 }
 
+// The same through a caller's scratch allocator (ExecContext::scratch).
+std::string run_kvcache_on_gpu_with(AttnCase& c, const ScratchAllocator& scratch) {
+  return run_on_gpu(c, [&](const AttnParams& params) {
+    core::Problem p = core::prepare_kvcache(params, device_options(false));
+    p.scratch = scratch;
+    cuda::kvcache(p, kvcache_tier(p.dtype), nullptr);
+  });
+}
+
 // check_kvcache of test_util.h for the GPU: poisoned out/lse, caches equal to the reference's
 // appended copies except for rotary rounding, out/lse under the SPEC rule, guards and inputs
 // untouched. The reference validates nothing, so bad index tensors are compared against the
@@ -258,6 +267,66 @@ TEST_P(DecodeKvcache, SplitCountsAgree) {
     c.sinks = true;
     expect_kvcache_passes(c);
   }
+}
+
+// Split-KV partials from the caller's allocator (ExecContext::scratch): asked once per split
+// call for the partials' bytes and released once; the result is the pool's bit for bit, over an
+// arena poisoned with NaN (every partial read must have been written by this call). An allocator
+// that returns nullptr leaves the call to the pool.
+struct CountingArena {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  int allocations = 0, releases = 0;
+  size_t last_request = 0;
+  bool refuse = false;
+  ScratchAllocator allocator() {
+    ScratchAllocator a;
+    a.user = this;
+    a.allocate = [](size_t bytes, void*, void* user) -> void* {
+      auto* arena = static_cast<CountingArena*>(user);
+      ++arena->allocations;
+      arena->last_request = bytes;
+      return arena->refuse || bytes > arena->bytes ? nullptr : arena->ptr;
+    };
+    a.release = [](void* ptr, void*, void* user) {
+      auto* arena = static_cast<CountingArena*>(user);
+      EXPECT_EQ(ptr, arena->ptr);
+      ++arena->releases;
+    };
+    return a;
+  }
+};
+
+TEST_P(DecodeKvcache, ScratchFromTheCallersAllocator) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  CountingArena arena;
+  arena.bytes = size_t(16) << 20;
+  ASSERT_EQ(cudaMalloc(&arena.ptr, arena.bytes), cudaSuccess);
+  ASSERT_EQ(cudaMemset(arena.ptr, 0xff, arena.bytes), cudaSuccess);  // NaN in every float
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+  c.cache_capacity = 4000;
+  c.cache_seqlens = {3999, 1, 2500};
+  c.sinks = true;
+  for (int splits : {1, 7, 0}) {
+    for (bool refuse : {false, true}) {
+      c.num_splits = splits;
+      arena.refuse = refuse;
+      arena.allocations = arena.releases = 0;
+      AttnCase pooled(c), arena_case(c);
+      ASSERT_EQ(check_kvcache_run(pooled, unchecked_host(), [&] { return run_kvcache_on_gpu(pooled); }), "");
+      ASSERT_EQ(check_kvcache_run(arena_case, unchecked_host(),
+                                  [&] { return run_kvcache_on_gpu_with(arena_case, arena.allocator()); }),
+                "")
+          << c.describe();
+      const bool split = arena.allocations > 0;
+      EXPECT_EQ(split, splits != 1) << "splits " << splits;
+      if (split) EXPECT_GT(arena.last_request, 0u);
+      EXPECT_EQ(arena.releases, refuse ? 0 : arena.allocations) << "splits " << splits;
+      EXPECT_EQ(arena_case.out.guarded_bytes(), pooled.out.guarded_bytes()) << "splits " << splits;
+      EXPECT_EQ(arena_case.lse.guarded_bytes(), pooled.lse.guarded_bytes()) << "splits " << splits;
+    }
+  }
+  cudaFree(arena.ptr);
 }
 
 // One sampled KV-cache case after its seed, dtype and layout: cache geometry, appended tokens,
