@@ -40,6 +40,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/select.h"
@@ -201,6 +202,16 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5))];
 }
 
+// The attention CTAs of a trace buffer (records up to the first empty one, in its first half)
+// and the earliest start among them.
+std::pair<size_t, unsigned long long> attention_records(const std::vector<unsigned long long>& rec, int capacity) {
+  constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
+  size_t ctas = 0;
+  unsigned long long t0 = ~0ull;
+  for (; ctas < size_t(capacity / 2) && rec[kWords * ctas] != 0; ++ctas) t0 = std::min(t0, rec[kWords * ctas + 1]);
+  return {ctas, t0};
+}
+
 // One traced call: CTA start / first chunk / loop end / end times relative to the first CTA's
 // start (us), and the combine's span; after a CTA's own start: work / rows (its geometry and its
 // rows' key bounds known), issued (first copies left), loaded (query rows in registers, stamped
@@ -224,11 +235,8 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
   flashsdpa::cuda::decode_set_debug(saved);
   std::vector<unsigned long long> rec(size_t(capacity) * kWords);
   check(cudaMemcpy(rec.data(), buffer.ptr, buffer.bytes, cudaMemcpyDeviceToHost), "trace copy");
-  size_t ctas = 0;
-  while (ctas < size_t(capacity / 2) && rec[kWords * ctas] != 0) ++ctas;
+  const auto [ctas, t0] = attention_records(rec, capacity);
   if (ctas == 0) return;
-  unsigned long long t0 = ~0ull;
-  for (size_t n = 0; n < ctas; ++n) t0 = std::min(t0, rec[kWords * n + 1]);
   std::vector<double> start, first, loop, end, dur, issued, query, work, rows, loaded, merged;
   std::vector<int> per_sm(1024, 0);
   // Rank of each CTA on its SM by start time: rank 0 starts on an idle SM with cold caches, a
@@ -300,7 +308,8 @@ CallSpan call_span(const std::vector<unsigned long long>& rec, int capacity, uns
   constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
   CallSpan c;
   std::vector<double> start, end, work, issued, first, loop, merged, merge, comb_dur;
-  for (size_t n = 0; n < size_t(capacity / 2) && rec[kWords * n] != 0; ++n) {
+  const size_t ctas = attention_records(rec, capacity).first;
+  for (size_t n = 0; n < ctas; ++n) {
     const unsigned long long* r = &rec[kWords * n];
     merged.push_back((double(r[10]) - double(r[3])) * 1e-3);
     merge.push_back((double(r[4]) - double(r[3])) * 1e-3);
@@ -338,7 +347,6 @@ void trace_steady(F&& call, cudaStream_t stream, const char* label) {
   check(cudaStreamSynchronize(stream), "warm-up");
   const flashsdpa::cuda::DecodeDebug saved = flashsdpa::cuda::decode_debug();
   flashsdpa::cuda::DecodeDebug debug = saved;
-  debug.trace_capacity = capacity;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
@@ -358,8 +366,7 @@ void trace_steady(F&& call, cudaStream_t stream, const char* label) {
   check(cudaMemcpy(b.data(), second_buf.ptr, second_buf.bytes, cudaMemcpyDeviceToHost), "trace copy");
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
-  unsigned long long t0 = ~0ull;
-  for (size_t n = 0; n < size_t(capacity / 2) && a[kWords * n] != 0; ++n) t0 = std::min(t0, a[kWords * n + 1]);
+  const unsigned long long t0 = attention_records(a, capacity).second;
   const CallSpan x = call_span(a, capacity, t0), y = call_span(b, capacity, t0);
   const double x_end = x.comb_end_max > 0 ? x.comb_end_max : x.att_end_max;
   std::printf("{\"steady\": \"%s\", \"period\": %.2f, \"gap\": %.2f, \"start_p50\": %.2f, \"work\": %.2f, "
@@ -368,7 +375,8 @@ void trace_steady(F&& call, cudaStream_t stream, const char* label) {
               "\"merge\": [%.2f, %.2f], \"comb_dur\": [%.2f, %.2f]}\n",
               label, y.att_start_min - x.att_start_min, y.att_start_min - x_end, y.att_start_p50 - y.att_start_min, y.work,
               y.issued, y.first, y.loop_max - y.att_start_min, y.att_end_max - y.att_start_min,
-              y.comb_start_min - y.att_start_min, y.comb_end_max - y.att_start_min, y.merged_p50, y.merged_max,
+              y.comb_start_min < 0 ? -1.0 : y.comb_start_min - y.att_start_min,
+              y.comb_end_max < 0 ? -1.0 : y.comb_end_max - y.att_start_min, y.merged_p50, y.merged_max,
               y.merge_p50, y.merge_max, y.comb_dur_p50, y.comb_dur_max);
   std::fflush(stdout);
 }
