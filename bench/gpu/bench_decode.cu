@@ -7,8 +7,9 @@
 //   flashsdpa_decode_bench B,S,HQ,HKV,HD,LAYOUT,PAGE [...]   LAYOUT dense|paged, PAGE 0 for dense
 //   flashsdpa_decode_bench --copy                           device-to-device copy bandwidth
 // Options: --splits N forces num_splits (default 0: the heuristic); --trace prints a timeline
-// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end),
-// alone and in the steady state of a CUDA graph (trace_steady);
+// summary of one call per shape (cuda::DecodeDebug: when CTAs start, get their first chunk, end;
+// prologue_cycles: warp 0's prologue steps in SM cycles, decode_tier.h), alone and in the steady
+// state of a CUDA graph (trace_steady);
 // --variant NAME runs a kernel variant under measurement (cuda::decode_variant_name: auto, the
 // shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
 // blocks in order, in a random permutation (the default), or permuted within each group of 64
@@ -202,6 +203,19 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5))];
 }
 
+// The prologue's steps in SM cycles after warp 0's start (decode_tier.h: kPrologueSteps), p50
+// over the first `ctas` records, as a JSON array.
+std::string prologue_cycles(const std::vector<unsigned long long>& rec, size_t ctas) {
+  constexpr size_t kWords = flashsdpa::cuda::kDecodeTraceWords;
+  std::string json = "[";
+  for (int k = 0; k < flashsdpa::cuda::kPrologueSteps; ++k) {
+    std::vector<double> v;
+    for (size_t n = 0; n < ctas; ++n) v.push_back(double(rec[kWords * n + 11 + k]));
+    json += (k ? ", " : "") + std::to_string(static_cast<long long>(percentile(v, 0.5)));
+  }
+  return json + "]";
+}
+
 // The attention CTAs of a trace buffer (records up to the first empty one, in its first half)
 // and the earliest start among them.
 std::pair<size_t, unsigned long long> attention_records(const std::vector<unsigned long long>& rec, int capacity) {
@@ -282,7 +296,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               "\"dur_min\": %.2f, \"dur_p50\": %.2f, \"dur_max\": %.2f, \"combine_start\": %.2f, \"combine_end\": %.2f, "
               "\"work_p50\": %.2f, \"rows_p50\": %.2f, \"issued_p50\": %.2f, \"loaded_p50\": %.2f, \"query_p50\": %.2f, "
               "\"issued_by_rank\": [%.2f, %.2f, %.2f], \"first_by_rank\": [%.2f, %.2f, %.2f], "
-              "\"ctas_by_rank\": [%zu, %zu, %zu], \"merged_p50\": %.2f}\n",
+              "\"ctas_by_rank\": [%zu, %zu, %zu], \"merged_p50\": %.2f, \"prologue_cycles\": %s}\n",
               label, ctas, sms, max_per_sm, percentile(start, 0.5), percentile(start, 1.0), percentile(first, 0.5),
               percentile(first, 0.9), percentile(loop, 0.1), percentile(loop, 0.5), percentile(loop, 1.0),
               percentile(end, 0.1), percentile(end, 0.5), percentile(end, 0.9), percentile(end, 1.0),
@@ -291,7 +305,7 @@ void trace_call(F&& call, cudaStream_t stream, const char* label) {
               percentile(query, 0.5), percentile(issued_rank[0], 0.5), percentile(issued_rank[1], 0.5),
               percentile(issued_rank[2], 0.5), percentile(first_rank[0], 0.5), percentile(first_rank[1], 0.5),
               percentile(first_rank[2], 0.5), issued_rank[0].size(), issued_rank[1].size(), issued_rank[2].size(),
-              percentile(merged, 0.5));
+              percentile(merged, 0.5), prologue_cycles(rec, ctas).c_str());
   std::fflush(stdout);
 }
 
@@ -372,12 +386,13 @@ void trace_steady(F&& call, cudaStream_t stream, const char* label) {
   std::printf("{\"steady\": \"%s\", \"period\": %.2f, \"gap\": %.2f, \"start_p50\": %.2f, \"work\": %.2f, "
               "\"issued\": %.2f, \"first\": %.2f, \"loop_max\": %.2f, "
               "\"att_end_max\": %.2f, \"comb_start\": %.2f, \"comb_end\": %.2f, \"merged\": [%.2f, %.2f], "
-              "\"merge\": [%.2f, %.2f], \"comb_dur\": [%.2f, %.2f]}\n",
+              "\"merge\": [%.2f, %.2f], \"comb_dur\": [%.2f, %.2f], \"prologue_cycles\": %s}\n",
               label, y.att_start_min - x.att_start_min, y.att_start_min - x_end, y.att_start_p50 - y.att_start_min, y.work,
               y.issued, y.first, y.loop_max - y.att_start_min, y.att_end_max - y.att_start_min,
               y.comb_start_min < 0 ? -1.0 : y.comb_start_min - y.att_start_min,
               y.comb_end_max < 0 ? -1.0 : y.comb_end_max - y.att_start_min, y.merged_p50, y.merged_max,
-              y.merge_p50, y.merge_max, y.comb_dur_p50, y.comb_dur_max);
+              y.merge_p50, y.merge_max, y.comb_dur_p50, y.comb_dur_max,
+              prologue_cycles(b, attention_records(b, capacity).first).c_str());
   std::fflush(stdout);
 }
 

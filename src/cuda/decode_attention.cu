@@ -118,6 +118,7 @@ struct Args {
   bool strided_chunks;     // a chunk's 16 rows are one row stride apart (not paged, or pages of 16k keys)
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
+  bool q_pairs;            // every query element pair (2t, 2t + 1) one aligned 4-byte word: Dqk even, q 4-byte aligned
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
@@ -133,6 +134,21 @@ __device__ __forceinline__ unsigned long long global_ns_after(uint32_t value) {
       : "=l"(t)
       : "r"(value));
   return t;
+}
+// The SM's cycle counter, for step durations inside one CTA (the globaltimer ticks every 256 ns);
+// `_after` consumes a value first, as global_ns_after.
+__device__ __forceinline__ long long cycles() {
+  long long c;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+  return c;
+}
+__device__ __forceinline__ long long cycles_after(uint32_t value) {
+  long long c;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.eq.u32 p, %1, 0x7fc0dead;\n @p trap;\n mov.u64 %0, %%clock64;\n}"
+      : "=l"(c)
+      : "r"(value));
+  return c;
 }
 __device__ __forceinline__ unsigned sm_id() {
   unsigned id;
@@ -152,18 +168,32 @@ struct CtaWork {
   int64_t chunk0;              // first chunk start (a multiple of kChunk; keys before key_begin masked)
 };
 
-__device__ CtaWork cta_work(const Args& a) {
-  const core::Problem& p = a.p;
-  CtaWork w;
+// The CTA's sequence, kv head and query tile: arithmetic on the block index and the kernel's
+// parameters only, so the kernel works it out before waiting for the kernel before it
+// (wait_for_primary_grid), inside the launch overlap instead of on the path to the first copy.
+struct CtaCoords {
+  uint32_t b, hkv, m_tile;
+};
+
+__device__ __forceinline__ CtaCoords cta_coords(const Args& a) {
   // 32-bit divisions (a 64-bit division by a run-time value is a ~70-instruction call): the grid,
   // packed rows and key counts are below 2^31 (decode_tier_supports).
   const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
-  const uint32_t m_tile = tile % m_tiles, bh = tile / m_tiles;
-  w.hkv = bh % static_cast<uint32_t>(p.heads_kv);
-  w.b = bh / static_cast<uint32_t>(p.heads_kv);
+  const uint32_t bh = tile / m_tiles, heads_kv = static_cast<uint32_t>(a.p.heads_kv);
+  CtaCoords c{bh / heads_kv, bh % heads_kv, tile % m_tiles};
+  // Computed here, not sunk below the wait by the compiler: an empty asm consumes each value.
+  asm volatile("" : "+r"(c.b), "+r"(c.hkv), "+r"(c.m_tile));
+  return c;
+}
+
+__device__ CtaWork cta_work(const Args& a, const CtaCoords& at) {
+  const core::Problem& p = a.p;
+  CtaWork w;
+  w.hkv = at.hkv;
+  w.b = at.b;
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
-  w.row0 = int64_t(m_tile) * kRows;
+  w.row0 = int64_t(at.m_tile) * kRows;
   w.packed_rows = w.s.sq * p.group;
   w.key_begin = w.key_end = w.chunk0 = 0;
   if (w.row0 >= w.packed_rows) return w;
@@ -279,6 +309,20 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
 
   QueryPairs<kHeadDim, kWarps> q;
   q.rotated = table_row >= 0;
+  if (rotary_dim == 0 && a.q_pairs) {
+    // No rotation: pair t is dims 2t and 2t + 1, one 4-byte load (a third of the general path's
+    // instructions: no pair mapping, half the loads).
+#pragma unroll
+    for (int n = 0; n < q.kPerThread; ++n) {
+      const int d = 2 * (first_pair + n * kThreadsPerRow);
+      const uint32_t bits = *reinterpret_cast<const uint32_t*>(row + (d < dqk ? d : 0));
+      const bool inside = real && d < dqk;
+      q.x0[n] = inside ? E::to_float(static_cast<uint16_t>(bits)) : 0.0f;
+      q.x1[n] = inside ? E::to_float(static_cast<uint16_t>(bits >> 16)) : 0.0f;
+      q.cos_t[n] = 1.0f, q.sin_t[n] = 0.0f;
+    }
+    return q;
+  }
   T x0[q.kPerThread], x1[q.kPerThread];
 #pragma unroll
   for (int n = 0; n < q.kPerThread; ++n) {
@@ -383,6 +427,55 @@ __device__ __noinline__ void copy_chunk_elements(const T* k, const T* v, int64_t
   }
 }
 
+// One lane's part of every whole chunk a warp copies (Args::vector_kv, Args::strided_chunks: the
+// chunk's 16 rows one row stride apart), worked out once per CTA: lane l copies piece l % kPieces
+// (dims d .. d + 7) of rows l / kPieces + c * kRowsPerCopy, c = 0 .. kCopiesPerLane - 1. A chunk
+// then costs its copies, a pointer step per copy and one swizzle of a precomputed address; worked
+// out per chunk, the same copies took ~500 instructions of a warp's ~1700 before its first copy
+// left (docs/perf-log.md, CUDA decode, run 20).
+template <int kHeadDim>
+struct LaneCopies {
+  static constexpr int kPieces = Tile<kHeadDim>::kPieces;
+  static constexpr int kRowsPerCopy = 32 / kPieces;  // rows one copy instruction of the warp covers
+  static_assert(32 % kPieces == 0 && kRowsPerCopy <= 8, "a warp's copy covers whole rows of one 8-row swizzle group");
+  int64_t k_lane, v_lane;    // elements from a chunk's first row (head 0) to the lane's first piece
+  int64_t k_step, v_step;    // elements between the lane's pieces c and c + 1
+  int64_t k_origin, v_origin;  // unpaged layouts: the offset of key 0's row (core::key_offset), keys linear
+  uint32_t swizzled;         // kv_offset of the lane's first piece, bytes (kv_offset_of_copy)
+  int k_bytes, v_bytes;      // 16, or 0 where the piece is past Dqk / Dv (zero-filled, nothing read)
+};
+
+template <int kHeadDim>
+__device__ LaneCopies<kHeadDim> lane_copies(const core::Problem& p, const CtaWork& w, int lane) {
+  using L = LaneCopies<kHeadDim>;
+  const int row = lane / L::kPieces, piece = lane % L::kPieces, d = piece * 8;
+  L c;
+  c.k_bytes = d < p.head_dim_qk ? 16 : 0;
+  c.v_bytes = d < p.head_dim_v ? 16 : 0;
+  // A zero-filled piece keeps an address inside its row (dim 0), as cp.async wants a valid source.
+  c.k_lane = w.hkv * p.k.head_stride + row * p.k.row_stride + (c.k_bytes ? d : 0);
+  c.v_lane = w.hkv * p.v.head_stride + row * p.v.row_stride + (c.v_bytes ? d : 0);
+  c.k_step = L::kRowsPerCopy * p.k.row_stride;
+  c.v_step = L::kRowsPerCopy * p.v.row_stride;
+  const bool paged = p.kv_layout == core::KvLayout::kPaged;
+  c.k_origin = paged ? 0 : core::key_offset(p, w.s, p.k, w.b, 0);
+  c.v_origin = paged ? 0 : core::key_offset(p, w.s, p.v, w.b, 0);
+  c.swizzled = 2u * static_cast<uint32_t>(kv_offset<kHeadDim>(row, d));
+  return c;
+}
+
+// Byte offset of copy c of a lane in a stage chunk, from LaneCopies::swizzled. The copy's row is
+// row0 + c * kRowsPerCopy with row0 < kRowsPerCopy, so its swizzle key (row % 8) is
+// ((c * kRowsPerCopy) % 8) | row0: kv_offset differs from the first piece's by whole rows and an
+// XOR of bits 4-6 that is a constant for each c (the row part of the offset has no bits there,
+// rows being >= 128 bytes).
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t kv_offset_of_copy(uint32_t swizzled, int c) {
+  constexpr int kRowsPerCopy = LaneCopies<kHeadDim>::kRowsPerCopy;
+  const uint32_t flip = static_cast<uint32_t>((c * kRowsPerCopy) % 8) << 4;
+  return (swizzled ^ flip) + static_cast<uint32_t>(c * kRowsPerCopy * kHeadDim * 2);
+}
+
 // A paged chunk's block-table slot and entry as loaded (checked with core::paged_checked_block
 // only when the chunk's copies are issued), for pages of whole chunks.
 struct PagedChunk {
@@ -397,8 +490,8 @@ struct PagedChunk {
 // 2-16% faster at every measured shape than plain cp.async (docs/perf-log.md, CUDA decode, run 4),
 // while the fetch-size hint alone was not. 128-byte fetches since run 13 (decode_common.h).
 template <class E, int kHeadDim>
-__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0, const PagedChunk& page,
-                                  typename E::T* k_dst, typename E::T* v_dst, int lane) {
+__device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, const LaneCopies<kHeadDim>& lc, int64_t key0,
+                                  const PagedChunk& page, typename E::T* k_dst, typename E::T* v_dst, int lane) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   const core::Problem& p = a.p;
@@ -410,25 +503,24 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, int64_t key0,
   // chunk, the largest share of the loop's stall samples (docs/perf-log.md, CUDA decode, run 9).
   // Paged: `page` is the chunk's block, looked up by the caller one chunk ahead.
   if (a.vector_kv && a.strided_chunks && key0 >= w.key_begin && key0 + kChunk <= w.key_end) {
-    const bool paged = p.kv_layout == core::KvLayout::kPaged;
-    auto first_row = [&](const core::Operand& kv) {
-      if (!paged) return core::key_offset(p, w.s, kv, w.b, key0);
+    int64_t k_row = lc.k_origin + key0 * p.k.row_stride, v_row = lc.v_origin + key0 * p.v.row_stride;
+    bool readable = true;
+    if (p.kv_layout == core::KvLayout::kPaged) {
       const int64_t block = core::paged_checked_block(p, page.entry);
-      return block < 0 ? int64_t(-1) : core::paged_row(p, kv, block, page.slot, key0);
-    };
-    const int64_t k_row = first_row(p.k), v_row = first_row(p.v);
-    if (k_row >= 0 && v_row >= 0) {  // uniform over the warp: the same key for every lane
-      const T* k_chunk = k + k_row + w.hkv * p.k.head_stride;
-      const T* v_chunk = v + v_row + w.hkv * p.v.head_stride;
+      readable = block >= 0;
+      k_row = core::paged_row(p, p.k, block, page.slot, key0);
+      v_row = core::paged_row(p, p.v, block, page.slot, key0);
+    }
+    if (readable) {  // uniform over the warp: the same chunk for every lane
+      const T* k_src = k + k_row + lc.k_lane;
+      const T* v_src = v + v_row + lc.v_lane;
+      const uint32_t k_smem = smem_address(k_dst), v_smem = smem_address(v_dst);
       const uint64_t policy = evict_first_policy();
 #pragma unroll
       for (int c = 0; c < Cfg::kCopiesPerLane; ++c) {
-        const Piece<kHeadDim> piece(c, lane);
-        const bool k_ok = piece.d < p.head_dim_qk, v_ok = piece.d < p.head_dim_v;
-        cp_async_16_streaming(smem_address(k_dst + kv_offset<kHeadDim>(piece.key, piece.d)),
-                              k_ok ? k_chunk + piece.key * p.k.row_stride + piece.d : k, k_ok ? 16 : 0, policy);
-        cp_async_16_streaming(smem_address(v_dst + kv_offset<kHeadDim>(piece.key, piece.d)),
-                              v_ok ? v_chunk + piece.key * p.v.row_stride + piece.d : v, v_ok ? 16 : 0, policy);
+        const uint32_t offset = kv_offset_of_copy<kHeadDim>(lc.swizzled, c);
+        cp_async_16_streaming(k_smem + offset, k_src + c * lc.k_step, lc.k_bytes, policy);
+        cp_async_16_streaming(v_smem + offset, v_src + c * lc.v_step, lc.v_bytes, policy);
       }
       return (1u << kChunk) - 1;
     }
@@ -664,7 +756,6 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
                                 int warp, unsigned long long& t_merged) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
-  constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   const core::Problem& p = a.p;
   float* o_all = merge;                                         // [kWarps][kRows][kOPitch]
   float* max_all = merge + kWarps * kRows * Cfg::kOPitch;       // [kWarps][kRows]
@@ -690,43 +781,60 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   __syncthreads();
   if (a.trace != nullptr) t_merged = global_ns();
 
-  // kThreadsPerRow threads finish one row: its geometry and the warps' weights once, then
-  // strided columns (consecutive threads, consecutive columns).
-  const int row = threadIdx.x / kThreadsPerRow, first_col = threadIdx.x % kThreadsPerRow;
-  const int64_t packed = w.row0 + row;
-  if (packed >= w.packed_rows) return;
-  const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
-  const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
-  core::SoftmaxRow<float> total;
-  for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_all[k * kRows + row]);
-  float weight[kWarps];  // e^(max_k - max): a warp that saw no key of the row weighs 0
-#pragma unroll
-  for (int k = 0; k < kWarps; ++k) {
-    const float m = max_all[k * kRows + row];
-    weight[k] = m == -INFINITY ? 0.0f : __expf(m - total.max);
-    total.sum += sum_all[k * kRows + row] * weight[k];
-  }
-  auto merged = [&](int d) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int k = 0; k < kWarps; ++k) acc += o_all[(k * kRows + row) * Cfg::kOPitch + d] * weight[k];
-    return acc;
-  };
+  // A warp finishes a row (rows warp, warp + kWarps, ...: only the tile's real rows): the warps'
+  // weights from broadcast reads, then columns lane + 32 j, every shared load of the row issued
+  // together. 16 threads per row of all 16 rows left half the CTA idle at decode (8 real rows)
+  // and looped over the columns one load round trip at a time (docs/perf-log.md, CUDA decode,
+  // run 20).
+  constexpr int kColumns = kHeadDim / 32;  // per lane
+  const int real_rows = static_cast<int>(min(int64_t(kRows), w.packed_rows - w.row0));
   const int dv = static_cast<int>(p.head_dim_v);
-  if (a.num_splits == 1) {
-    const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
-    const float scale = sink_factor * total.inv_sum();
-    T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, w.s, w.b, i, h);
-    for (int d = first_col; d < dv; d += kThreadsPerRow) out[d] = from_float<T>(merged(d) * scale);
-    if (first_col == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
-  } else {
-    // Partial rows have a pitch of kHeadDim floats, zero past Dv, so the combine reads float4s.
-    const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
-    const int64_t slot = (int64_t(blockIdx.y) * a.q_rows + r) * p.heads_q + h;
-    const float scale = total.inv_sum();
-    float* partial = a.partial_out + slot * kHeadDim;
-    for (int d = first_col; d < kHeadDim; d += kThreadsPerRow) partial[d] = d < dv ? merged(d) * scale : 0.0f;
-    if (first_col == 0) a.partial_lse[slot] = total.lse();
+  for (int row = warp; row < real_rows; row += kWarps) {
+    const int64_t packed = w.row0 + row;
+    const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
+    const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
+    float max_k[kWarps], sum_k[kWarps];
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) max_k[k] = max_all[k * kRows + row], sum_k[k] = sum_all[k * kRows + row];
+    float o[kWarps][kColumns];
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k)
+#pragma unroll
+      for (int j = 0; j < kColumns; ++j) o[k][j] = o_all[(k * kRows + row) * Cfg::kOPitch + lane + 32 * j];
+    core::SoftmaxRow<float> total;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_k[k]);
+    float weight[kWarps];  // e^(max_k - max): a warp that saw no key of the row weighs 0
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) {
+      weight[k] = max_k[k] == -INFINITY ? 0.0f : __expf(max_k[k] - total.max);
+      total.sum += sum_k[k] * weight[k];
+    }
+    float merged[kColumns];
+#pragma unroll
+    for (int j = 0; j < kColumns; ++j) {
+      merged[j] = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kWarps; ++k) merged[j] += o[k][j] * weight[k];
+    }
+    if (a.num_splits == 1) {
+      const float sink_factor = p.sinks != nullptr ? total.add_sink(p.sinks[h]) : 1.0f;
+      const float scale = sink_factor * total.inv_sum();
+      T* out = static_cast<T*>(p.out.mutable_ptr()) + core::out_offset(p, w.s, w.b, i, h);
+#pragma unroll
+      for (int j = 0; j < kColumns; ++j)
+        if (lane + 32 * j < dv) out[lane + 32 * j] = from_float<T>(merged[j] * scale);
+      if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, w.s, w.b, i, h)] = total.lse();
+    } else {
+      // Partial rows have a pitch of kHeadDim floats, zero past Dv, so the combine reads float4s.
+      const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : w.b * p.seqlen_q) + w.s.q_row0 + i;
+      const int64_t slot = (int64_t(blockIdx.y) * a.q_rows + r) * p.heads_q + h;
+      const float scale = total.inv_sum();
+      float* partial = a.partial_out + slot * kHeadDim;
+#pragma unroll
+      for (int j = 0; j < kColumns; ++j) partial[lane + 32 * j] = lane + 32 * j < dv ? merged[j] * scale : 0.0f;
+      if (lane == 0) a.partial_lse[slot] = total.lse();
+    }
   }
 }
 
@@ -742,12 +850,17 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   using Smem = CtaSmem<kHeadDim, kWarps>;
+  const CtaCoords at = cta_coords(a);
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
+  const long long c_start = a.trace != nullptr ? cycles() : 0;
   unsigned long long t_first = 0, t_issued = 0, t_query = 0, t_loaded = 0, t_rows = 0;
-  const CtaWork w = cta_work(a);
+  // Cycles after c_start, for the prologue's steps (kDecodeTraceWords: words 11..18).
+  long long c_steps[kPrologueSteps] = {};
+  const CtaWork w = cta_work(a, at);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
   const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
+  if (a.trace != nullptr) c_steps[0] = cycles_after(static_cast<uint32_t>(w.key_end)) - c_start;
 
   extern __shared__ __align__(128) unsigned char smem[];  // 128: the stages' lines (kv_offset)
   T* q_tile = reinterpret_cast<T*>(smem);
@@ -776,17 +889,20 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     return page;
   };
   PagedChunk next_page = blocks_ahead && my_chunks > 0 ? look_up(0) : PagedChunk{};
+  const LaneCopies<kHeadDim> copies = lane_copies<kHeadDim>(a.p, w, lane);
   auto issue = [&](int n) {
     const int stage = n % Cfg::kStages;
     const PagedChunk page = next_page;
     if (blocks_ahead && n + 1 < my_chunks) next_page = look_up(n + 1);
-    const uint32_t valid = load_kv_chunk<E, kHeadDim>(a, w, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
+    const uint32_t valid =
+        load_kv_chunk<E, kHeadDim>(a, w, copies, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
     if (lane == 0) my_masks[stage] = valid;
   };
 
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
   // the query does not queue behind the chunks.
   const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
+  if (a.trace != nullptr) c_steps[1] = cycles() - c_start;
   // The rows' bounds are first needed by the first chunk's scores: worked out after the prologue's
   // copies have left (step -1 below), so the stream starts ~1 us sooner.
   RowInfo rows[2];
@@ -797,6 +913,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   for (int n = 0; n < kHeadDim / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
+  if (a.trace != nullptr) c_steps[2] = cycles() - c_start;
 
   // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
@@ -806,9 +923,10 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   constexpr int depth = kWarps == kWideWarps ? 2 : Cfg::kStages;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
+    if (a.trace != nullptr && n == 1 - depth) c_steps[3] = cycles() - c_start;
     if (n + depth - 1 < my_chunks) issue(n + depth - 1);
     cp_async_commit();
-    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns();
+    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns(), c_steps[4] = cycles() - c_start;
     if (n < 0) {
       if (n == -1) {
         if (a.trace != nullptr) {
@@ -821,14 +939,15 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
         rows[1] = row_info(a, w, lane / 4 + 8);
         common = common_keys(rows);
         if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
+        if (a.trace != nullptr) c_steps[5] = cycles_after(static_cast<uint32_t>(common.end)) - c_start;
         store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
       }
-      if (a.trace != nullptr && n == -1) t_query = global_ns();
+      if (a.trace != nullptr && n == -1) t_query = global_ns(), c_steps[6] = cycles() - c_start;
       continue;
     }
     cp_async_wait<depth - 1>();
     __syncwarp();
-    if (a.trace != nullptr && n == 0) t_first = global_ns();
+    if (a.trace != nullptr && n == 0) t_first = global_ns(), c_steps[7] = cycles() - c_start;
     const int stage = n % Cfg::kStages;
     float s[2][4];
     const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
@@ -858,6 +977,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       rec[8] = t_rows;
       rec[9] = t_loaded;
       rec[10] = t_merged;
+#pragma unroll
+      for (int k = 0; k < kPrologueSteps; ++k) rec[11 + k] = static_cast<unsigned long long>(c_steps[k]);
     }
   }
 }
@@ -1029,6 +1150,8 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   a.trace = g_debug.trace;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
+  a.q_pairs = p.head_dim_qk % 2 == 0 && reinterpret_cast<uintptr_t>(p.q.ptr) % 4 == 0 && p.q.batch_stride % 2 == 0 &&
+              p.q.row_stride % 2 == 0 && p.q.head_stride % 2 == 0;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
   a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
   const int64_t work = split_work(p);

@@ -44,18 +44,16 @@ inline const char* decode_variant_name(int variant) {
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
 // SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
 // geometry known, row bounds known, query rows arrived, warps' states in the merge area, in ns;
-// then, from the buffer's middle, per combine warp: start, end). `variant`: the kernel variant.
-inline constexpr int kDecodeTraceWords = 11;  // words per attention CTA's record
+// then kPrologueSteps SM cycle counts of warp 0 after its start: geometry known, query loads
+// issued, accumulators zeroed, first copies begin, first copies issued, row bounds known, query
+// tile stored, first chunk ready; from the buffer's middle, per combine warp: start, end).
+// `variant`: the kernel variant.
+inline constexpr int kPrologueSteps = 8;
+inline constexpr int kDecodeTraceWords = 11 + kPrologueSteps;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of kDecodeTraceWords words
   int variant = 0;
-  void* scratch = nullptr;  // EXPERIMENT: a fixed partials buffer instead of the pool
-  size_t scratch_bytes = 0;
-  bool combine_trigger = false;
-  bool prewarm = false;      // EXPERIMENT
-  bool row_combine = false;  // EXPERIMENT
-  bool early_query = false;  // EXPERIMENT  // EXPERIMENT: the combine lets the next kernel launch at its start
 };
 void decode_set_debug(const DecodeDebug& debug);
 DecodeDebug decode_debug();
