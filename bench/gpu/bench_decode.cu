@@ -213,6 +213,13 @@ std::string prologue_cycles(const std::vector<unsigned long long>& rec, size_t c
     for (size_t n = 0; n < ctas; ++n) v.push_back(double(rec[kWords * n + 11 + k]));
     json += (k ? ", " : "") + std::to_string(static_cast<long long>(percentile(v, 0.5)));
   }
+  // The warps' loop-end spread inside a CTA (max - min, max - mean), p50 and max over CTAs.
+  for (int k = 0; k < 2; ++k) {
+    std::vector<double> v;
+    for (size_t n = 0; n < ctas; ++n) v.push_back(double(rec[kWords * n + 11 + flashsdpa::cuda::kPrologueSteps + k]));
+    json += (k ? ", " : "], \"warp_end_spread\": [") + std::to_string(static_cast<long long>(percentile(v, 0.5))) +
+            ", " + std::to_string(static_cast<long long>(percentile(v, 1.0)));
+  }
   return json + "]";
 }
 

@@ -169,8 +169,9 @@ struct CtaWork {
 };
 
 // The CTA's sequence, kv head and query tile: arithmetic on the block index and the kernel's
-// parameters only, so the kernel works it out before waiting for the kernel before it
-// (wait_for_primary_grid), inside the launch overlap instead of on the path to the first copy.
+// parameters only. Worked out before wait_for_primary_grid it was level (the time moved into the
+// gap between calls: the kernel before does not trigger this launch early; docs/perf-log.md,
+// CUDA decode, run 20).
 struct CtaCoords {
   uint32_t b, hkv, m_tile;
 };
@@ -180,10 +181,7 @@ __device__ __forceinline__ CtaCoords cta_coords(const Args& a) {
   // packed rows and key counts are below 2^31 (decode_tier_supports).
   const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
   const uint32_t bh = tile / m_tiles, heads_kv = static_cast<uint32_t>(a.p.heads_kv);
-  CtaCoords c{bh / heads_kv, bh % heads_kv, tile % m_tiles};
-  // Computed here, not sunk below the wait by the compiler: an empty asm consumes each value.
-  asm volatile("" : "+r"(c.b), "+r"(c.hkv), "+r"(c.m_tile));
-  return c;
+  return CtaCoords{bh / heads_kv, bh % heads_kv, tile % m_tiles};
 }
 
 __device__ CtaWork cta_work(const Args& a, const CtaCoords& at) {
@@ -850,17 +848,25 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   using Smem = CtaSmem<kHeadDim, kWarps>;
-  const CtaCoords at = cta_coords(a);
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
+  const CtaCoords at = cta_coords(a);
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
   const long long c_start = a.trace != nullptr ? cycles() : 0;
   unsigned long long t_first = 0, t_issued = 0, t_query = 0, t_loaded = 0, t_rows = 0;
-  // Cycles after c_start, for the prologue's steps (kDecodeTraceWords: words 11..18).
-  long long c_steps[kPrologueSteps] = {};
+  // The prologue's steps in cycles after c_start (kDecodeTraceWords), written as they happen by
+  // the thread that owns the CTA's record: kept in registers to the end, they cost the head dim
+  // 256 kernel 44 more bytes of spills.
+  unsigned long long* const step_record =
+      a.trace != nullptr && threadIdx.x == 0 && blockIdx.y * int64_t(gridDim.x) + blockIdx.x < a.trace_capacity / 2
+          ? a.trace + kDecodeTraceWords * (blockIdx.y * int64_t(gridDim.x) + blockIdx.x) + 11
+          : nullptr;
+  auto step_done = [&](int step, long long at) {
+    if (step_record != nullptr) step_record[step] = static_cast<unsigned long long>(at - c_start);
+  };
   const CtaWork w = cta_work(a, at);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
   const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
-  if (a.trace != nullptr) c_steps[0] = cycles_after(static_cast<uint32_t>(w.key_end)) - c_start;
+  if (a.trace != nullptr) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
 
   extern __shared__ __align__(128) unsigned char smem[];  // 128: the stages' lines (kv_offset)
   T* q_tile = reinterpret_cast<T*>(smem);
@@ -902,7 +908,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
   // the query does not queue behind the chunks.
   const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
-  if (a.trace != nullptr) c_steps[1] = cycles() - c_start;
+  if (a.trace != nullptr) step_done(1, cycles());
   // The rows' bounds are first needed by the first chunk's scores: worked out after the prologue's
   // copies have left (step -1 below), so the stream starts ~1 us sooner.
   RowInfo rows[2];
@@ -913,7 +919,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   for (int n = 0; n < kHeadDim / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
-  if (a.trace != nullptr) c_steps[2] = cycles() - c_start;
+  if (a.trace != nullptr) step_done(2, cycles());
 
   // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
@@ -923,10 +929,10 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   constexpr int depth = kWarps == kWideWarps ? 2 : Cfg::kStages;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
-    if (a.trace != nullptr && n == 1 - depth) c_steps[3] = cycles() - c_start;
+    if (a.trace != nullptr && n == 1 - depth) step_done(3, cycles());
     if (n + depth - 1 < my_chunks) issue(n + depth - 1);
     cp_async_commit();
-    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns(), c_steps[4] = cycles() - c_start;
+    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns(), step_done(4, cycles());
     if (n < 0) {
       if (n == -1) {
         if (a.trace != nullptr) {
@@ -939,15 +945,15 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
         rows[1] = row_info(a, w, lane / 4 + 8);
         common = common_keys(rows);
         if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
-        if (a.trace != nullptr) c_steps[5] = cycles_after(static_cast<uint32_t>(common.end)) - c_start;
+        if (a.trace != nullptr) step_done(5, cycles_after(static_cast<uint32_t>(common.end)));
         store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
       }
-      if (a.trace != nullptr && n == -1) t_query = global_ns(), c_steps[6] = cycles() - c_start;
+      if (a.trace != nullptr && n == -1) t_query = global_ns(), step_done(6, cycles());
       continue;
     }
     cp_async_wait<depth - 1>();
     __syncwarp();
-    if (a.trace != nullptr && n == 0) t_first = global_ns(), c_steps[7] = cycles() - c_start;
+    if (a.trace != nullptr && n == 0) t_first = global_ns(), step_done(7, cycles());
     const int stage = n % Cfg::kStages;
     float s[2][4];
     const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
@@ -957,6 +963,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     __syncwarp();
   }
   cp_async_wait<0>();
+  // Trace: each warp's loop end (SM cycles, low 32 bits) in its first mask slot, free from here on.
+  if (a.trace != nullptr && lane == 0) my_masks[0] = static_cast<uint32_t>(cycles());
   allow_dependent_launch();
   __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
   const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
@@ -977,8 +985,13 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       rec[8] = t_rows;
       rec[9] = t_loaded;
       rec[10] = t_merged;
-#pragma unroll
-      for (int k = 0; k < kPrologueSteps; ++k) rec[11 + k] = static_cast<unsigned long long>(c_steps[k]);
+      int64_t first = INT64_MAX, last = INT64_MIN, total = 0;
+      for (int k = 0; k < kWarps; ++k) {
+        const int64_t end = static_cast<int32_t>(valid_masks[k * Cfg::kStages] - valid_masks[0]);
+        first = min(first, end), last = max(last, end), total += end;
+      }
+      rec[11 + kPrologueSteps] = static_cast<unsigned long long>(last - first);
+      rec[12 + kPrologueSteps] = static_cast<unsigned long long>(last - total / kWarps);
     }
   }
 }

@@ -46,10 +46,11 @@ inline const char* decode_variant_name(int variant) {
 // geometry known, row bounds known, query rows arrived, warps' states in the merge area, in ns;
 // then kPrologueSteps SM cycle counts of warp 0 after its start: geometry known, query loads
 // issued, accumulators zeroed, first copies begin, first copies issued, row bounds known, query
-// tile stored, first chunk ready; from the buffer's middle, per combine warp: start, end).
-// `variant`: the kernel variant.
+// tile stored, first chunk ready; then the spread of the warps' loop ends, max - min and max -
+// mean, in SM cycles; from the buffer's middle, per combine warp: start, end). `variant`: the
+// kernel variant.
 inline constexpr int kPrologueSteps = 8;
-inline constexpr int kDecodeTraceWords = 11 + kPrologueSteps;  // words per attention CTA's record
+inline constexpr int kDecodeTraceWords = 13 + kPrologueSteps;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of kDecodeTraceWords words
