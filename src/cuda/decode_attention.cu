@@ -125,30 +125,24 @@ struct Args {
   int trace_capacity;      // records of kDecodeTraceWords words: attention CTAs in the first half, the combine's after
 };
 
-// The global time once `value` has arrived: the predicate consumes it before the timer is read,
-// so a stamp taken on a loaded value marks the load's arrival, not its issue.
-__device__ __forceinline__ unsigned long long global_ns_after(uint32_t value) {
-  unsigned long long t;
-  asm volatile(
-      "{\n .reg .pred p;\n setp.eq.u32 p, %1, 0x7fc0dead;\n @p trap;\n mov.u64 %0, %%globaltimer;\n}"
-      : "=l"(t)
-      : "r"(value));
-  return t;
+// Waits until `value` has arrived: a predicate consumes it (an instruction must read a register
+// for the warp to wait on its load), so a stamp taken next marks a load's arrival, not its issue.
+__device__ __forceinline__ void arrived(uint32_t value) {
+  asm volatile("{\n .reg .pred p;\n setp.eq.u32 p, %0, 0x7fc0dead;\n @p trap;\n}" ::"r"(value));
 }
-// The SM's cycle counter, for step durations inside one CTA (the globaltimer ticks every 256 ns);
-// `_after` consumes a value first, as global_ns_after.
+__device__ __forceinline__ unsigned long long global_ns_after(uint32_t value) {
+  arrived(value);
+  return global_ns();
+}
+// The SM's cycle counter, for step durations inside one CTA (the globaltimer ticks every 256 ns).
 __device__ __forceinline__ long long cycles() {
   long long c;
   asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
   return c;
 }
 __device__ __forceinline__ long long cycles_after(uint32_t value) {
-  long long c;
-  asm volatile(
-      "{\n .reg .pred p;\n setp.eq.u32 p, %1, 0x7fc0dead;\n @p trap;\n mov.u64 %0, %%clock64;\n}"
-      : "=l"(c)
-      : "r"(value));
-  return c;
+  arrived(value);
+  return cycles();
 }
 __device__ __forceinline__ unsigned sm_id() {
   unsigned id;
@@ -168,30 +162,18 @@ struct CtaWork {
   int64_t chunk0;              // first chunk start (a multiple of kChunk; keys before key_begin masked)
 };
 
-// The CTA's sequence, kv head and query tile: arithmetic on the block index and the kernel's
-// parameters only. Worked out before wait_for_primary_grid it was level (the time moved into the
-// gap between calls: the kernel before does not trigger this launch early; docs/perf-log.md,
-// CUDA decode, run 20).
-struct CtaCoords {
-  uint32_t b, hkv, m_tile;
-};
-
-__device__ __forceinline__ CtaCoords cta_coords(const Args& a) {
+__device__ CtaWork cta_work(const Args& a) {
+  const core::Problem& p = a.p;
+  CtaWork w;
   // 32-bit divisions (a 64-bit division by a run-time value is a ~70-instruction call): the grid,
   // packed rows and key counts are below 2^31 (decode_tier_supports).
   const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
-  const uint32_t bh = tile / m_tiles, heads_kv = static_cast<uint32_t>(a.p.heads_kv);
-  return CtaCoords{bh / heads_kv, bh % heads_kv, tile % m_tiles};
-}
-
-__device__ CtaWork cta_work(const Args& a, const CtaCoords& at) {
-  const core::Problem& p = a.p;
-  CtaWork w;
-  w.hkv = at.hkv;
-  w.b = at.b;
+  const uint32_t m_tile = tile % m_tiles, bh = tile / m_tiles;
+  w.hkv = bh % static_cast<uint32_t>(p.heads_kv);
+  w.b = bh / static_cast<uint32_t>(p.heads_kv);
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
-  w.row0 = int64_t(at.m_tile) * kRows;
+  w.row0 = int64_t(m_tile) * kRows;
   w.packed_rows = w.s.sq * p.group;
   w.key_begin = w.key_end = w.chunk0 = 0;
   if (w.row0 >= w.packed_rows) return w;
@@ -849,7 +831,6 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   using Cfg = Tile<kHeadDim>;
   using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
-  const CtaCoords at = cta_coords(a);
   const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
   const long long c_start = a.trace != nullptr ? cycles() : 0;
   unsigned long long t_first = 0, t_issued = 0, t_query = 0, t_loaded = 0, t_rows = 0;
@@ -863,7 +844,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   auto step_done = [&](int step, long long at) {
     if (step_record != nullptr) step_record[step] = static_cast<unsigned long long>(at - c_start);
   };
-  const CtaWork w = cta_work(a, at);
+  const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
   const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
   if (a.trace != nullptr) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
