@@ -221,6 +221,24 @@ TEST_P(DecodeKvcache, HeadDims) {
   }
 }
 
+// Without rotary the query is fetched as element pairs (one 4-byte load each when Dqk is even):
+// dims past Dqk inside the head-dim bucket must read as zeros, an odd Dqk takes the general path.
+TEST_P(DecodeKvcache, HeadDimsWithoutRotary) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{40, 40}, {72, 40}, {96, 128}, {200, 200}, {59, 59}};
+  uint64_t seed = 70;
+  for (const auto& [dqk, dv] : dims) {
+    AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
+    c.head_dim_qk = dqk;
+    c.head_dim_v = dv;
+    c.seqlen_new = 1;
+    c.cache_seqlens = {300, 31, 600};
+    c.cache_capacity = 700;
+    c.seed = seed++;
+    expect_kvcache_passes(c);  // dense and paged, fp16 and bf16
+  }
+}
+
 TEST_P(DecodeKvcache, PagedBlockSizes) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int64_t block_size : {1, 5, 16, 256}) {
