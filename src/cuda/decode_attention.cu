@@ -11,14 +11,16 @@
 // split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async
 // pipeline (kStages chunks deep, 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V chunks
 // into shared memory), its own scores (Q K^T on tensor cores), online softmax and P V accumulation.
-// Warps never wait for each other inside the loop; at the end the W partial (max, sum, O) are
-// merged through shared memory in warp order. Paged addressing is resolved once per chunk: lanes
-// 0..15 look up the block table for one key each, and the row offsets travel to the copying lanes
-// by shuffle.
+// Warps share no data inside the loop (in long loops they only wait for each other every second
+// chunk, to stay in step); at the end the W partial (max, sum, O) are merged through shared
+// memory in warp order. Paged addressing is resolved once per chunk: one block-table entry per
+// chunk when pages hold whole chunks (looked up a chunk ahead), else lanes 0..15 look up one key
+// each and the row offsets travel to the copying lanes by shuffle.
 //
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
 // its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
 // them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
+#include <cuda.h>  // CUtensorMap and its encoder's types (the encoder is reached through the runtime)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -45,6 +47,8 @@ constexpr int kMaxSplits = 128;  // as flash-attn; the combine's lanes hold 4 sp
 // calls at head dim 128 (launch_for_variant; docs/perf-log.md, CUDA decode, runs 6 and 12).
 constexpr int kNarrowWarps = 4;
 constexpr int kWideWarps = 8;
+// Chunks per warp from which the warps of a paged call's CTA run in lockstep (split_kv_attention_kernel).
+constexpr int kLockstepMinChunks = 16;
 // The query-tile load and the output give each row kWarps * 32 / kRows threads (8 or 16).
 template <int kWarps>
 constexpr int threads_per_row() {
@@ -85,26 +89,34 @@ struct Tile {
   static_assert(kQBytes % 128 == 0, "stages start on 128-byte lines");
 };
 
-// Element offset of (row, d) in a K or V stage chunk: rows of kHeadDim elements, 16-byte piece
-// d / 8 of row r stored at piece (d / 8) ^ (r % 8). Each 128-byte line of a row stays one line (so
-// a warp's copy of it is one L2 request), and the 8 rows an ldmatrix reads at one logical piece
-// fall on 8 distinct 16-byte bank groups.
+// Element offset of (row, d) in a K or V stage chunk. The chunk is stored as kHeadDim / 64 slabs
+// of 64 dims (128 bytes) x kChunk rows; in each row of a slab, 16-byte piece c sits at piece c ^
+// (row % 8). Each 128-byte line of a row stays one line (so a warp's copy of it is one L2
+// request), the 8 rows an ldmatrix reads at one logical piece fall on 8 distinct 16-byte bank
+// groups, and the layout is the one the tensor copy engine writes with its 128-byte swizzle for
+// a box of 64 dims x kChunk rows per slab (the TMA copies, load_kv_chunk_tma).
 template <int kHeadDim>
 __device__ __forceinline__ int kv_offset(int row, int d) {
-  return row * kHeadDim + ((((d >> 3) ^ (row & 7))) << 3) + (d & 7);
+  static_assert(kHeadDim % 64 == 0, "whole 64-dim slabs");
+  return (d >> 6) * (kChunk * 64) + row * 64 + (((((d & 63) >> 3) ^ (row & 7))) << 3) + (d & 7);
 }
 
-// Shared memory of a CTA of kWarps warps: the query tile, each warp's pipeline, the valid-key
-// masks. After the loop the pipeline area holds each warp's fp32 O [kRows][kOPitch], max and sum
-// (the merge).
+// Shared memory of a CTA of kWarps warps: each warp's pipeline (first: the copy engine's 128-byte
+// swizzle needs its boxes on 1024-byte boundaries), the query tile, the valid-key masks and the
+// stages' mbarriers (TMA copies). After the loop the pipeline area holds each warp's fp32 O
+// [kRows][kOPitch], max and sum (the merge).
 template <int kHeadDim, int kWarps>
 struct CtaSmem {
   using Cfg = Tile<kHeadDim>;
   static constexpr size_t kPipelineBytes = size_t(kWarps) * Cfg::kStages * Cfg::kStageBytes;
+  static constexpr size_t kQOffset = kPipelineBytes;
+  static constexpr size_t kMaskOffset = kQOffset + Cfg::kQBytes;
   static constexpr size_t kMaskBytes = size_t(kWarps) * Cfg::kStages * sizeof(uint32_t);
-  static constexpr size_t kBytes = Cfg::kQBytes + kPipelineBytes + kMaskBytes;
+  static constexpr size_t kBarrierOffset = (kMaskOffset + kMaskBytes + 7) / 8 * 8;
+  static constexpr size_t kBytes = kBarrierOffset + size_t(kWarps) * Cfg::kStages * sizeof(uint64_t);
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (Cfg::kOPitch + 2) * sizeof(float);
   static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
+  static_assert(Cfg::kStageBytes % 2048 == 0, "K and V chunks start on 1024-byte boundaries");
 };
 
 struct Args {
@@ -119,6 +131,10 @@ struct Args {
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   bool q_pairs;            // every query element pair (2t, 2t + 1) one aligned 4-byte word: Dqk even, q 4-byte aligned
+  // K/V chunks by the tensor copy engine (load_kv_chunk_tma, kernels instantiated with kTma):
+  // one 5-d box per chunk of K and of V, {64 dims, 1 head, kChunk rows, 1 sequence or block,
+  // kHeadDim / 64 slabs} (tma_map).
+  CUtensorMap k_map, v_map;
   // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
   // tile stored, CTA geometry known, row bounds known, query rows arrived.
   unsigned long long* trace;
@@ -446,14 +462,14 @@ __device__ LaneCopies<kHeadDim> lane_copies(const core::Problem& p, const CtaWor
 
 // Byte offset of copy c of a lane in a stage chunk, from LaneCopies::swizzled. The copy's row is
 // row0 + c * kRowsPerCopy with row0 < kRowsPerCopy, so its swizzle key (row % 8) is
-// ((c * kRowsPerCopy) % 8) | row0: kv_offset differs from the first piece's by whole rows and an
-// XOR of bits 4-6 that is a constant for each c (the row part of the offset has no bits there,
-// rows being >= 128 bytes).
+// ((c * kRowsPerCopy) % 8) | row0: kv_offset differs from the first piece's by whole 128-byte
+// slab rows and an XOR of bits 4-6 that is a constant for each c (the row part of the offset has
+// no bits there).
 template <int kHeadDim>
 __device__ __forceinline__ uint32_t kv_offset_of_copy(uint32_t swizzled, int c) {
   constexpr int kRowsPerCopy = LaneCopies<kHeadDim>::kRowsPerCopy;
   const uint32_t flip = static_cast<uint32_t>((c * kRowsPerCopy) % 8) << 4;
-  return (swizzled ^ flip) + static_cast<uint32_t>(c * kRowsPerCopy * kHeadDim * 2);
+  return (swizzled ^ flip) + static_cast<uint32_t>(c * kRowsPerCopy * 128);
 }
 
 // A paged chunk's block-table slot and entry as loaded (checked with core::paged_checked_block
@@ -533,6 +549,37 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, const LaneCop
                           v_ok ? 16 : 0, policy);
   }
   return valid;
+}
+
+// The TMA form of load_kv_chunk (Args::k_map / v_map; whole chunks of pages or rows one stride
+// apart, Dqk = Dv = kHeadDim): lane 0 issues one box of K and one of V, completing on `bar`.
+// The box covers the chunk's 16 rows whatever the keys' range: keys outside [key_begin, key_end)
+// are read where the tensor has them (zeros past its end) and are not valid; the caller treats
+// them as edge keys (scores masked, value rows zeroed before the product). A block-table entry out
+// of range reads nothing: its box is placed past the map's last block.
+template <class E, int kHeadDim>
+__device__ uint32_t load_kv_chunk_tma(const Args& a, const CtaWork& w, int64_t key0, const PagedChunk& page,
+                                      typename E::T* k_dst, typename E::T* v_dst, uint32_t bar, int lane) {
+  const core::Problem& p = a.p;
+  int64_t row = key0, batch = p.kv_layout == core::KvLayout::kDenseCache ? w.s.cache_row : w.b;
+  bool readable = true;
+  if (p.kv_layout == core::KvLayout::kPaged) {
+    const int64_t block = core::paged_checked_block(p, page.entry);
+    readable = block >= 0;
+    row = key0 - page.slot * p.block_size;
+    batch = readable ? block : p.num_blocks;
+  }
+  if (lane == 0) {
+    constexpr uint32_t kBytes = 2u * kChunk * kHeadDim * 2;  // the K and V boxes
+    const uint64_t policy = evict_first_policy();
+    mbarrier_expect_bytes(bar, kBytes);
+    const int hkv = static_cast<int>(w.hkv), r = static_cast<int>(row), bt = static_cast<int>(batch);
+    tma_load_5d(smem_address(k_dst), &a.k_map, 0, hkv, r, bt, 0, bar, policy);
+    tma_load_5d(smem_address(v_dst), &a.v_map, 0, hkv, r, bt, 0, bar, policy);
+  }
+  const int lo = static_cast<int>(min(max(w.key_begin - key0, int64_t(0)), int64_t(kChunk)));
+  const int hi = static_cast<int>(min(max(w.key_end - key0, int64_t(0)), int64_t(kChunk)));
+  return readable && hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
 }
 
 // ---- one warp's attention state -----------------------------------------------------------------
@@ -674,6 +721,7 @@ __device__ void accumulate_edge_keys(WarpState<kHeadDim>& st, const float (&p)[2
     if ((edge >> key) & 1u)
       *reinterpret_cast<uint4*>(v_tile + kv_offset<kHeadDim>(key, (idx % Cfg::kPieces) * 8)) = make_uint4(0, 0, 0, 0);
   }
+  fence_async_shared();  // the copy engine may refill this stage next (TMA copies)
   __syncwarp();
 }
 
@@ -824,9 +872,13 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
 // on the device (wait_for_primary_grid) before reading anything, which hides the launch latency
 // (a few us, several percent of a 50 us decode step). The attention kernel lets the combine (or
 // the next call) launch once its main loop is done (allow_dependent_launch).
+//
+// kTma: the warps' K/V chunks come by the tensor copy engine (load_kv_chunk_tma), else by
+// cp.async (load_kv_chunk). The kernel parameter is __grid_constant__: the copy engine reads the
+// tensor maps where the launch put them.
 
-template <class E, int kHeadDim, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const Args a) {
+template <class E, int kHeadDim, int kWarps, bool kTma>
+__global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const __grid_constant__ Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   using Smem = CtaSmem<kHeadDim, kWarps>;
@@ -849,11 +901,21 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
   if (a.trace != nullptr) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
 
-  extern __shared__ __align__(128) unsigned char smem[];  // 128: the stages' lines (kv_offset)
-  T* q_tile = reinterpret_cast<T*>(smem);
-  unsigned char* pipeline = smem + Cfg::kQBytes;
-  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(pipeline + Smem::kPipelineBytes);
+  extern __shared__ __align__(1024) unsigned char smem[];  // 1024: the copy engine's swizzle (kv_offset)
+  unsigned char* pipeline = smem;
+  T* q_tile = reinterpret_cast<T*>(smem + Smem::kQOffset);
+  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(smem + Smem::kMaskOffset);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // TMA: stage s of this warp completes on mbarrier s of the warp (one arrival: the issuing lane's).
+  const uint32_t my_barriers = smem_address(smem + Smem::kBarrierOffset) + warp * Cfg::kStages * 8;
+  if constexpr (kTma) {
+    if (lane == 0) {
+      if (smem_address(smem) % 1024 != 0) __trap();  // the swizzle would not match kv_offset
+#pragma unroll
+      for (int stage = 0; stage < Cfg::kStages; ++stage) mbarrier_init(my_barriers + 8 * stage, 1);
+    }
+    __syncwarp();
+  }
 
   T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
   uint32_t* my_masks = valid_masks + warp * Cfg::kStages;
@@ -881,8 +943,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
     const int stage = n % Cfg::kStages;
     const PagedChunk page = next_page;
     if (blocks_ahead && n + 1 < my_chunks) next_page = look_up(n + 1);
-    const uint32_t valid =
-        load_kv_chunk<E, kHeadDim>(a, w, copies, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
+    uint32_t valid;
+    if constexpr (kTma)
+      valid = load_kv_chunk_tma<E, kHeadDim>(a, w, chunk_key0(n), page, k_stage(stage), v_stage(stage),
+                                             my_barriers + 8 * stage, lane);
+    else
+      valid = load_kv_chunk<E, kHeadDim>(a, w, copies, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
     if (lane == 0) my_masks[stage] = valid;
   };
 
@@ -908,6 +974,15 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
   // Chunks in flight per warp while it waits: kStages, or 2 in the 8-warp CTA of split calls,
   // where the shallower queue was 2-4% faster (docs/perf-log.md, CUDA decode, run 12).
   constexpr int depth = kWarps == kWideWarps ? 2 : Cfg::kStages;
+  // Paged caches: the warps step through their chunks together. Every second chunk, once its
+  // copies have left, a warp waits for the CTA's other warps (results do not change: the barrier
+  // moves no data). Paged 16 ran 1.0-1.6% faster at hd 128 (B 8 x 8k to B 64 x 16k, Hq 64 B 16 x
+  // 8k; the CTAs' durations spread less: the fastest CTA of Hq 64 B 16 x 8k ended at 165 us
+  // instead of 145, the call ~3 us sooner); dense calls moved -0.6..+1.0%, and with fewer than 16
+  // chunks per warp lockstep cost up to 1.8% (Hq 64 B 1 x 8k, 4 chunks per warp), so dense calls
+  // and short loops run free (docs/perf-log.md, CUDA decode, run 21).
+  const int lockstep_chunks =
+      a.p.kv_layout == core::KvLayout::kPaged && chunks / kWarps >= kLockstepMinChunks ? chunks / kWarps : 0;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
     if (a.trace != nullptr && n == 1 - depth) step_done(3, cycles());
@@ -932,12 +1007,17 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const A
       if (a.trace != nullptr && n == -1) t_query = global_ns(), step_done(6, cycles());
       continue;
     }
-    cp_async_wait<depth - 1>();
+    if (n < lockstep_chunks && n % 2 == 1) __syncthreads();  // every warp has chunks up to lockstep_chunks
+    const int stage = n % Cfg::kStages;
+    if constexpr (kTma) mbarrier_wait(my_barriers + 8 * stage, (n / Cfg::kStages) & 1);
+    else cp_async_wait<depth - 1>();
     __syncwarp();
     if (a.trace != nullptr && n == 0) t_first = global_ns(), step_done(7, cycles());
-    const int stage = n % Cfg::kStages;
     float s[2][4];
-    const uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
+    uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
+    // TMA boxes hold whatever the tensor has at keys that are not valid: edge keys too (their
+    // scores are masked and their value rows zeroed; load_kv_chunk_tma).
+    if constexpr (kTma) edge |= ~my_masks[stage] & ((1u << kChunk) - 1u);
     chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], edge, rows,
                               w.mask.diag, lane, s);
     chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), chunk_key0(n), edge, rows, lane);
@@ -1086,10 +1166,53 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
 // CTAs of one kernel instantiation resident on the whole device at once, or 0 when its shared
 // memory exceeds what a CTA may have on this device (the 8-warp CTA off Hopper); raises the
 // kernel's dynamic shared-memory limit (resident_blocks).
-template <class E, int kHeadDim, int kWarps>
+template <class E, int kHeadDim, int kWarps, bool kTma = false>
 int resident_ctas(int device) {
-  return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps>>(
+  return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps, kTma>>(
       device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes));
+}
+
+// The tensor-map encoder of the driver, reached through the runtime (no link to the driver
+// library), or null when the driver has none.
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled tensor_map_encoder() {
+  static const EncodeTiled encoder = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return EncodeTiled{nullptr};
+    }
+    return reinterpret_cast<EncodeTiled>(fn);
+  }();
+  return encoder;
+}
+
+// The TMA box of a K or V operand (Args::k_map): dims {64 dims, heads, rows, sequences or blocks,
+// kHeadDim / 64 slabs}, a box of {64, 1, kChunk, 1, all slabs} in the 128-byte swizzle that
+// kv_offset reads. Rows: a block's slots (paged), the cache's capacity (dense cache) or seqlen_k
+// (batched). False when the driver cannot encode it.
+bool tma_map(const core::Problem& p, const core::Operand& op, int head_dim, CUtensorMap* map) {
+  const EncodeTiled encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  int64_t rows = p.seqlen_k, batches = p.batch;
+  if (p.kv_layout == core::KvLayout::kPaged) rows = p.block_size, batches = p.num_blocks;
+  if (p.kv_layout == core::KvLayout::kDenseCache) rows = p.cache_capacity, batches = p.cache_batch;
+  // A dimension of one entry is never stepped: any valid stride does.
+  auto stride = [](int64_t extent, int64_t elements) { return cuuint64_t(extent > 1 ? elements * 2 : 128); };
+  const cuuint64_t dims[5] = {64, cuuint64_t(p.heads_kv), cuuint64_t(rows), cuuint64_t(batches),
+                              cuuint64_t(head_dim / 64)};
+  const cuuint64_t strides[4] = {stride(p.heads_kv, op.head_stride), stride(rows, op.row_stride),
+                                 stride(batches, op.batch_stride), 128};
+  const cuuint32_t box[5] = {64, 1, kChunk, 1, cuuint32_t(head_dim / 64)};
+  const cuuint32_t steps[5] = {1, 1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 5, const_cast<void*>(op.ptr), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Minimum keys per split: below ~256 keys (128 KB of K/V at head dim 128) the partial write and
@@ -1137,8 +1260,30 @@ int split_count(const core::Problem& p, int resident) {
       std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
 }
 
+// Whether the machine code the device runs for kKernel was built for sm_90 or later (the copy
+// engine's instructions; a build for older targets only has them trap).
+template <auto kKernel>
+bool built_for_tma() {
+  static const bool built = [] {
+    cudaFuncAttributes attributes{};
+    if (cudaFuncGetAttributes(&attributes, kKernel) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attributes.binaryVersion >= 90;
+  }();
+  return built;
+}
+
+// Calls the copy engine can serve (Args::k_map): whole 16-key chunks one row stride apart, K and V
+// rows exactly kHeadDim wide (the box has no partial slab), a layout with a map (not varlen K).
+bool tma_eligible(const core::Problem& p, const Args& a, int head_dim) {
+  return a.vector_kv && a.strided_chunks && p.head_dim_qk == head_dim && p.head_dim_v == head_dim &&
+         p.kv_layout != core::KvLayout::kVarlen;
+}
+
 template <class E, int kHeadDim, int kWarps>
-void launch_attention(const core::Problem& p, cudaStream_t stream) {
+void launch_attention(const core::Problem& p, cudaStream_t stream, bool want_tma) {
   Args a{};
   a.p = p;
   a.trace = g_debug.trace;
@@ -1162,6 +1307,13 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   // resident_ctas also raises the kernel's shared-memory limit.
   const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
+  const bool tma = want_tma && tma_eligible(p, a, kHeadDim) &&
+                   built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true>>() &&
+                   tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
+  if (tma) {
+    resident_ctas<E, kHeadDim, kWarps, true>(device);
+    ++g_debug.tma_calls;
+  }
 
   // Partials: from the caller's allocator when it has one (ExecContext::scratch), else the pool.
   void* scratch = nullptr;
@@ -1179,8 +1331,9 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   }
 
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(split_kv_attention_kernel<E, kHeadDim, kWarps>, grid, kWarps * 32,
-                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
+  launch_overlapped(tma ? split_kv_attention_kernel<E, kHeadDim, kWarps, true>
+                        : split_kv_attention_kernel<E, kHeadDim, kWarps, false>,
+                    grid, kWarps * 32, CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
     const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kCombineWarps)),
                             static_cast<unsigned>(p.batch));
@@ -1200,18 +1353,28 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 // 4-warp CTAs per SM, kStages chunks deep per warp: with one split over several waves the 8-warp
 // CTA was level or 0.3% slower dense (B 32 x 4k, B 64 x 16k). The variants `pair` (the 4-warp CTA
 // for every call) and `wide` (the 8-warp CTA wherever it fits) keep the alternatives measurable.
+// Whether a call's stages should be filled by the tensor copy engine (where tma_eligible allows),
+// else by cp.async. Dense K/V at head dim 128 and 256: TMA; paged caches and head dim 64: cp.async
+// (docs/perf-log.md, CUDA decode, run 21). The variants tma and copy force one or the other.
+bool wants_tma(const core::Problem& p, int head_dim) {
+  if (g_debug.variant == kDecodeTma) return true;
+  if (g_debug.variant == kDecodeCopy) return false;
+  return head_dim >= 128 && p.kv_layout != core::KvLayout::kPaged;
+}
+
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
+  const bool tma = wants_tma(p, kHeadDim);
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
     const bool wide =
         g_debug.variant == kDecodeWide || split_work(p) <= wide_resident || split_count(p, wide_resident) > 1;
     if (g_debug.variant != kDecodePair && wide_resident > 0 && wide) {
-      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream, tma);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream, tma);
 }
 
 template <class E>

@@ -31,12 +31,19 @@ void decode_forward(const core::Problem& p, void* stream);  // attend only
 //   kDecodePair: the two 4-warp CTAs per SM, kStages chunks deep, for every call (the kernel
 //     shipped before run 12).
 //   kDecodeWide: the 8-warp CTA for every call where it fits (head dim 128 on Hopper).
+//   kDecodeTma: the shipped CTA choice, K/V chunks copied by the tensor copy engine (one box of K
+//     and one of V per chunk) wherever a call allows it (sm_90 builds, Dqk = Dv = the head-dim
+//     bucket, 16-byte aligned rows, pages of whole chunks, a layout other than varlen K); the
+//     shipped choice takes it for dense K/V at head dim 128 and 256.
+//   kDecodeCopy: the shipped CTA choice, K/V chunks by cp.async for every call.
 inline constexpr int kDecodeAuto = 0;
 inline constexpr int kDecodePair = 1;
 inline constexpr int kDecodeWide = 2;
-inline constexpr int kDecodeVariants = 3;
+inline constexpr int kDecodeTma = 3;
+inline constexpr int kDecodeCopy = 4;
+inline constexpr int kDecodeVariants = 5;
 inline const char* decode_variant_name(int variant) {
-  static const char* const names[kDecodeVariants] = {"auto", "pair", "wide"};
+  static const char* const names[kDecodeVariants] = {"auto", "pair", "wide", "tma", "copy"};
   return variant >= 0 && variant < kDecodeVariants ? names[variant] : "unknown";
 }
 
@@ -48,13 +55,15 @@ inline const char* decode_variant_name(int variant) {
 // issued, accumulators zeroed, first copies begin, first copies issued, row bounds known, query
 // tile stored, first chunk ready; then the spread of the warps' loop ends, max - min and max -
 // mean, in SM cycles; from the buffer's middle, per combine warp: start, end). `variant`: the
-// kernel variant.
+// kernel variant. `tma_calls`: counted up by each launch whose K/V the copy engine reads (the tests
+// check which path served them).
 inline constexpr int kPrologueSteps = 8;
 inline constexpr int kDecodeTraceWords = 13 + kPrologueSteps;  // words per attention CTA's record
 struct DecodeDebug {
   unsigned long long* trace = nullptr;
   int trace_capacity = 0;  // records of kDecodeTraceWords words
   int variant = 0;
+  long long tma_calls = 0;  // attention launches whose chunks the tensor copy engine filled (a count)
 };
 void decode_set_debug(const DecodeDebug& debug);
 DecodeDebug decode_debug();

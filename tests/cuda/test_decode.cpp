@@ -135,6 +135,23 @@ TEST_P(DecodeKvcache, PlainDecodeWithEmptySequence) {
   expect_kvcache_passes(decode_config(Layout::kDenseCache, DType::kBFloat16));
 }
 
+// The tensor copy engine serves the calls it is chosen for (cuda::kDecodeTma: every call it can
+// serve; the shipped choice: dense K/V at head dim 128 and 256; kDecodeCopy: none), so the other
+// tests of each variant cover the path they name.
+TEST_P(DecodeKvcache, CopyEngineServesWhatItIsChosenFor) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  if (cuda::device_capability() < 90) GTEST_SKIP() << "the tensor copy engine needs sm_90";
+  for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
+    cuda::DecodeDebug debug = cuda::decode_debug();
+    debug.tma_calls = 0;
+    cuda::decode_set_debug(debug);
+    expect_kvcache_passes(decode_config(layout, DType::kBFloat16), {layout}, {DType::kBFloat16});
+    const long long calls = cuda::decode_debug().tma_calls;
+    const bool expected = GetParam() == cuda::kDecodeTma || (GetParam() != cuda::kDecodeCopy && layout == Layout::kDenseCache);
+    EXPECT_EQ(calls > 0, expected) << "layout " << static_cast<int>(layout) << ": " << calls << " TMA launches";
+  }
+}
+
 TEST_P(DecodeKvcache, AppendWithRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 10;
