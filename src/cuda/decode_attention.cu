@@ -8,9 +8,11 @@
 // 4 or 8 of them, and the padded rows cost no memory traffic.
 //
 // Inside a CTA the key range of the split is cut into chunks of 16 keys; of W warps (4, or 8 for
-// split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own cp.async
-// pipeline (kStages chunks deep, 2 in the 8-warp CTA; 16-byte copies of whole 16-key K and V chunks
-// into shared memory), its own scores (Q K^T on tensor cores), online softmax and P V accumulation.
+// split calls at head dim 128) warp w takes chunks w, w + W, w + 2W, ... and runs its own copy
+// pipeline (kStages chunks deep, 2 in the 8-warp CTA; whole 16-key K and V chunks into shared
+// memory, by 16-byte cp.async or, for dense K/V at head dim 128 and 256 on sm_90, one tensor-copy
+// box of K and one of V; wants_tma), its own scores (Q K^T on tensor cores), online softmax and
+// P V accumulation.
 // Warps share no data inside the loop (in long loops they only wait for each other every second
 // chunk, to stay in step); at the end the W partial (max, sum, O) are merged through shared
 // memory in warp order. Paged addressing is resolved once per chunk: one block-table entry per
