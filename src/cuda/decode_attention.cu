@@ -105,8 +105,8 @@ __device__ __forceinline__ int kv_offset(int row, int d) {
 
 // Shared memory of a CTA of kWarps warps: each warp's pipeline (first: the copy engine's 128-byte
 // swizzle needs its boxes on 1024-byte boundaries), the query tile, the valid-key masks and the
-// stages' mbarriers (TMA copies). After the loop the pipeline area holds each warp's fp32 O
-// [kRows][kOPitch], max and sum (the merge).
+// stages' mbarriers (TMA copies). After its loop each warp's stages hold its fp32 O [kRows][kOPitch],
+// max and sum (merge_and_store).
 template <int kHeadDim, int kWarps>
 struct CtaSmem {
   using Cfg = Tile<kHeadDim>;
@@ -116,8 +116,6 @@ struct CtaSmem {
   static constexpr size_t kMaskBytes = size_t(kWarps) * Cfg::kStages * sizeof(uint32_t);
   static constexpr size_t kBarrierOffset = (kMaskOffset + kMaskBytes + 7) / 8 * 8;
   static constexpr size_t kBytes = kBarrierOffset + size_t(kWarps) * Cfg::kStages * sizeof(uint64_t);
-  static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (Cfg::kOPitch + 2) * sizeof(float);
-  static_assert(kMergeBytes <= kPipelineBytes, "the merge area aliases the pipeline");
   static_assert(Cfg::kStageBytes % 2048 == 0, "K and V chunks start on 1024-byte boundaries");
 };
 
@@ -137,8 +135,9 @@ struct Args {
   // one 5-d box per chunk of K and of V, {64 dims, 1 head, kChunk rows, 1 sequence or block,
   // kHeadDim / 64 slabs} (tma_map).
   CUtensorMap k_map, v_map;
-  // Benchmark timeline: per CTA smid, start, first chunk, loop end, end, first copies issued, query
-  // tile stored, CTA geometry known, row bounds known, query rows arrived.
+  // Benchmark timeline: per CTA smid, start, first chunk, warp 0's loop end, end, first copies
+  // issued, query tile stored, CTA geometry known, row bounds known, query rows arrived, merge
+  // area complete (DecodeDebug).
   unsigned long long* trace;
   int trace_capacity;      // records of kDecodeTraceWords words: attention CTAs in the first half, the combine's after
 };
@@ -278,6 +277,18 @@ struct QueryPairs {
   static constexpr int kPerThread = kHeadDim / 2 / kThreadsPerRow;
   float x0[kPerThread], x1[kPerThread], cos_t[kPerThread], sin_t[kPerThread];
   bool rotated;  // the row has rotary factors (rotary call, position inside the tables)
+  // Args::q_pairs without rotary: x0[n] holds pair n's 4-byte word as loaded (a bit cast, no
+  // instruction), stored as it is by store_query: nothing reads it before, as an instruction that
+  // did would wait for the load there, before the first K/V copies.
+  bool as_loaded;
+  uint32_t inside;  // as_loaded: bit n set when pair n is query data (else it is stored as zeros)
+  // Consumes every loaded value (the benchmark's trace stamps the query's arrival with it).
+  __device__ uint32_t fingerprint() const {
+    uint32_t bits = 0;
+#pragma unroll
+    for (int n = 0; n < kPerThread; ++n) bits ^= __float_as_uint(x0[n]) ^ __float_as_uint(x1[n]);
+    return bits;
+  }
 };
 
 // Issues the loads of the tile's query rows (and rotary factors at core::rotary_q_position)
@@ -307,17 +318,19 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
 
   QueryPairs<kHeadDim, kWarps> q;
   q.rotated = table_row >= 0;
-  if (rotary_dim == 0 && a.q_pairs) {
+  // Not at head dim 256: the pairs' zero mask and the stores' second path cost its 255 registers
+  // 68 more bytes of spills.
+  q.as_loaded = Tile<kHeadDim>::kQInRegisters && rotary_dim == 0 && a.q_pairs;
+  q.inside = 0;
+  if (q.as_loaded) {
     // No rotation: pair t is dims 2t and 2t + 1, one 4-byte load (a third of the general path's
-    // instructions: no pair mapping, half the loads).
+    // instructions: no pair mapping, half the loads), kept as loaded (QueryPairs::words).
 #pragma unroll
     for (int n = 0; n < q.kPerThread; ++n) {
       const int d = 2 * (first_pair + n * kThreadsPerRow);
-      const uint32_t bits = *reinterpret_cast<const uint32_t*>(row + (d < dqk ? d : 0));
-      const bool inside = real && d < dqk;
-      q.x0[n] = inside ? E::to_float(static_cast<uint16_t>(bits)) : 0.0f;
-      q.x1[n] = inside ? E::to_float(static_cast<uint16_t>(bits >> 16)) : 0.0f;
-      q.cos_t[n] = 1.0f, q.sin_t[n] = 0.0f;
+      q.x0[n] = __uint_as_float(*reinterpret_cast<const uint32_t*>(row + (d < dqk ? d : 0)));
+      if (real && d < dqk) q.inside |= 1u << n;
+      q.x1[n] = 0.0f, q.cos_t[n] = 1.0f, q.sin_t[n] = 0.0f;
     }
     return q;
   }
@@ -370,16 +383,24 @@ __device__ void store_query(const Args& a, const QueryPairs<kHeadDim, kWarps>& q
   constexpr int kThreadsPerRow = threads_per_row<kWarps>();
   const int rotary_dim = a.rotate_q ? static_cast<int>(a.p.rotary_dim) : 0;
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
+  if (q.as_loaded) {
 #pragma unroll
-  for (int n = 0; n < q.kPerThread; ++n) {
-    const int t = first_pair + n * kThreadsPerRow;
-    int d0, d1;
-    query_pair(t, rotary_dim, a.p.rotary_interleaved, &d0, &d1);
-    const bool rotated = t < rotary_dim / 2 && q.rotated;
-    const float y0 = rotated ? q.x0[n] * q.cos_t[n] - q.x1[n] * q.sin_t[n] : q.x0[n];
-    const float y1 = rotated ? q.x0[n] * q.sin_t[n] + q.x1[n] * q.cos_t[n] : q.x1[n];
-    q_tile[r * Cfg::kQPitch + d0] = from_float<T>(y0);
-    q_tile[r * Cfg::kQPitch + d1] = from_float<T>(y1);
+    for (int n = 0; n < q.kPerThread; ++n) {
+      const int d = 2 * (first_pair + n * kThreadsPerRow);
+      *reinterpret_cast<uint32_t*>(q_tile + r * Cfg::kQPitch + d) = (q.inside >> n) & 1u ? __float_as_uint(q.x0[n]) : 0u;
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < q.kPerThread; ++n) {
+      const int t = first_pair + n * kThreadsPerRow;
+      int d0, d1;
+      query_pair(t, rotary_dim, a.p.rotary_interleaved, &d0, &d1);
+      const bool rotated = t < rotary_dim / 2 && q.rotated;
+      const float y0 = rotated ? q.x0[n] * q.cos_t[n] - q.x1[n] * q.sin_t[n] : q.x0[n];
+      const float y1 = rotated ? q.x0[n] * q.sin_t[n] + q.x1[n] * q.cos_t[n] : q.x1[n];
+      q_tile[r * Cfg::kQPitch + d0] = from_float<T>(y0);
+      q_tile[r * Cfg::kQPitch + d1] = from_float<T>(y1);
+    }
   }
   __syncthreads();
   if constexpr (Cfg::kQInRegisters) {
@@ -787,16 +808,21 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   const core::Problem& p = a.p;
-  float* o_all = merge;                                         // [kWarps][kRows][kOPitch]
-  float* max_all = merge + kWarps * kRows * Cfg::kOPitch;       // [kWarps][kRows]
-  float* sum_all = max_all + kWarps * kRows;                    // [kWarps][kRows]
+  // Warp k's state in its own pipeline stages (free once its last chunk is consumed, so a warp
+  // writes as soon as its loop ends, while slower warps still stream): O [kRows][kOPitch], then
+  // max and sum [kRows] each.
+  constexpr int kRegionFloats = Cfg::kStages * Cfg::kStageBytes / sizeof(float);
+  static_assert(kRows * (Cfg::kOPitch + 2) <= kRegionFloats, "a warp's state fits in its stages");
+  auto o_rows = [&](int k) { return merge + k * kRegionFloats; };
+  auto max_of = [&](int k) { return merge + k * kRegionFloats + kRows * Cfg::kOPitch; };
+  auto sum_of = [&](int k) { return max_of(k) + kRows; };
   const int g = lane / 4, t = lane % 4;
   const int rows_held = w.row0 + 8 < w.packed_rows ? 2 : 1;  // a lane's second row (g + 8) is padding past the tile's rows
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (r >= rows_held) break;
     const int row = g + 8 * r;
-    float* o_row = o_all + (warp * kRows + row) * Cfg::kOPitch;
+    float* o_row = o_rows(warp) + row * Cfg::kOPitch;
 #pragma unroll
     for (int n = 0; n < kHeadDim / 8; ++n) {
       o_row[n * 8 + 2 * t] = st.o[n][2 * r];
@@ -804,8 +830,8 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
     }
     const float sum = quad_sum(st.row[r].sum);
     if (t == 0) {
-      max_all[warp * kRows + row] = st.row[r].max;
-      sum_all[warp * kRows + row] = sum;
+      max_of(warp)[row] = st.row[r].max;
+      sum_of(warp)[row] = sum;
     }
   }
   __syncthreads();
@@ -825,12 +851,12 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
     const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
     float max_k[kWarps], sum_k[kWarps];
 #pragma unroll
-    for (int k = 0; k < kWarps; ++k) max_k[k] = max_all[k * kRows + row], sum_k[k] = sum_all[k * kRows + row];
+    for (int k = 0; k < kWarps; ++k) max_k[k] = max_of(k)[row], sum_k[k] = sum_of(k)[row];
     float o[kWarps][kColumns];
 #pragma unroll
     for (int k = 0; k < kWarps; ++k)
 #pragma unroll
-      for (int j = 0; j < kColumns; ++j) o[k][j] = o_all[(k * kRows + row) * Cfg::kOPitch + lane + 32 * j];
+      for (int j = 0; j < kColumns; ++j) o[k][j] = o_rows(k)[row * Cfg::kOPitch + lane + 32 * j];
     core::SoftmaxRow<float> total;
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_k[k]);
@@ -994,10 +1020,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     if (n < 0) {
       if (n == -1) {
         if (a.trace != nullptr) {
-          uint32_t bits = 0;
-#pragma unroll
-          for (int e = 0; e < query.kPerThread; ++e) bits ^= __float_as_uint(query.x0[e]) ^ __float_as_uint(query.x1[e]);
-          t_loaded = global_ns_after(bits);
+          t_loaded = global_ns_after(query.fingerprint());
         }
         rows[0] = row_info(a, w, lane / 4);
         rows[1] = row_info(a, w, lane / 4 + 8);
@@ -1029,8 +1052,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   // Trace: each warp's loop end (SM cycles, low 32 bits) in its first mask slot, free from here on.
   if (a.trace != nullptr && lane == 0) my_masks[0] = static_cast<uint32_t>(cycles());
   allow_dependent_launch();
-  __syncthreads();  // every warp is done with the pipeline: it becomes the merge area
-  const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;
+  const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;  // warp 0's loop end
   unsigned long long t_merged = 0;
   merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp, t_merged);
   if (a.trace != nullptr && threadIdx.x == 0) {

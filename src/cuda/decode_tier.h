@@ -49,8 +49,9 @@ inline const char* decode_variant_name(int variant) {
 
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
 // launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
-// SM id + 1, start, first chunk ready, main loop done, end, first copies issued, query tile stored,
-// geometry known, row bounds known, query rows arrived, warps' states in the merge area, in ns;
+// SM id + 1, start, first chunk ready, warp 0's main loop done, end, first copies issued, query
+// tile stored, geometry known, row bounds known, query rows arrived, every warp's state in the
+// merge area (after the merge's barrier), in ns;
 // then kPrologueSteps SM cycle counts of warp 0 after its start: geometry known, query loads
 // issued, accumulators zeroed, first copies begin, first copies issued, row bounds known, query
 // tile stored, first chunk ready; then the spread of the warps' loop ends, max - min and max -
