@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One pass over cuda-decode on a GPU machine, for every kernel variant under measurement: build
 # the decode tests and benchmark, every Decode* test (the attention tests are parameterised over
-# the variants: Decode/<Suite>.<Test>/<variant>), the decode bandwidth benchmark of every variant
-# against torch SDPA (flash, cuDNN) and a device-to-device copy, compute-sanitizer (memcheck and
-# racecheck) on the small Decode*.Sanitize* subset (every variant), then per variant per-CTA
-# timelines, forced split counts at B 1 x 32k and B 8 x 8k, and Nsight Compute kernel times.
+# the variants: Decode/<Suite>.<Test>/<variant>), the decode bandwidth benchmark of the benchmarked
+# variants against torch SDPA (flash, cuDNN) and a device-to-device copy, compute-sanitizer
+# (memcheck and racecheck) on the small Decode*.Sanitize* subset (every variant), then per
+# benchmarked variant per-CTA timelines, forced split counts at B 1 x 32k and B 8 x 8k, and Nsight
+# Compute kernel times.
 # Everything lands in the output folder given as $1 (at most eight files):
 #   build.log  tests.log  sanitizer.log  bench.log  decode.{json,md,png}  [source.csv.gz]
 # The steps run in order of importance; past DECODE_CHECK_BUDGET seconds the optional ones
@@ -17,8 +18,11 @@
 #   FLASHSDPA_CUDA_GENCODE  nvcc -gencode flags (default: sm_90a only)
 #   DECODE_CHECK_TESTS      gtest filter for the test step (default: Decode*)
 #   DECODE_CHECK_BENCH      1 (default) runs the benchmark; 0 skips it
-#   DECODE_CHECK_VARIANTS   kernel variants, comma-separated, the first one the main table's
-#                           (default: auto,pair,wide; auto is the shipped choice)
+#   DECODE_CHECK_VARIANTS   kernel variants whose tests run, comma-separated (default: all of
+#                           them, auto,copy,tma,pair,wide; auto is the shipped choice, copy the
+#                           only one that runs dense hd 128 / 256 on cp.async)
+#   DECODE_CHECK_BENCH_VARIANTS  variants benchmarked, timed and swept, the first one the main
+#                           table's (default: auto,copy)
 #   DECODE_CHECK_BUDGET     seconds after which optional steps are skipped (default 330)
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 #   DECODE_CHECK_SOURCE     1: also source.csv.gz, per-SASS-instruction warp-stall samples of the
@@ -32,7 +36,8 @@ out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-decode-gpu}
 gencode=${FLASHSDPA_CUDA_GENCODE:--gencode=arch=compute_90a,code=sm_90a}
-variants=${DECODE_CHECK_VARIANTS:-auto,pair,wide}
+variants=${DECODE_CHECK_VARIANTS:-auto,copy,tma,pair,wide}
+bench_variants=${DECODE_CHECK_BENCH_VARIANTS:-auto,copy}
 budget=${DECODE_CHECK_BUDGET:-330}
 bench="$build/flashsdpa_decode_bench"
 status=0
@@ -82,8 +87,8 @@ for v in ${variants//,/ }; do
 done
 
 if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
-  echo "== benchmark (variants: $variants) at ${SECONDS} s"
-  PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$bench" --variants "$variants" \
+  echo "== benchmark (variants: $bench_variants) at ${SECONDS} s"
+  PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$bench" --variants "$bench_variants" \
     --out "$out/${RESULTS_NAME:-decode}" > "$out/bench.log" 2>&1 || { echo "BENCHMARK FAILED"; status=1; }
 fi
 
@@ -103,7 +108,7 @@ grep -q "SANITIZER .* FAILED" "$out/sanitizer.log" && status=1
 
 if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   # Timelines of one call per shape: when CTAs start, get their first chunk, finish; the combine.
-  for v in ${variants//,/ }; do
+  for v in ${bench_variants//,/ }; do
     in_budget "timelines $v" || break
     echo "---- timelines, $v" >> "$out/bench.log"
     "$bench" --variant "$v" --trace 1,32768,32,8,128,dense,0 8,8192,32,8,128,dense,0 32,4096,32,8,128,dense,0 \
@@ -111,7 +116,7 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   done
   # The split heuristic against forced split counts (auto's 8-warp CTA of split calls halves the
   # resident CTAs the heuristic sees: 16 splits at B 1 x 32k, 2 at B 8 x 8k).
-  for v in ${variants//,/ }; do
+  for v in ${bench_variants//,/ }; do
     in_budget "split sweep $v" || break
     echo "---- forced splits, $v" >> "$out/bench.log"
     for splits in 4 8 16 32 33 64; do
@@ -121,7 +126,7 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   # Kernel durations and DRAM read rate of one batch-1 call at the clocks of the timed runs (the
   # per-call time above includes launches and the combine).
   if command -v ncu > /dev/null; then
-    for v in ${variants//,/ }; do
+    for v in ${bench_variants//,/ }; do
       in_budget "ncu $v" || break
       echo "---- ncu, batch 1 x 32k dense, $v" >> "$out/bench.log"
       timeout 60 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_read.sum.per_second \
@@ -134,7 +139,7 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   if [ "${DECODE_CHECK_SOURCE:-0}" = 1 ] && command -v ncu > /dev/null && in_budget "source profile"; then
     timeout 120 ncu --clock-control none --cache-control none --import-source no --section SourceCounters \
       --section WarpStateStats --warp-sampling-interval 0 -k regex:split_kv -s 6 -c 1 -f -o "$parts/prof" \
-      "$bench" --variant "${variants%%,*}" 1,32768,32,8,128,dense,0 > "$parts/ncu.log" 2>&1 &&
+      "$bench" --variant "${bench_variants%%,*}" 1,32768,32,8,128,dense,0 > "$parts/ncu.log" 2>&1 &&
       ncu -i "$parts/prof.ncu-rep" --page source --csv --print-source sass | gzip > "$out/source.csv.gz" ||
       { echo "source profile failed"; tail -5 "$parts/ncu.log"; } >> "$out/bench.log"
   fi
