@@ -22,7 +22,6 @@
 // Splits. With num_splits > 1 each CTA writes fp32 partials (O normalised by its own sum, and
 // its lse) to scratch sized splits x query rows x heads x Dv, and combine_splits_kernel merges
 // them online by lse; sinks join there, once. With one split the CTA writes out and lse itself.
-#include <cuda.h>  // CUtensorMap and its encoder's types (the encoder is reached through the runtime)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1196,26 +1195,6 @@ int resident_ctas(int device) {
       device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes));
 }
 
-// The tensor-map encoder of the driver, reached through the runtime (no link to the driver
-// library), or null when the driver has none.
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiled tensor_map_encoder() {
-  static const EncodeTiled encoder = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      return EncodeTiled{nullptr};
-    }
-    return reinterpret_cast<EncodeTiled>(fn);
-  }();
-  return encoder;
-}
-
 // The TMA box of a K or V operand (Args::k_map): dims {64 dims, heads, rows, sequences or blocks,
 // kHeadDim / 64 slabs}, a box of {64, 1, kChunk, 1, all slabs} in the 128-byte swizzle that
 // kv_offset reads. Rows: a block's slots (paged), the cache's capacity (dense cache) or seqlen_k
@@ -1282,21 +1261,6 @@ int split_count(const core::Problem& p, int resident) {
   const int splits = p.num_splits > 0 ? p.num_splits : choose_splits(split_work(p), max_keys, resident);
   return static_cast<int>(
       std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
-}
-
-// Whether the machine code the device runs for kKernel was built for sm_90 or later (the copy
-// engine's instructions; a build for older targets only has them trap).
-template <auto kKernel>
-bool built_for_tma() {
-  static const bool built = [] {
-    cudaFuncAttributes attributes{};
-    if (cudaFuncGetAttributes(&attributes, kKernel) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return attributes.binaryVersion >= 90;
-  }();
-  return built;
 }
 
 // Calls the copy engine can serve (Args::k_map): whole 16-key chunks one row stride apart, K and V

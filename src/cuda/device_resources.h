@@ -1,8 +1,10 @@
 // Per-device resources the CUDA tiers share: the current device's ordinal, the stream-ordered
 // pool that split-key scratch comes from (decode's partials, the fp32 forward's key-split pieces)
-// and how many blocks of a kernel the device holds at once (what both tiers size their splits by).
+// and how many blocks of a kernel the device holds at once (what both tiers size their splits by);
+// for copy-engine kernels, the driver's tensor-map encoder and whether a kernel was built for it.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap and its encoder's types only: the encoder is reached through the runtime
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -47,6 +49,29 @@ int resident_blocks(int device, int threads, int smem_bytes) {
     }
   }
   return std::max(resident[device], 0);
+}
+
+// The driver's tensor-map encoder (cuTensorMapEncodeTiled), reached through the runtime so that
+// nothing links the driver library, or null when the driver has none. For kernels whose tiles the
+// copy engine fills (cp.async.bulk.tensor; device_utils.cuh).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled tensor_map_encoder();
+
+// Whether the machine code the device runs for kKernel was built for sm_90 or later (the copy
+// engine's instructions; a build for older targets only has them trap). Once per kernel.
+template <auto kKernel>
+bool built_for_tma() {
+  static const bool built = [] {
+    cudaFuncAttributes attributes{};
+    if (cudaFuncGetAttributes(&attributes, kKernel) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attributes.binaryVersion >= 90;
+  }();
+  return built;
 }
 
 }  // namespace flashsdpa::cuda

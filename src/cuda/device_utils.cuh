@@ -1,5 +1,6 @@
-// Small device-side building blocks of the CUDA kernels: asynchronous copies, ldmatrix, mma.sync,
-// fast exp2 and the element types. Only CUDA headers from the toolkit.
+// Small device-side building blocks of the CUDA kernels: asynchronous copies (cp.async, and the
+// copy engine's tensor copies with their mbarriers), ldmatrix, mma.sync, fast exp2 and the element
+// types. Only CUDA headers from the toolkit.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -125,6 +126,59 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// ---- the tensor copy engine (sm_90) ----------------------------------------------------------------
+// Tiles filled by cp.async.bulk.tensor (TMA) complete on an mbarrier in shared memory: the
+// issuing thread's arrival with the bytes to expect, then the copies' bytes. Off sm_90 these trap:
+// the host picks such kernels only where their code was built for sm_90 (built_for_tma).
+
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t arrivals) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+// The issuing lane's arrival, with the bytes the copies of this phase will deliver.
+__device__ __forceinline__ void mbarrier_expect_bytes(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n @!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+// One box of a 5-d tensor map into shared memory, completing on `bar`, with an L2 policy.
+// Coordinates outside the tensor read nothing and land as zeros.
+__device__ __forceinline__ void tma_load_5d(uint32_t dst, const void* map, int c0, int c1, int c2, int c3, int c4,
+                                            uint32_t bar, uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7], %8;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(bar), "l"(policy)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+// Orders this thread's ordinary shared-memory writes before later copy-engine writes there.
+__device__ __forceinline__ void fence_async_shared() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
 }
 
 // ---- tensor cores -------------------------------------------------------------------------------
