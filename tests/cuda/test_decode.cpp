@@ -137,7 +137,8 @@ TEST_P(DecodeKvcache, PlainDecodeWithEmptySequence) {
 
 // The tensor copy engine serves the calls it is chosen for (cuda::kDecodeTma: every call it can
 // serve; the shipped choice: dense K/V at head dim 128 and 256; kDecodeCopy: none), so the other
-// tests of each variant cover the path they name.
+// tests of each variant cover the path they name. Expects a build with sm_90 code on an sm_90
+// device (the GPU scripts build sm_90a).
 TEST_P(DecodeKvcache, CopyEngineServesWhatItIsChosenFor) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   if (cuda::device_capability() < 90) GTEST_SKIP() << "the tensor copy engine needs sm_90";
