@@ -87,7 +87,7 @@ struct Tile {
   static constexpr int kOPitch = kHeadDim + 4;  // fp32 O rows of the merge
   static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
   static_assert(kPieces % 8 == 0, "the swizzle permutes the 8 pieces of each 128-byte line");
-  static_assert(kQBytes % 128 == 0, "stages start on 128-byte lines");
+  static_assert(kQBytes % 128 == 0, "the masks and mbarriers after the query tile stay aligned");
 };
 
 // Element offset of (row, d) in a K or V stage chunk. The chunk is stored as kHeadDim / 64 slabs
@@ -323,7 +323,7 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
   q.inside = 0;
   if (q.as_loaded) {
     // No rotation: pair t is dims 2t and 2t + 1, one 4-byte load (a third of the general path's
-    // instructions: no pair mapping, half the loads), kept as loaded (QueryPairs::words).
+    // instructions: no pair mapping, half the loads), kept as loaded (QueryPairs::as_loaded).
 #pragma unroll
     for (int n = 0; n < q.kPerThread; ++n) {
       const int d = 2 * (first_pair + n * kThreadsPerRow);
@@ -1263,6 +1263,15 @@ int split_count(const core::Problem& p, int resident) {
       std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
 }
 
+// Whether a call's stages should be filled by the tensor copy engine (where tma_eligible allows),
+// else by cp.async. Dense K/V at head dim 128 and 256: TMA; paged caches and head dim 64: cp.async
+// (docs/perf-log.md, CUDA decode, run 21). The variants tma and copy force one or the other.
+bool wants_tma(const core::Problem& p, int head_dim) {
+  if (g_debug.variant == kDecodeTma) return true;
+  if (g_debug.variant == kDecodeCopy) return false;
+  return head_dim >= 128 && p.kv_layout != core::KvLayout::kPaged;
+}
+
 // Calls the copy engine can serve (Args::k_map): whole 16-key chunks one row stride apart, K and V
 // rows exactly kHeadDim wide (the box has no partial slab), a layout with a map (not varlen K).
 bool tma_eligible(const core::Problem& p, const Args& a, int head_dim) {
@@ -1271,7 +1280,7 @@ bool tma_eligible(const core::Problem& p, const Args& a, int head_dim) {
 }
 
 template <class E, int kHeadDim, int kWarps>
-void launch_attention(const core::Problem& p, cudaStream_t stream, bool want_tma) {
+void launch_attention(const core::Problem& p, cudaStream_t stream) {
   Args a{};
   a.p = p;
   a.trace = g_debug.trace;
@@ -1295,7 +1304,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream, bool want_tma
   // resident_ctas also raises the kernel's shared-memory limit.
   const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
-  const bool tma = want_tma && tma_eligible(p, a, kHeadDim) &&
+  const bool tma = wants_tma(p, kHeadDim) && tma_eligible(p, a, kHeadDim) &&
                    built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true>>() &&
                    tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
   if (tma) {
@@ -1341,28 +1350,18 @@ void launch_attention(const core::Problem& p, cudaStream_t stream, bool want_tma
 // 4-warp CTAs per SM, kStages chunks deep per warp: with one split over several waves the 8-warp
 // CTA was level or 0.3% slower dense (B 32 x 4k, B 64 x 16k). The variants `pair` (the 4-warp CTA
 // for every call) and `wide` (the 8-warp CTA wherever it fits) keep the alternatives measurable.
-// Whether a call's stages should be filled by the tensor copy engine (where tma_eligible allows),
-// else by cp.async. Dense K/V at head dim 128 and 256: TMA; paged caches and head dim 64: cp.async
-// (docs/perf-log.md, CUDA decode, run 21). The variants tma and copy force one or the other.
-bool wants_tma(const core::Problem& p, int head_dim) {
-  if (g_debug.variant == kDecodeTma) return true;
-  if (g_debug.variant == kDecodeCopy) return false;
-  return head_dim >= 128 && p.kv_layout != core::KvLayout::kPaged;
-}
-
 template <class E, int kHeadDim>
 void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
-  const bool tma = wants_tma(p, kHeadDim);
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
     const bool wide =
         g_debug.variant == kDecodeWide || split_work(p) <= wide_resident || split_count(p, wide_resident) > 1;
     if (g_debug.variant != kDecodePair && wide_resident > 0 && wide) {
-      launch_attention<E, kHeadDim, kWideWarps>(p, stream, tma);
+      launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
     }
   }
-  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream, tma);
+  launch_attention<E, kHeadDim, kNarrowWarps>(p, stream);
 }
 
 template <class E>
