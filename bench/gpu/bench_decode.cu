@@ -15,7 +15,9 @@
 // blocks in order, in a random permutation (the default), or permuted within each group of 64
 // blocks (local: the same page-sized jumps, a small address range at a time); --floor also times,
 // per shape, what any kernel reading the same bytes needs (below); --scratch arena|pool says where
-// split-KV partials come from (arena_allocator). Options apply to the shapes after them.
+// split-KV partials come from (arena_allocator); --lengths tensor|int gives the cache lengths as an
+// int32 tensor on the device (the default) or as one int for every sequence. Options apply to the
+// shapes after them.
 //
 // The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
 // K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
@@ -212,6 +214,10 @@ struct Options {
   enum class PageOrder { kSequential, kRandom, kLocal } page_order = PageOrder::kRandom;
   bool floor = false;
   bool arena_scratch = true;
+  // How the call gives the cache lengths: an int32 tensor on the device (the serving form: the
+  // kernel loads each sequence's length before its first copy), or one int for every sequence
+  // (cache_seqlen, as flash_attn_with_kvcache(cache_seqlens=int): known at launch, no load).
+  bool lengths_on_device = true;
 };
 
 const char* page_order_name(Options::PageOrder order) {
@@ -557,7 +563,8 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
       a.k = TensorRef::contiguous(caches[n].k->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
       a.v = TensorRef::contiguous(caches[n].v->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
     }
-    a.cache_seqlens = TensorRef::contiguous(seqlens.ptr, DType::kInt32, {s.batch});
+    if (opt.lengths_on_device) a.cache_seqlens = TensorRef::contiguous(seqlens.ptr, DType::kInt32, {s.batch});
+    else a.cache_seqlen = s.seqlen;
     a.num_splits = splits;
     flashsdpa::core::ValidateOptions options;
     options.check_index_values = false;
@@ -571,9 +578,9 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const double graph_us = time_graph_us(step, stream, 10);
   if (opt.trace) {
     char label[96];
-    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d %s", (long long)s.batch,
+    std::snprintf(label, sizeof label, "B%lld S%lld Hq%lld %s%lld splits %d %s%s", (long long)s.batch,
                   (long long)s.seqlen, (long long)s.hq, s.paged ? "paged " : "dense", (long long)(s.paged ? s.page : 0),
-                  splits, flashsdpa::cuda::decode_variant_name(opt.variant));
+                  splits, flashsdpa::cuda::decode_variant_name(opt.variant), opt.lengths_on_device ? "" : " int");
     trace_call([&] { step(); }, stream, label);
     trace_steady([&] { step(); }, stream, label);
   }
@@ -585,10 +592,11 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
-              "\"page_size\": %lld, \"page_order\": \"%s\", \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
+              "\"page_size\": %lld, \"page_order\": \"%s\", \"lengths\": \"%s\", \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
               "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
-              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), page_order_name(opt.page_order), splits,
+              s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), page_order_name(opt.page_order),
+              opt.lengths_on_device ? "tensor" : "int", splits,
               flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
               graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
@@ -626,6 +634,13 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "unknown page order '%s' (sequential|random|local)\n", order.c_str());
         return 2;
       }
+    } else if (arg == "--lengths" && n + 1 < argc) {
+      const std::string form = argv[++n];
+      if (form != "tensor" && form != "int") {
+        std::fprintf(stderr, "unknown lengths '%s' (tensor|int)\n", form.c_str());
+        return 2;
+      }
+      opt.lengths_on_device = form == "tensor";
     } else if (arg == "--floor") {
       opt.floor = true;
     } else if (arg == "--trace") {
