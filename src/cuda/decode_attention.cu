@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "core/mask.h"
 #include "core/rotary.h"
@@ -801,7 +802,7 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 // Merges the warps' states through shared memory and writes out = O / Z and lse, with the
 // sink in Z when the call has sinks — only when this CTA is the whole row: with splits it writes
 // the split's partials, and the combine adds the sink once.
-template <class E, int kHeadDim, int kWarps>
+template <class E, int kHeadDim, int kWarps, bool kTrace>
 __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
                                 int warp, unsigned long long& t_merged) {
   using T = typename E::T;
@@ -834,7 +835,7 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
     }
   }
   __syncthreads();
-  if (a.trace != nullptr) t_merged = global_ns();
+  if (kTrace) t_merged = global_ns();
 
   // A warp finishes a row (rows warp, warp + kWarps, ...: only the tile's real rows): the warps'
   // weights from broadcast reads, then columns lane + 32 j, every shared load of the row issued
@@ -903,21 +904,26 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
 // kTma: the warps' K/V chunks come by the tensor copy engine (load_kv_chunk_tma), else by
 // cp.async (load_kv_chunk). The kernel parameter is __grid_constant__: the copy engine reads the
 // tensor maps where the launch put them.
+// kTrace: the kernel records its timeline in Args::trace (DecodeDebug; the benchmark's --trace),
+// in instantiations of their own for bf16: the same records behind a run-time test of Args::trace
+// cost every call 0.1-1.7% (Hq 64 B 1 x 8k 17.26 -> 17.01 us without them, hd 256 B 1 x 32k 97.34
+// -> 95.67; the hd 256 kernels' spills 76 / 112 -> 12 / 56 bytes; docs/perf-log.md, CUDA decode,
+// run 22).
 
-template <class E, int kHeadDim, int kWarps, bool kTma>
+template <class E, int kHeadDim, int kWarps, bool kTma, bool kTrace>
 __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const __grid_constant__ Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
-  const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
-  const long long c_start = a.trace != nullptr ? cycles() : 0;
+  const unsigned long long t_start = kTrace ? global_ns() : 0;
+  const long long c_start = kTrace ? cycles() : 0;
   unsigned long long t_first = 0, t_issued = 0, t_query = 0, t_loaded = 0, t_rows = 0;
   // The prologue's steps in cycles after c_start (kDecodeTraceWords), written as they happen by
   // the thread that owns the CTA's record: kept in registers to the end, they cost the head dim
   // 256 kernel 44 more bytes of spills.
   unsigned long long* const step_record =
-      a.trace != nullptr && threadIdx.x == 0 && blockIdx.y * int64_t(gridDim.x) + blockIdx.x < a.trace_capacity / 2
+      kTrace && threadIdx.x == 0 && blockIdx.y * int64_t(gridDim.x) + blockIdx.x < a.trace_capacity / 2
           ? a.trace + kDecodeTraceWords * (blockIdx.y * int64_t(gridDim.x) + blockIdx.x) + 11
           : nullptr;
   auto step_done = [&](int step, long long at) {
@@ -925,8 +931,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   };
   const CtaWork w = cta_work(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
-  const unsigned long long t_work = a.trace != nullptr ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
-  if (a.trace != nullptr) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
+  const unsigned long long t_work = kTrace ? global_ns_after(static_cast<uint32_t>(w.key_end)) : 0;
+  if (kTrace) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
 
   extern __shared__ __align__(1024) unsigned char smem[];  // 1024: the copy engine's swizzle (kv_offset)
   unsigned char* pipeline = smem;
@@ -982,7 +988,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
   // the query does not queue behind the chunks.
   const QueryPairs<kHeadDim, kWarps> query = fetch_query<E, kHeadDim, kWarps>(a, w);
-  if (a.trace != nullptr) step_done(1, cycles());
+  if (kTrace) step_done(1, cycles());
   // The rows' bounds are first needed by the first chunk's scores: worked out after the prologue's
   // copies have left (step -1 below), so the stream starts ~1 us sooner.
   RowInfo rows[2];
@@ -993,7 +999,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   for (int n = 0; n < kHeadDim / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
-  if (a.trace != nullptr) step_done(2, cycles());
+  if (kTrace) step_done(2, cycles());
 
   // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
@@ -1012,23 +1018,23 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
       a.p.kv_layout == core::KvLayout::kPaged && chunks / kWarps >= kLockstepMinChunks ? chunks / kWarps : 0;
   for (int n = 1 - depth; n < my_chunks; ++n) {
     // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
-    if (a.trace != nullptr && n == 1 - depth) step_done(3, cycles());
+    if (kTrace && n == 1 - depth) step_done(3, cycles());
     if (n + depth - 1 < my_chunks) issue(n + depth - 1);
     cp_async_commit();
-    if (a.trace != nullptr && n == 1 - depth) t_issued = global_ns(), step_done(4, cycles());
+    if (kTrace && n == 1 - depth) t_issued = global_ns(), step_done(4, cycles());
     if (n < 0) {
       if (n == -1) {
-        if (a.trace != nullptr) {
+        if (kTrace) {
           t_loaded = global_ns_after(query.fingerprint());
         }
         rows[0] = row_info(a, w, lane / 4);
         rows[1] = row_info(a, w, lane / 4 + 8);
         common = common_keys(rows);
-        if (a.trace != nullptr) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
-        if (a.trace != nullptr) step_done(5, cycles_after(static_cast<uint32_t>(common.end)));
+        if (kTrace) t_rows = global_ns_after(static_cast<uint32_t>(common.end));
+        if (kTrace) step_done(5, cycles_after(static_cast<uint32_t>(common.end)));
         store_query<E, kHeadDim, kWarps>(a, query, q_tile, q_frag);
       }
-      if (a.trace != nullptr && n == -1) t_query = global_ns(), step_done(6, cycles());
+      if (kTrace && n == -1) t_query = global_ns(), step_done(6, cycles());
       continue;
     }
     if (n < lockstep_chunks && n % 2 == 1) __syncthreads();  // every warp has chunks up to lockstep_chunks
@@ -1036,7 +1042,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     if constexpr (kTma) mbarrier_wait(my_barriers + 8 * stage, (n / Cfg::kStages) & 1);
     else cp_async_wait<depth - 1>();
     __syncwarp();
-    if (a.trace != nullptr && n == 0) t_first = global_ns(), step_done(7, cycles());
+    if (kTrace && n == 0) t_first = global_ns(), step_done(7, cycles());
     float s[2][4];
     uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
     // TMA boxes hold whatever the tensor has at keys that are not valid: edge keys too (their
@@ -1049,12 +1055,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   }
   cp_async_wait<0>();
   // Trace: each warp's loop end (SM cycles, low 32 bits) in its first mask slot, free from here on.
-  if (a.trace != nullptr && lane == 0) my_masks[0] = static_cast<uint32_t>(cycles());
+  if (kTrace && lane == 0) my_masks[0] = static_cast<uint32_t>(cycles());
   allow_dependent_launch();
-  const unsigned long long t_loop = a.trace != nullptr ? global_ns() : 0;  // warp 0's loop end
+  const unsigned long long t_loop = kTrace ? global_ns() : 0;  // warp 0's loop end
   unsigned long long t_merged = 0;
-  merge_and_store<E, kHeadDim, kWarps>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp, t_merged);
-  if (a.trace != nullptr && threadIdx.x == 0) {
+  merge_and_store<E, kHeadDim, kWarps, kTrace>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp, t_merged);
+  if (kTrace && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
       unsigned long long* rec = a.trace + kDecodeTraceWords * cta;
@@ -1108,7 +1114,8 @@ __device__ __forceinline__ void load_row_piece(const float* src, float (&dst)[kP
   }
 }
 
-template <class E, int kHeadDim>
+// kTrace as the attention kernel's: the run-time test of Args::trace cost split calls ~0.2 us.
+template <class E, int kHeadDim, bool kTrace>
 __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(const Args a) {
   using T = typename E::T;
   constexpr int kPerLane = kHeadDim / 32;  // floats of a partial row per lane: 2, 4 or 8
@@ -1126,7 +1133,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
   const int n = a.num_splits;
   wait_for_primary_grid();  // the partials of every split are written
-  const unsigned long long t_start = a.trace != nullptr ? global_ns() : 0;
+  const unsigned long long t_start = kTrace ? global_ns() : 0;
 
   float lse[kLsePerLane];
 #pragma unroll
@@ -1173,7 +1180,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   for (int e = 0; e < kPerLane; ++e)
     if (lane * kPerLane + e < p.head_dim_v) out[lane * kPerLane + e] = from_float<T>(acc[e] * scale);
   if (lane == 0 && p.lse != nullptr) p.lse[core::lse_offset(p, s, b, i, h)] = total.lse();
-  if (a.trace != nullptr && lane == 0) {
+  if (kTrace && lane == 0) {
     // The second half of the buffer: one (start, end) per combine warp.
     const int64_t first = kDecodeTraceWords * int64_t(a.trace_capacity / 2);
     const int64_t rec = (blockIdx.y * int64_t(gridDim.x) + blockIdx.x) * kCombineWarps + warp;
@@ -1189,9 +1196,9 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
 // CTAs of one kernel instantiation resident on the whole device at once, or 0 when its shared
 // memory exceeds what a CTA may have on this device (the 8-warp CTA off Hopper); raises the
 // kernel's dynamic shared-memory limit (resident_blocks).
-template <class E, int kHeadDim, int kWarps, bool kTma = false>
+template <class E, int kHeadDim, int kWarps, bool kTma = false, bool kTrace = false>
 int resident_ctas(int device) {
-  return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps, kTma>>(
+  return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps, kTma, kTrace>>(
       device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes));
 }
 
@@ -1279,11 +1286,31 @@ bool tma_eligible(const core::Problem& p, const Args& a, int head_dim) {
          p.kv_layout != core::KvLayout::kVarlen;
 }
 
+// An attention kernel with its shared-memory limit raised (resident_ctas).
+template <class E, int kHeadDim, int kWarps, bool kTma, bool kTrace>
+auto prepared_kernel(int device) -> void (*)(Args) {
+  resident_ctas<E, kHeadDim, kWarps, kTma, kTrace>(device);
+  return split_kv_attention_kernel<E, kHeadDim, kWarps, kTma, kTrace>;
+}
+
+// The attention kernel of a call: its copy path, traced or not (bf16 only).
+template <class E, int kHeadDim, int kWarps>
+auto attention_kernel(bool tma, bool traced, int device) -> void (*)(Args) {
+  if constexpr (std::is_same_v<E, BFloat16>) {
+    if (traced)
+      return tma ? prepared_kernel<E, kHeadDim, kWarps, true, true>(device)
+                 : prepared_kernel<E, kHeadDim, kWarps, false, true>(device);
+  }
+  return tma ? prepared_kernel<E, kHeadDim, kWarps, true, false>(device)
+             : prepared_kernel<E, kHeadDim, kWarps, false, false>(device);
+}
+
 template <class E, int kHeadDim, int kWarps>
 void launch_attention(const core::Problem& p, cudaStream_t stream) {
   Args a{};
   a.p = p;
-  a.trace = g_debug.trace;
+  // Traced kernels exist for bf16 only (the benchmark's type; kTrace): other calls run untraced.
+  a.trace = std::is_same_v<E, BFloat16> ? g_debug.trace : nullptr;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
   a.q_pairs = p.head_dim_qk % 2 == 0 && reinterpret_cast<uintptr_t>(p.q.ptr) % 4 == 0 && p.q.batch_stride % 2 == 0 &&
@@ -1305,12 +1332,9 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
   const bool tma = wants_tma(p, kHeadDim) && tma_eligible(p, a, kHeadDim) &&
-                   built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true>>() &&
+                   built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true, false>>() &&
                    tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
-  if (tma) {
-    resident_ctas<E, kHeadDim, kWarps, true>(device);
-    ++g_debug.tma_calls;
-  }
+  if (tma) ++g_debug.tma_calls;
 
   // Partials: from the caller's allocator when it has one (ExecContext::scratch), else the pool.
   void* scratch = nullptr;
@@ -1328,13 +1352,15 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   }
 
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(tma ? split_kv_attention_kernel<E, kHeadDim, kWarps, true>
-                        : split_kv_attention_kernel<E, kHeadDim, kWarps, false>,
-                    grid, kWarps * 32, CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
+  launch_overlapped(attention_kernel<E, kHeadDim, kWarps>(tma, a.trace != nullptr, device), grid, kWarps * 32,
+                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
     const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kCombineWarps)),
                             static_cast<unsigned>(p.batch));
-    launch_overlapped(combine_splits_kernel<E, kHeadDim>, combine_grid, kCombineWarps * 32, 0, stream, a,
+    auto combine = combine_splits_kernel<E, kHeadDim, false>;
+    if constexpr (std::is_same_v<E, BFloat16>)
+      if (a.trace != nullptr) combine = combine_splits_kernel<E, kHeadDim, true>;
+    launch_overlapped(combine, combine_grid, kCombineWarps * 32, 0, stream, a,
                       "combine_splits_kernel launch");
     if (pooled) check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
     else if (p.scratch.release != nullptr) p.scratch.release(scratch, stream, p.scratch.user);

@@ -48,7 +48,8 @@ inline const char* decode_variant_name(int variant) {
 }
 
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
-// launch. `trace`: a device buffer that receives a timeline of the next calls (per attention CTA:
+// launch. `trace`: a device buffer that receives a timeline of the next bf16 calls (kernels of
+// their own; other types run untraced) (per attention CTA:
 // SM id + 1, start, first chunk ready, warp 0's main loop done, end, first copies issued, query
 // tile stored, geometry known, row bounds known, query rows arrived, every warp's state in the
 // merge area (after the merge's barrier), in ns;

@@ -153,6 +153,27 @@ TEST_P(DecodeKvcache, CopyEngineServesWhatItIsChosenFor) {
   }
 }
 
+// Unsplit dense calls at head dims 128 and 256 over sequences shorter than a CTA's first chunks
+// (empty, one key, a chunk and a key): warps with no chunk, boxes of the tensor copy engine that
+// reach past the sequence's keys; an append and two speculative rows with sinks on top. Small
+// enough for the sanitizer.
+TEST_P(DecodeKvcache, SanitizeUnsplitShortSequences) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
+  c.batch = 6;
+  c.cache_capacity = 400;
+  c.cache_seqlens = {0, 1, 17, 127, 131, 396};
+  c.num_splits = 1;
+  for (int64_t head_dim : {128, 256}) {
+    for (int64_t seqlen_q : {1, 2}) {
+      c.head_dim_qk = c.head_dim_v = head_dim;
+      c.seqlen_q = c.seqlen_new = seqlen_q;
+      c.sinks = seqlen_q == 2;
+      expect_kvcache_passes(c, {Layout::kDenseCache});
+    }
+  }
+}
+
 TEST_P(DecodeKvcache, AppendWithRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 10;
@@ -483,6 +504,39 @@ TEST_P(DecodeKvcache, RepeatsBitForBit) {
       }
     }
   }
+}
+
+// The benchmark's timelines come from instantiations of their own (kTrace, bf16): they compute the
+// same bits as the untraced kernels, and write a record per attention CTA.
+TEST_P(DecodeKvcache, TracedKernelsComputeTheSameBits) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  const int capacity = 1024;
+  unsigned long long* trace = nullptr;
+  ASSERT_EQ(cudaMalloc(&trace, size_t(capacity) * cuda::kDecodeTraceWords * 8), cudaSuccess);
+  for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
+    for (int splits : {1, 0}) {
+      AttnConfig c = decode_config(layout, DType::kBFloat16);
+      c.num_splits = splits;
+      AttnCase plain(c), traced(c);
+      ASSERT_EQ(check_kvcache_gpu(plain), "") << c.describe();
+      ASSERT_EQ(cudaMemset(trace, 0, size_t(capacity) * cuda::kDecodeTraceWords * 8), cudaSuccess);
+      const cuda::DecodeDebug saved = cuda::decode_debug();
+      cuda::DecodeDebug debug = saved;
+      debug.trace = trace;
+      debug.trace_capacity = capacity;
+      cuda::decode_set_debug(debug);
+      const std::string failure = check_kvcache_gpu(traced);
+      cuda::decode_set_debug(saved);
+      ASSERT_EQ(failure, "") << c.describe() << ", traced";
+      EXPECT_EQ(traced.out.guarded_bytes(), plain.out.guarded_bytes()) << c.describe() << ": out differs when traced";
+      EXPECT_EQ(traced.lse.guarded_bytes(), plain.lse.guarded_bytes()) << c.describe() << ": lse differs when traced";
+      std::vector<unsigned long long> record(cuda::kDecodeTraceWords);
+      ASSERT_EQ(cudaMemcpy(record.data(), trace, record.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_GE(record[0], 1u) << c.describe() << ": no SM id in the first CTA's record";
+      EXPECT_GE(record[4], record[1]) << c.describe() << ": the first CTA ends before it starts";
+    }
+  }
+  cudaFree(trace);
 }
 
 // Sets every element of logical key j of sequence b (all kv heads) in K, V or both to NaN.
