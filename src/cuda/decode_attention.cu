@@ -971,7 +971,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     return page;
   };
   PagedChunk next_page = blocks_ahead && my_chunks > 0 ? look_up(0) : PagedChunk{};
-  const LaneCopies<kHeadDim> copies = lane_copies<kHeadDim>(a.p, w, lane);
+  LaneCopies<kHeadDim> copies{};  // each lane's cp.async copies (the copy engine needs none)
+  if constexpr (!kTma) copies = lane_copies<kHeadDim>(a.p, w, lane);
   auto issue = [&](int n) {
     const int stage = n % Cfg::kStages;
     const PagedChunk page = next_page;
