@@ -35,6 +35,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_common.h"
 #include "cuda/decode_launch.h"
+#include "cuda/fast_div.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_resources.h"
 
@@ -123,6 +124,9 @@ struct Args {
   core::Problem p;
   int num_splits;
   int64_t m_tiles;         // query tiles per (sequence, kv head)
+  // The divisors of the CTA's geometry, fixed at launch (fast_div.h): query tiles, kv heads,
+  // GQA group, splits, page size (block_size: paged caches only), query heads (the combine).
+  FastDiv tiles_div, heads_kv_div, group_div, splits_div, block_div, heads_q_div;
   int64_t q_rows;          // dense query rows: batch * seqlen_q (batched) or total_q (varlen)
   float* partial_out;      // [num_splits][q_rows][Hq][kHeadDim] when num_splits > 1
   float* partial_lse;      // [num_splits][q_rows][Hq]
@@ -182,12 +186,13 @@ struct CtaWork {
 __device__ CtaWork cta_work(const Args& a) {
   const core::Problem& p = a.p;
   CtaWork w;
-  // 32-bit divisions (a 64-bit division by a run-time value is a ~70-instruction call): the grid,
-  // packed rows and key counts are below 2^31 (decode_tier_supports).
-  const uint32_t tile = blockIdx.x, m_tiles = static_cast<uint32_t>(a.m_tiles);
-  const uint32_t m_tile = tile % m_tiles, bh = tile / m_tiles;
-  w.hkv = bh % static_cast<uint32_t>(p.heads_kv);
-  w.b = bh / static_cast<uint32_t>(p.heads_kv);
+  // 32-bit divisions by launch constants (FastDiv): the grid, packed rows and key counts are below
+  // 2^31 (decode_tier_supports).
+  const uint32_t tile = blockIdx.x;
+  const uint32_t bh = a.tiles_div.div(tile), m_tile = tile - bh * a.tiles_div.divisor;
+  const uint32_t b = a.heads_kv_div.div(bh);
+  w.hkv = bh - b * a.heads_kv_div.divisor;
+  w.b = b;
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
   w.row0 = int64_t(m_tile) * kRows;
@@ -198,9 +203,8 @@ __device__ CtaWork cta_work(const Args& a) {
   // Both mask bounds are non-decreasing in the query row, so the tile sees the keys between the
   // first row's begin and the last row's end. Chunks start on multiples of kChunk so that a
   // chunk never straddles two pages of size 16 (or any divisor of 16).
-  const uint32_t group = static_cast<uint32_t>(p.group);
-  const int64_t i_first = static_cast<uint32_t>(w.row0) / group;
-  const int64_t i_last = static_cast<uint32_t>(min(w.row0 + kRows, w.packed_rows) - 1) / group;
+  const int64_t i_first = a.group_div.div(static_cast<uint32_t>(w.row0));
+  const int64_t i_last = a.group_div.div(static_cast<uint32_t>(min(w.row0 + kRows, w.packed_rows) - 1));
   const int64_t lo = w.mask.tile_begin(i_first, i_last + 1);
   const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
   if (hi <= lo) return w;
@@ -208,9 +212,9 @@ __device__ CtaWork cta_work(const Args& a) {
   // split count that is not a power of two (one CTA for every resident slot: 33 splits x 8
   // heads on 132 SMs x 2) gives every CTA the same work.
   const int64_t base = lo / kChunk * kChunk;
-  const uint32_t splits = static_cast<uint32_t>(a.num_splits), y = blockIdx.y;
+  const uint32_t y = blockIdx.y;
   const uint32_t chunks = static_cast<uint32_t>(ceil_div(hi - base, kChunk));
-  const uint32_t per = chunks / splits, extra = chunks % splits;
+  const uint32_t per = a.splits_div.div(chunks), extra = chunks - per * a.splits_div.divisor;
   const int64_t split_begin = base + int64_t(y * per + min(y, extra)) * kChunk;
   const int64_t split_end = split_begin + int64_t(per + (y < extra ? 1 : 0)) * kChunk;
   w.chunk0 = split_begin;
@@ -235,7 +239,7 @@ __device__ RowInfo row_info(const Args& a, const CtaWork& w, int r) {
   RowInfo row;
   const int64_t packed = w.row0 + r;
   row.valid = packed < w.packed_rows;
-  const uint32_t group = static_cast<uint32_t>(p.group), i = static_cast<uint32_t>(packed) / group;
+  const uint32_t group = a.group_div.divisor, i = a.group_div.div(static_cast<uint32_t>(packed));
   row.i = row.valid ? i : 0;
   row.h = w.hkv * p.group + (row.valid ? static_cast<uint32_t>(packed) - i * group : 0);
   row.key_begin = row.valid ? max(w.mask.row_begin(row.i), w.key_begin) : 0;
@@ -310,7 +314,7 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
   const int64_t packed = w.row0 + r;
   const bool real = packed < w.packed_rows;
-  const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
+  const uint32_t group = a.group_div.divisor, row_i = a.group_div.div(static_cast<uint32_t>(packed));
   const int64_t i = real ? row_i : 0, h = w.hkv * p.group + (real ? static_cast<uint32_t>(packed) - row_i * group : 0);
   const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
   const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
@@ -847,7 +851,7 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   const int dv = static_cast<int>(p.head_dim_v);
   for (int row = warp; row < real_rows; row += kWarps) {
     const int64_t packed = w.row0 + row;
-    const uint32_t group = static_cast<uint32_t>(p.group), row_i = static_cast<uint32_t>(packed) / group;
+    const uint32_t group = a.group_div.divisor, row_i = a.group_div.div(static_cast<uint32_t>(packed));
     const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
     float max_k[kWarps], sum_k[kWarps];
 #pragma unroll
@@ -966,7 +970,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   const bool blocks_ahead = a.p.kv_layout == core::KvLayout::kPaged && a.strided_chunks;
   auto look_up = [&](int n) {
     PagedChunk page;
-    page.slot = core::paged_slot(a.p, chunk_key0(n));
+    page.slot = a.block_div.div(static_cast<uint32_t>(chunk_key0(n)));  // core::paged_slot
     page.entry = core::paged_entry(a.p, w.b, page.slot);
     return page;
   };
@@ -1128,7 +1132,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   const int64_t item = int64_t(blockIdx.x) * kCombineWarps + warp, b = blockIdx.y;
   if (item >= p.seqlen_q * p.heads_q) return;
   const core::SeqView s = core::sequence(p, b);
-  const int64_t i = item / p.heads_q, h = item % p.heads_q;
+  const uint32_t i_of_item = a.heads_q_div.div(static_cast<uint32_t>(item));  // item < 2^31: decode_tier_supports
+  const int64_t i = i_of_item, h = static_cast<uint32_t>(item) - i_of_item * a.heads_q_div.divisor;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };
@@ -1332,6 +1337,12 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   // resident_ctas also raises the kernel's shared-memory limit.
   const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
   a.num_splits = splits;
+  a.tiles_div = FastDiv(static_cast<uint32_t>(a.m_tiles));
+  a.heads_kv_div = FastDiv(static_cast<uint32_t>(p.heads_kv));
+  a.heads_q_div = FastDiv(static_cast<uint32_t>(p.heads_q));
+  a.group_div = FastDiv(static_cast<uint32_t>(p.group));
+  a.splits_div = FastDiv(static_cast<uint32_t>(splits));
+  a.block_div = FastDiv(p.kv_layout == core::KvLayout::kPaged ? static_cast<uint32_t>(p.block_size) : 1u);
   const bool tma = wants_tma(p, kHeadDim) && tma_eligible(p, a, kHeadDim) &&
                    built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true, false>>() &&
                    tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);

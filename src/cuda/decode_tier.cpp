@@ -40,9 +40,10 @@ std::string refusal(const core::Problem& p, bool is_kvcache) {
   if (p.batch > kMaxBatch) return "batch must be <= " + to_string(kMaxBatch) + " on the GPU; got " + to_string(p.batch);
   if (ctas(p) >= kMaxCtas)
     return "batch x kv heads x query tiles = " + to_string(ctas(p)) + " CTAs is beyond the launch grid";
-  // The kernels index packed query rows (query rows x group) and keys of a sequence in 32 bits.
-  if (p.seqlen_q * p.group >= kMaxCtas || p.seqlen_k >= kMaxCtas)
-    return "query rows x group (" + to_string(p.seqlen_q * p.group) + ") and keys (" + to_string(p.seqlen_k) +
+  // The kernels index packed query rows (query rows x group), the combine's rows (query rows x
+  // query heads) and keys of a sequence in 32 bits.
+  if (p.seqlen_q * p.heads_q >= kMaxCtas || p.seqlen_k >= kMaxCtas)
+    return "query rows x query heads (" + to_string(p.seqlen_q * p.heads_q) + ") and keys (" + to_string(p.seqlen_k) +
            ") must be below 2^31 on cuda-decode";
   if (!is_kvcache && p.kv_layout != core::KvLayout::kPaged && p.seqlen_q > kDecodeMaxQueryLen)
     return "cuda-decode serves forward calls over a paged cache or with queries of at most " +
