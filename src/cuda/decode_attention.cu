@@ -35,9 +35,9 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_common.h"
 #include "cuda/decode_launch.h"
-#include "cuda/fast_div.h"
 #include "cuda/decode_tier.h"
 #include "cuda/device_resources.h"
+#include "cuda/fast_div.h"
 
 namespace flashsdpa::cuda {
 namespace decode {
