@@ -48,15 +48,15 @@ inline const char* decode_variant_name(int variant) {
 }
 
 // Benchmark- and test-only (bench/gpu/bench_decode.cu, tests/cuda/test_decode.cpp), read at each
-// launch. `trace`: a device buffer that receives a timeline of the next bf16 calls (kernels of
-// their own; other types run untraced) (per attention CTA:
+// launch. `trace`: a device buffer that receives a timeline of the next bf16 calls, written by
+// kernels of their own (other types run untraced). Per attention CTA:
 // SM id + 1, start, first chunk ready, warp 0's main loop done, end, first copies issued, query
 // tile stored, geometry known, row bounds known, query rows arrived, every warp's state in the
 // merge area (after the merge's barrier), in ns;
 // then kPrologueSteps SM cycle counts of warp 0 after its start: geometry known, query loads
 // issued, accumulators zeroed, first copies begin, first copies issued, row bounds known, query
 // tile stored, first chunk ready; then the spread of the warps' loop ends, max - min and max -
-// mean, in SM cycles; from the buffer's middle, per combine warp: start, end). `variant`: the
+// mean, in SM cycles; from the buffer's middle, per combine warp: start, end. `variant`: the
 // kernel variant. `tma_calls`: counted up by each launch whose K/V the copy engine reads (the tests
 // check which path served them).
 inline constexpr int kPrologueSteps = 8;
