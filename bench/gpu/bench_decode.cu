@@ -97,13 +97,16 @@ __global__ void read_floor_kernel(const uint4* k, const uint4* v, size_t words, 
   if (acc == 0x9e3779b9u) *sink = acc;
 }
 
-// The streaming read of a dense cache in decode's order: CTA (sequence b, kv head h, split y)
-// reads head h's 16-byte pieces of keys [y * S / splits, (y + 1) * S / splits) of sequence b, as
-// the decode kernel's CTAs do (each key row of a K or V array holds every head: a head's pieces
-// are hd * 2 bytes out of every Hkv * hd * 2). kLoads rows of K and of V in flight per thread.
+// The streaming read of a cache in decode's order: CTA (sequence b, kv head h, split y) reads head
+// h's 16-byte pieces of keys [y * S / splits, (y + 1) * S / splits) of sequence b, as the decode
+// kernel's CTAs do (each key row of a K or V array holds every head: a head's pieces are hd * 2
+// bytes out of every Hkv * hd * 2). Paged caches (table != nullptr): key j of sequence b is row
+// j % page of block table[b * blocks_per_seq + j / page], the benchmark's page placement, so the
+// floor pays what the placement costs and nothing of the kernel's paging code. kLoads rows of K
+// and of V in flight per thread.
 template <int kLoads>
 __global__ void head_floor_kernel(const uint4* k, const uint4* v, int64_t seqlen, int hkv, int pieces, int splits,
-                                  unsigned* sink) {
+                                  const int32_t* table, int page, int64_t blocks_per_seq, unsigned* sink) {
   const int y = static_cast<int>(blockIdx.x % splits);
   const int64_t bh = blockIdx.x / splits, h = bh % hkv, b = bh / hkv;
   const int64_t begin = seqlen * y / splits, end = seqlen * (y + 1) / splits;
@@ -114,7 +117,9 @@ __global__ void head_floor_kernel(const uint4* k, const uint4* v, int64_t seqlen
 #pragma unroll
     for (int n = 0; n < kLoads; ++n) {
       const int64_t key = min(j + int64_t(n) * rows_per_step, end - 1);  // clamped: re-reads the last row
-      const int64_t word = ((b * seqlen + key) * hkv + h) * pieces + piece;
+      const int64_t row = table == nullptr ? b * seqlen + key
+                                           : int64_t(table[b * blocks_per_seq + key / page]) * page + key % page;
+      const int64_t word = (row * hkv + h) * pieces + piece;
       a[n] = __ldcs(k + word), c[n] = __ldcs(v + word);
     }
 #pragma unroll
@@ -472,12 +477,13 @@ void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, c
         stream, 10);
     if (us > 0 && us < best_us) best_us = us, best_ctas = sms * per_sm;
   }
-  // Dense caches: the same bytes read in decode's order (head_floor_kernel): one CTA per
-  // (sequence, kv head) as the unsplit decode grid, with 32 warps x 4 rows, 16 warps x 8 or 8 warps x
-  // 16 rows of K and V in flight per thread (128 KB per CTA each), then split 8 and 32 ways (256
-  // threads x 4 rows; the hardware then balances). Keys: "splits/threads".
+  // The same bytes read in decode's order (head_floor_kernel; paged caches through their block
+  // table): one CTA per (sequence, kv head) as the unsplit decode grid, with 32 warps x 4 rows, 16
+  // warps x 8 or 8 warps x 16 rows of K and V in flight per thread (128 KB per CTA each), then split
+  // 8 and 32 ways (256 threads x 4 rows; the hardware then balances). Keys: "splits/threads".
   std::string head_reads;
-  if (!s.paged) {
+  {
+    const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
     struct Config {
       int splits, threads, loads;
     };
@@ -490,7 +496,9 @@ void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, c
             const CacheSet& c = caches[call++ % sets];
             kernel<<<static_cast<unsigned>(s.batch * s.hkv * config.splits), config.threads, 0, stream>>>(
                 static_cast<const uint4*>(c.k->ptr), static_cast<const uint4*>(c.v->ptr), s.seqlen,
-                static_cast<int>(s.hkv), static_cast<int>(s.hd / 8), config.splits, static_cast<unsigned*>(sink.ptr));
+                static_cast<int>(s.hkv), static_cast<int>(s.hd / 8), config.splits,
+                s.paged ? static_cast<const int32_t*>(c.block_table->ptr) : nullptr, static_cast<int>(s.page),
+                blocks_per_seq, static_cast<unsigned*>(sink.ptr));
             check(cudaGetLastError(), "head_floor_kernel");
           },
           stream, 10);
