@@ -33,7 +33,9 @@ void expect_exact(uint32_t d, std::mt19937& rng) {
   const FastDiv f(d);
   for (uint32_t n : numerators(d, rng)) {
     ASSERT_EQ(f.div(n), n / d) << n << " / " << d;
-    ASSERT_EQ(f.mod(n), n % d) << n << " % " << d;
+    const QuotientRemainder qr = f.divmod(n);
+    ASSERT_EQ(qr.quotient, n / d) << n << " / " << d;
+    ASSERT_EQ(qr.remainder, n % d) << n << " % " << d;
   }
 }
 

@@ -188,11 +188,11 @@ __device__ CtaWork cta_work(const Args& a) {
   CtaWork w;
   // 32-bit divisions by launch constants (FastDiv): the grid, packed rows and key counts are below
   // 2^31 (decode_tier_supports).
-  const uint32_t tile = blockIdx.x;
-  const uint32_t bh = a.tiles_div.div(tile), m_tile = tile - bh * a.tiles_div.divisor;
-  const uint32_t b = a.heads_kv_div.div(bh);
-  w.hkv = bh - b * a.heads_kv_div.divisor;
-  w.b = b;
+  const QuotientRemainder tile = a.tiles_div.divmod(blockIdx.x);  // (sequence, kv head), query tile
+  const uint32_t m_tile = tile.remainder;
+  const QuotientRemainder bh = a.heads_kv_div.divmod(tile.quotient);
+  w.b = bh.quotient;
+  w.hkv = bh.remainder;
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
   w.row0 = int64_t(m_tile) * kRows;
@@ -214,7 +214,8 @@ __device__ CtaWork cta_work(const Args& a) {
   const int64_t base = lo / kChunk * kChunk;
   const uint32_t y = blockIdx.y;
   const uint32_t chunks = static_cast<uint32_t>(ceil_div(hi - base, kChunk));
-  const uint32_t per = a.splits_div.div(chunks), extra = chunks - per * a.splits_div.divisor;
+  const QuotientRemainder share = a.splits_div.divmod(chunks);
+  const uint32_t per = share.quotient, extra = share.remainder;
   const int64_t split_begin = base + int64_t(y * per + min(y, extra)) * kChunk;
   const int64_t split_end = split_begin + int64_t(per + (y < extra ? 1 : 0)) * kChunk;
   w.chunk0 = split_begin;
@@ -222,6 +223,16 @@ __device__ CtaWork cta_work(const Args& a) {
   w.key_end = min(split_end, hi);
   if (w.key_end < w.key_begin) w.key_end = w.key_begin;
   return w;
+}
+
+// Packed row r of a (sequence, kv head) tile: query row r / group of head hkv * group + r % group
+// (GQA packing: a kv head's query heads side by side, row by row).
+struct PackedRow {
+  int64_t i, h;
+};
+__device__ __forceinline__ PackedRow packed_row(const Args& a, int64_t hkv, int64_t packed) {
+  const QuotientRemainder ig = a.group_div.divmod(static_cast<uint32_t>(packed));
+  return {ig.quotient, hkv * a.p.group + ig.remainder};
 }
 
 // One packed row of the tile as a lane sees it.
@@ -239,9 +250,9 @@ __device__ RowInfo row_info(const Args& a, const CtaWork& w, int r) {
   RowInfo row;
   const int64_t packed = w.row0 + r;
   row.valid = packed < w.packed_rows;
-  const uint32_t group = a.group_div.divisor, i = a.group_div.div(static_cast<uint32_t>(packed));
-  row.i = row.valid ? i : 0;
-  row.h = w.hkv * p.group + (row.valid ? static_cast<uint32_t>(packed) - i * group : 0);
+  const PackedRow at = packed_row(a, w.hkv, packed);
+  row.i = row.valid ? at.i : 0;
+  row.h = row.valid ? at.h : w.hkv * p.group;
   row.key_begin = row.valid ? max(w.mask.row_begin(row.i), w.key_begin) : 0;
   row.key_end = row.valid ? min(w.mask.row_end(row.i), w.key_end) : 0;
   row.mod.softcap = p.softcap;
@@ -314,8 +325,8 @@ __device__ QueryPairs<kHeadDim, kWarps> fetch_query(const Args& a, const CtaWork
   const int r = threadIdx.x / kThreadsPerRow, first_pair = threadIdx.x % kThreadsPerRow;
   const int64_t packed = w.row0 + r;
   const bool real = packed < w.packed_rows;
-  const uint32_t group = a.group_div.divisor, row_i = a.group_div.div(static_cast<uint32_t>(packed));
-  const int64_t i = real ? row_i : 0, h = w.hkv * p.group + (real ? static_cast<uint32_t>(packed) - row_i * group : 0);
+  const PackedRow at = packed_row(a, w.hkv, packed);
+  const int64_t i = real ? at.i : 0, h = real ? at.h : w.hkv * p.group;  // a padded row reads row 0
   const T* row = static_cast<const T*>(p.q.ptr) + core::q_offset(p, w.s, w.b, i, h);
   const int64_t table_row = rotary_dim > 0 ? core::rotary_row(p, core::rotary_q_position(p, w.s, i)) : -1;
   const int dqk = static_cast<int>(p.head_dim_qk);
@@ -850,9 +861,7 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
   const int real_rows = static_cast<int>(min(int64_t(kRows), w.packed_rows - w.row0));
   const int dv = static_cast<int>(p.head_dim_v);
   for (int row = warp; row < real_rows; row += kWarps) {
-    const int64_t packed = w.row0 + row;
-    const uint32_t group = a.group_div.divisor, row_i = a.group_div.div(static_cast<uint32_t>(packed));
-    const int64_t i = row_i, h = w.hkv * p.group + (static_cast<uint32_t>(packed) - row_i * group);
+    const auto [i, h] = packed_row(a, w.hkv, w.row0 + row);
     float max_k[kWarps], sum_k[kWarps];
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) max_k[k] = max_of(k)[row], sum_k[k] = sum_of(k)[row];
@@ -1132,8 +1141,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   const int64_t item = int64_t(blockIdx.x) * kCombineWarps + warp, b = blockIdx.y;
   if (item >= p.seqlen_q * p.heads_q) return;
   const core::SeqView s = core::sequence(p, b);
-  const uint32_t i_of_item = a.heads_q_div.div(static_cast<uint32_t>(item));  // item < 2^31: decode_tier_supports
-  const int64_t i = i_of_item, h = static_cast<uint32_t>(item) - i_of_item * a.heads_q_div.divisor;
+  const QuotientRemainder ih = a.heads_q_div.divmod(static_cast<uint32_t>(item));  // item < 2^31: decode_tier_supports
+  const int64_t i = ih.quotient, h = ih.remainder;
   if (i >= s.sq) return;
   const int64_t r = (p.q_layout == core::QLayout::kVarlen ? 0 : b * p.seqlen_q) + s.q_row0 + i;
   auto slot = [&](int split) { return (int64_t(split) * a.q_rows + r) * p.heads_q + h; };

@@ -22,6 +22,11 @@ FLASHSDPA_HD uint32_t mul_high_u32(uint32_t a, uint32_t b) {
 #endif
 }
 
+// A quotient and its remainder (FastDiv::divmod).
+struct QuotientRemainder {
+  uint32_t quotient, remainder;
+};
+
 struct FastDiv {
   uint32_t divisor = 1;
   uint32_t multiplier = 1;  // 2^32 (2^shift - divisor) / divisor + 1, rounded down before the + 1
@@ -32,9 +37,13 @@ struct FastDiv {
     while ((uint64_t(1) << shift) < d) ++shift;
     multiplier = static_cast<uint32_t>((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d) / d + 1);
   }
-  // n / divisor and n % divisor for n < 2^31.
+  // n / divisor for n < 2^31.
   FLASHSDPA_HD uint32_t div(uint32_t n) const { return (mul_high_u32(n, multiplier) + n) >> shift; }
-  FLASHSDPA_HD uint32_t mod(uint32_t n) const { return n - div(n) * divisor; }
+  // n / divisor and n % divisor for n < 2^31, from one multiply-high.
+  FLASHSDPA_HD QuotientRemainder divmod(uint32_t n) const {
+    const uint32_t q = div(n);
+    return {q, n - q * divisor};
+  }
 };
 
 }  // namespace flashsdpa::cuda
