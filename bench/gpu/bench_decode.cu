@@ -14,7 +14,8 @@
 // shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
 // blocks in order, in a random permutation (the default), or permuted within each group of 64
 // blocks (local: the same page-sized jumps, a small address range at a time); --floor also times,
-// per shape, what any kernel reading the same bytes needs (below); --scratch arena|pool says where
+// per shape, what any kernel reading the same bytes needs (below); --floor-blocks the same bytes read
+// in whole blocks of K rows then V rows, as cuDNN's kernel steps (block_floor_kernel, dense caches); --scratch arena|pool says where
 // split-KV partials come from (arena_allocator); --lengths tensor|int gives the cache lengths as an
 // int32 tensor on the device (the default) or as one int for every sequence. Options apply to the
 // shapes after them.
@@ -50,6 +51,7 @@
 #include "core/validate.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_tier.h"
+#include "cuda/device_utils.cuh"
 #include "flashsdpa/flashsdpa.h"
 
 namespace {
@@ -124,6 +126,50 @@ __global__ void head_floor_kernel(const uint4* k, const uint4* v, int64_t seqlen
     }
 #pragma unroll
     for (int n = 0; n < kLoads; ++n) acc ^= a[n].x ^ a[n].w ^ c[n].y ^ c[n].z;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
+// The same bytes read in steps of whole blocks, as cuDNN's decode kernel moves them (docs/perf-log.md,
+// CUDA decode, run 23): CTA (sequence b, kv head h) copies kBlockRows key rows of K, then the same
+// rows of V, into shared memory by cp.async (16 bytes each, every thread's share of a block issued
+// together), kStages blocks deep, the CTA stepping from block to block together; nothing is
+// computed. Dense caches only (--floor-blocks).
+template <int kBlockRows, int kStages>
+__global__ void block_floor_kernel(const uint4* k, const uint4* v, int64_t seqlen, int hkv, int pieces,
+                                   unsigned* sink) {
+  extern __shared__ uint4 stages[];  // kStages x {K, V} x kBlockRows x pieces
+  const int64_t h = blockIdx.x % hkv, b = blockIdx.x / hkv;
+  const int blocks = static_cast<int>((seqlen + kBlockRows - 1) / kBlockRows);
+  const int per_operand = kBlockRows * pieces;
+  // Thread t copies piece t % pieces of rows t / pieces, + rows_per_pass, ... of each block: its
+  // addresses are a base and a row step worked out once (as a production kernel's would be).
+  const int rows_per_pass = blockDim.x / pieces, my_row = threadIdx.x / pieces;
+  const int64_t row_words = int64_t(hkv) * pieces;
+  const uint4* k_base = k + (b * seqlen * hkv + h) * pieces + threadIdx.x % pieces;
+  const uint4* v_base = v + (b * seqlen * hkv + h) * pieces + threadIdx.x % pieces;
+  auto issue = [&](int j) {
+    uint4* dst = stages + size_t(j % kStages) * 2 * per_operand + threadIdx.x;
+    const int64_t key0 = int64_t(j) * kBlockRows + my_row;
+    for (int r = 0; r < kBlockRows; r += rows_per_pass)  // the block's K rows, then its V rows
+      flashsdpa::cuda::cp_async_16(flashsdpa::cuda::smem_address(dst + r * pieces),
+                                   k_base + min(key0 + r, seqlen - 1) * row_words, 16);  // clamped: re-reads the last row
+    for (int r = 0; r < kBlockRows; r += rows_per_pass)
+      flashsdpa::cuda::cp_async_16(flashsdpa::cuda::smem_address(dst + per_operand + r * pieces),
+                                   v_base + min(key0 + r, seqlen - 1) * row_words, 16);
+  };
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < blocks) issue(j);
+    flashsdpa::cuda::cp_async_commit();
+  }
+  unsigned acc = 0;
+  for (int j = 0; j < blocks; ++j) {
+    if (j + kStages - 1 < blocks) issue(j + kStages - 1);
+    flashsdpa::cuda::cp_async_commit();
+    flashsdpa::cuda::cp_async_wait<kStages - 1>();
+    __syncthreads();
+    acc ^= stages[size_t(j % kStages) * 2 * per_operand + threadIdx.x].x;
+    __syncthreads();  // the stage is refilled by the next step's copies
   }
   if (acc == 0x9e3779b9u) *sink = acc;
 }
@@ -218,6 +264,7 @@ struct Options {
   int variant = 0;
   enum class PageOrder { kSequential, kRandom, kLocal } page_order = PageOrder::kRandom;
   bool floor = false;
+  bool block_floor = false;
   bool arena_scratch = true;
   // How the call gives the cache lengths: an int32 tensor on the device (the serving form: the
   // kernel loads each sequence's length before its first copy), or one int for every sequence
@@ -524,6 +571,45 @@ void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, c
   std::fflush(stdout);
 }
 
+// --floor-blocks: block_floor_kernel at several block sizes, depths and CTA sizes on a dense cache,
+// graph-timed as the floor (us per call keyed "rows x stages / threads").
+void run_block_floor(const Shape& s, std::vector<CacheSet>& caches, cudaStream_t stream) {
+  DeviceBuffer sink(4);
+  const int sets = static_cast<int>(caches.size());
+  struct Config {
+    int rows, stages, threads;
+    void (*kernel)(const uint4*, const uint4*, int64_t, int, int, unsigned*);
+  };
+  const Config configs[] = {{128, 2, 128, block_floor_kernel<128, 2>}, {128, 2, 256, block_floor_kernel<128, 2>},
+                            {128, 3, 128, block_floor_kernel<128, 3>}, {64, 2, 128, block_floor_kernel<64, 2>},
+                            {64, 4, 256, block_floor_kernel<64, 4>},   {32, 4, 128, block_floor_kernel<32, 4>},
+                            {32, 8, 256, block_floor_kernel<32, 8>},   {16, 8, 128, block_floor_kernel<16, 8>}};
+  std::string reads;
+  for (const Config& config : configs) {
+    const size_t smem = size_t(config.stages) * 2 * config.rows * s.hd * 2;
+    check(cudaFuncSetAttribute(config.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "block floor smem");
+    int call = 0;
+    const double us = time_graph_us(
+        [&] {
+          const CacheSet& c = caches[call++ % sets];
+          config.kernel<<<static_cast<unsigned>(s.batch * s.hkv), config.threads, smem, stream>>>(
+              static_cast<const uint4*>(c.k->ptr), static_cast<const uint4*>(c.v->ptr), s.seqlen,
+              static_cast<int>(s.hkv), static_cast<int>(s.hd / 8), static_cast<unsigned*>(sink.ptr));
+          check(cudaGetLastError(), "block_floor_kernel");
+        },
+        stream, 10);
+    char cell[64];
+    std::snprintf(cell, sizeof cell, "%s\"%dx%d/%d\": %.2f", reads.empty() ? "" : ", ", config.rows, config.stages,
+                  config.threads, us);
+    reads += cell;
+  }
+  std::printf("{\"block_floor\": true, \"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, "
+              "\"hd\": %lld, \"block_read_us\": {%s}}\n",
+              (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd, reads.c_str());
+  std::fflush(stdout);
+}
+
 void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const int splits = opt.splits;
   const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
@@ -609,6 +695,7 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
               graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
   std::fflush(stdout);
   if (opt.floor) run_floor(s, caches, kv_bytes, stream);
+  if (opt.block_floor && !s.paged) run_block_floor(s, caches, stream);
 }
 
 void run_copy(cudaStream_t stream) {
@@ -651,6 +738,8 @@ int main(int argc, char** argv) {
       opt.lengths_on_device = form == "tensor";
     } else if (arg == "--floor") {
       opt.floor = true;
+    } else if (arg == "--floor-blocks") {
+      opt.block_floor = true;
     } else if (arg == "--trace") {
       opt.trace = true;
     } else if (arg == "--scratch" && n + 1 < argc) {

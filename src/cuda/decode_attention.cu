@@ -61,12 +61,13 @@ constexpr int threads_per_row() {
 // Shared-memory geometry of one head-dim bucket.
 //
 // Stage depth: decode reads K/V once, so what hides DRAM latency is bytes in flight. A 16-key
-// chunk of K and V at head dim 128 (bf16) is 8 KB; with 3 stages a warp keeps 2 chunks in flight
-// while it computes the third: 4 warps x 2 x 8 KB = 64 KB per CTA, and the 109 KB CTA leaves room
-// for a second CTA on an SM (228 KB), so ~128 KB per SM is in flight — several times the ~25 KB
-// Little's law asks for at 25 GB/s per SM and ~1 us of loaded latency. Head dim 64 chunks are
-// half the size, so 4 stages; head dim 256 chunks are 16 KB, so 2 stages (one CTA per SM). An
-// 8-warp CTA at head dim 128 is 213 KB: one per SM, the same bytes in flight.
+// chunk of K and V at head dim 128 (bf16) is 8 KB; a warp's loop keeps up to kStages - 1 chunks in
+// flight (its depth, below): 4 warps x 2 x 8 KB = 64 KB per CTA, and the 109 KB CTA leaves room for
+// a second CTA on an SM (228 KB), so ~128 KB per SM is in flight — several times the ~25 KB
+// Little's law asks for at 25 GB/s per SM and ~1 us of loaded latency, and more no longer helps
+// (run 23: 192 KB per SM read 0.1-0.9% slower). Head dim 64 chunks are half the size, so 4 stages;
+// head dim 256 chunks are 16 KB, so 2 stages (one CTA per SM). An 8-warp CTA at head dim 128 is
+// 213 KB: one per SM, the same bytes in flight.
 template <int kHeadDim>
 struct Tile {
   static constexpr int kStages = kHeadDim <= 64 ? 4 : kHeadDim <= 128 ? 3 : 2;
@@ -135,6 +136,7 @@ struct Args {
   bool plain_scores;       // no softcap, no ALiBi: an unmasked score is s * scale
   bool rotate_q;           // rotary on q (KV-cache calls with rotary tables)
   bool q_pairs;            // every query element pair (2t, 2t + 1) one aligned 4-byte word: Dqk even, q 4-byte aligned
+  bool short_queue;        // head dim 64, more CTAs than one wave: one chunk fewer in flight per warp
   // K/V chunks by the tensor copy engine (load_kv_chunk_tma, kernels instantiated with kTma):
   // one 5-d box per chunk of K and of V, {64 dims, 1 head, kChunk rows, 1 sequence or block,
   // kHeadDim / 64 slabs} (tma_map).
@@ -1018,9 +1020,17 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
   // last of them stores the query tile, so the copy code exists once and is warm in the
   // instruction cache when the steady state begins.
-  // Chunks in flight per warp while it waits: kStages, or 2 in the 8-warp CTA of split calls,
-  // where the shallower queue was 2-4% faster (docs/perf-log.md, CUDA decode, run 12).
-  constexpr int depth = kWarps == kWideWarps ? 2 : Cfg::kStages;
+  // Chunks in flight per warp while it waits (one fewer while it computes): one short of kStages
+  // (2 at head dim 128 and 256, 3 at 64), as the stage the warp computes on is refilled only
+  // after it. A fuller queue reads slower once the grid fills the GPU: the 4-warp kernel at 3 (two
+  // CTAs per SM, 192 KB in flight each SM at head dim 128) ran 0.1-0.9% slower than at 2 at every
+  // multi-wave shape, paged included (B 32 x 4k paged 16 181.8 -> 180.3 us), and at head dim 64 at
+  // 4 than at 3 (B 8 x 8k 51.3 -> 50.8); the 8-warp CTA of split calls was 2-4% faster at 2 than at
+  // 3, and 12-23% slower at 1. Head dim 64 calls of more than one wave (Args::short_queue) go one
+  // shallower still, 2: Hq 64 B 64 x 8k 409.3 -> 397.1 us, B 64 x 16k 818.0 -> 797.3, where calls of
+  // one wave were level or up to 0.5% slower at 2 (docs/perf-log.md, CUDA decode, runs 12 and 23).
+  constexpr int kDepth = Cfg::kStages > 2 ? Cfg::kStages - 1 : Cfg::kStages;
+  const int depth = Cfg::kStages > 3 && a.short_queue ? kDepth - 1 : kDepth;
   // Paged caches: the warps step through their chunks together. Every second chunk, once its
   // copies have left, a warp waits for the CTA's other warps (results do not change: the barrier
   // moves no data). Paged 16 ran 1.0-1.6% faster at hd 128 (B 8 x 8k to B 64 x 16k, Hq 64 B 16 x
@@ -1054,7 +1064,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     if (n < lockstep_chunks && n % 2 == 1) __syncthreads();  // every warp has chunks up to lockstep_chunks
     const int stage = n % Cfg::kStages;
     if constexpr (kTma) mbarrier_wait(my_barriers + 8 * stage, (n / Cfg::kStages) & 1);
-    else cp_async_wait<depth - 1>();
+    else if constexpr (Cfg::kStages > 3) {
+      if (depth == kDepth) cp_async_wait<kDepth - 1>();
+      else cp_async_wait<kDepth - 2>();
+    } else {
+      cp_async_wait<kDepth - 1>();
+    }
     __syncwarp();
     if (kTrace && n == 0) t_first = global_ns(), step_done(7, cycles());
     float s[2][4];
@@ -1344,8 +1359,10 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 
   const int device = current_device();
   // resident_ctas also raises the kernel's shared-memory limit.
-  const int splits = split_count(p, resident_ctas<E, kHeadDim, kWarps>(device));
+  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);
+  const int splits = split_count(p, resident);
   a.num_splits = splits;
+  a.short_queue = Tile<kHeadDim>::kStages > 3 && work * splits > resident;
   a.tiles_div = FastDiv(static_cast<uint32_t>(a.m_tiles));
   a.heads_kv_div = FastDiv(static_cast<uint32_t>(p.heads_kv));
   a.heads_q_div = FastDiv(static_cast<uint32_t>(p.heads_q));

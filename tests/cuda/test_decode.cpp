@@ -691,6 +691,26 @@ TEST_P(DecodeKvcache, SanitizeManySplits) {
   }
 }
 
+// More CTAs than one wave at head dim 64, where each warp keeps one chunk fewer in flight
+// (Args::short_queue): 130 sequences x 4 kv heads unsplit are 520 CTAs, above the 3 x 132 of an
+// H100 or H200. Short, uneven lengths (some empty) keep the float64 reference cheap.
+TEST_P(DecodeKvcache, SanitizeHeadDim64ManyWaves) {
+  FLASHSDPA_SKIP_WITHOUT_GPU();
+  AttnConfig c = decode_config(Layout::kPagedCache, DType::kBFloat16);
+  c.batch = 130;
+  c.heads_q = 16;
+  c.heads_kv = 4;
+  c.head_dim_qk = c.head_dim_v = 64;
+  c.cache_capacity = 112;  // the longest: 100 cached + 2 appended
+  c.cache_seqlens.clear();
+  for (int64_t b = 0; b < c.batch; ++b) c.cache_seqlens.push_back((b * 37) % 101);
+  c.num_splits = 1;
+  for (int64_t seqlen_q : {1, 2}) {
+    c.seqlen_q = c.seqlen_new = seqlen_q;
+    expect_kvcache_passes(c);
+  }
+}
+
 // ---- attention_kvcache on fp32 caches: cuda-fp32 ----------------------------------------------------
 //
 // The append is cuda-decode's kernel; the attention is the exact fp32 forward, which does not
