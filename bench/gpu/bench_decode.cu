@@ -14,11 +14,11 @@
 // shipped choice and default, pair and wide); --page-order sequential|random hands paged caches their
 // blocks in order, in a random permutation (the default), or permuted within each group of 64
 // blocks (local: the same page-sized jumps, a small address range at a time); --floor also times,
-// per shape, what any kernel reading the same bytes needs (below); --floor-blocks the same bytes read
-// in whole blocks of K rows then V rows, as cuDNN's kernel steps (block_floor_kernel, dense caches); --scratch arena|pool says where
-// split-KV partials come from (arena_allocator); --lengths tensor|int gives the cache lengths as an
-// int32 tensor on the device (the default) or as one int for every sequence. Options apply to the
-// shapes after them.
+// per shape, what any kernel reading the same bytes needs (below); --floor-blocks times the same
+// bytes read in whole blocks of K rows then V rows, as cuDNN's kernel steps (block_floor_kernel,
+// dense caches); --scratch arena|pool says where split-KV partials come from (arena_allocator);
+// --lengths tensor|int gives the cache lengths as an int32 tensor on the device (the default) or as
+// one int for every sequence. Options apply to the shapes after them.
 //
 // The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
 // K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
