@@ -151,9 +151,10 @@ __global__ void block_floor_kernel(const uint4* k, const uint4* v, int64_t seqle
   auto issue = [&](int j) {
     uint4* dst = stages + size_t(j % kStages) * 2 * per_operand + threadIdx.x;
     const int64_t key0 = int64_t(j) * kBlockRows + my_row;
-    for (int r = 0; r < kBlockRows; r += rows_per_pass)  // the block's K rows, then its V rows
+    // The block's K rows, then its V rows; keys past the end clamped (the last row read again).
+    for (int r = 0; r < kBlockRows; r += rows_per_pass)
       flashsdpa::cuda::cp_async_16(flashsdpa::cuda::smem_address(dst + r * pieces),
-                                   k_base + min(key0 + r, seqlen - 1) * row_words, 16);  // clamped: re-reads the last row
+                                   k_base + min(key0 + r, seqlen - 1) * row_words, 16);
     for (int r = 0; r < kBlockRows; r += rows_per_pass)
       flashsdpa::cuda::cp_async_16(flashsdpa::cuda::smem_address(dst + per_operand + r * pieces),
                                    v_base + min(key0 + r, seqlen - 1) * row_words, 16);
