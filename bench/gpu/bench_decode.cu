@@ -273,6 +273,16 @@ struct Options {
   bool lengths_on_device = true;
 };
 
+// A two-valued option: *flag = (value == yes) for `yes` or `no`; false, after a message, otherwise.
+bool two_way(const std::string& value, const char* yes, const char* no, const char* what, bool* flag) {
+  if (value != yes && value != no) {
+    std::fprintf(stderr, "unknown %s '%s' (%s|%s)\n", what, value.c_str(), yes, no);
+    return false;
+  }
+  *flag = value == yes;
+  return true;
+}
+
 const char* page_order_name(Options::PageOrder order) {
   switch (order) {
     case Options::PageOrder::kSequential: return "sequential";
@@ -731,12 +741,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else if (arg == "--lengths" && n + 1 < argc) {
-      const std::string form = argv[++n];
-      if (form != "tensor" && form != "int") {
-        std::fprintf(stderr, "unknown lengths '%s' (tensor|int)\n", form.c_str());
-        return 2;
-      }
-      opt.lengths_on_device = form == "tensor";
+      if (!two_way(argv[++n], "tensor", "int", "lengths", &opt.lengths_on_device)) return 2;
     } else if (arg == "--floor") {
       opt.floor = true;
     } else if (arg == "--floor-blocks") {
@@ -744,12 +749,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--trace") {
       opt.trace = true;
     } else if (arg == "--scratch" && n + 1 < argc) {
-      const std::string where = argv[++n];
-      if (where != "arena" && where != "pool") {
-        std::fprintf(stderr, "unknown scratch '%s' (arena|pool)\n", where.c_str());
-        return 2;
-      }
-      opt.arena_scratch = where == "arena";
+      if (!two_way(argv[++n], "arena", "pool", "scratch", &opt.arena_scratch)) return 2;
     } else if (arg == "--variant" && n + 1 < argc) {
       const std::string name = argv[++n];
       opt.variant = -1;
