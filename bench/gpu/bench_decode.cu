@@ -18,8 +18,7 @@
 // bytes read in whole blocks of K rows then V rows, as cuDNN's kernel steps (block_floor_kernel,
 // dense caches); --scratch arena|pool says where split-KV partials come from (arena_allocator);
 // --lengths tensor|int gives the cache lengths as an int32 tensor on the device (the default) or as
-// one int for every sequence; --ring-slots N sizes the copy engine's chunk ring of each CTA (0: the
-// shipped choice). Options apply to the shapes after them.
+// one int for every sequence. Options apply to the shapes after them.
 //
 // The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
 // K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
@@ -762,10 +761,6 @@ int main(int argc, char** argv) {
       }
       flashsdpa::cuda::DecodeDebug debug = flashsdpa::cuda::decode_debug();
       debug.variant = opt.variant;
-      flashsdpa::cuda::decode_set_debug(debug);
-    } else if (arg == "--ring-slots" && n + 1 < argc) {
-      flashsdpa::cuda::DecodeDebug debug = flashsdpa::cuda::decode_debug();
-      debug.ring_slots = std::atoi(argv[++n]);
       flashsdpa::cuda::decode_set_debug(debug);
     } else {
       Shape s;

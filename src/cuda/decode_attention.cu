@@ -71,9 +71,6 @@ constexpr int threads_per_row() {
 template <int kHeadDim>
 struct Tile {
   static constexpr int kStages = kHeadDim <= 64 ? 4 : kHeadDim <= 128 ? 3 : 2;
-  // Chunks a warp keeps in flight while it waits (split_kv_attention_kernel): one short of kStages
-  // where a spare stage exists, as the stage a warp computes on is refilled only after it.
-  static constexpr int kDepth = kStages > 2 ? kStages - 1 : kStages;
   // Q's A fragments stay in registers (kHeadDim / 4 of them) up to head dim 128. At 256 they and
   // the 128 O accumulators would exceed the 255-register budget, so Q is re-read from shared
   // memory per chunk (16 ldmatrix per 16 KB of K/V: noise).
@@ -108,29 +105,20 @@ __device__ __forceinline__ int kv_offset(int row, int d) {
   return (d >> 6) * (kChunk * 64) + row * 64 + (((((d & 63) >> 3) ^ (row & 7))) << 3) + (d & 7);
 }
 
-// Shared memory of a CTA of kWarps warps. Its chunk slots come first (the copy engine's 128-byte
-// swizzle needs its boxes on 1024-byte boundaries): each warp's kStages stages (cp.async), or the
-// CTA's ring of kDepth x kWarps slots (kRing: the copy engine's chunks; split_kv_attention_kernel).
-// Then each warp's merge state, fp32 O [kRows][kOPitch], max and sum [kRows] (merge_and_store):
-// in the warp's own stages, free once its last chunk is consumed, or after the ring, whose slots
-// other warps may still read when a warp's loop ends. Then the query tile, a valid-key mask per
-// slot (with the ring: the slot's chunk number in the high word), each warp's loop end (trace),
-// and the slots' mbarriers (copy engine).
-template <int kHeadDim, int kWarps, bool kRing>
+// Shared memory of a CTA of kWarps warps: each warp's pipeline (first: the copy engine's 128-byte
+// swizzle needs its boxes on 1024-byte boundaries), the query tile, the valid-key masks and the
+// stages' mbarriers (TMA copies). After its loop each warp's stages hold its fp32 O [kRows][kOPitch],
+// max and sum (merge_and_store).
+template <int kHeadDim, int kWarps>
 struct CtaSmem {
   using Cfg = Tile<kHeadDim>;
-  static constexpr int kSlots = kRing ? Cfg::kDepth * kWarps : Cfg::kStages * kWarps;
-  static constexpr size_t kPipelineBytes = size_t(kSlots) * Cfg::kStageBytes;
-  static constexpr size_t kMergeStateBytes = size_t(kRows) * (Cfg::kOPitch + 2) * sizeof(float);
-  static constexpr size_t kMergeStride = kRing ? kMergeStateBytes : size_t(Cfg::kStages) * Cfg::kStageBytes;
-  static constexpr size_t kMergeOffset = kRing ? kPipelineBytes : 0;
-  static constexpr size_t kQOffset = kRing ? kMergeOffset + kWarps * kMergeStride : kPipelineBytes;
-  static constexpr size_t kSlotWordOffset = kQOffset + Cfg::kQBytes;
-  static constexpr size_t kLoopEndOffset = kSlotWordOffset + size_t(kSlots) * sizeof(uint64_t);
-  static constexpr size_t kBarrierOffset = kLoopEndOffset + size_t(kWarps) * sizeof(uint64_t);
-  static constexpr size_t kBytes = kBarrierOffset + size_t(kSlots) * sizeof(uint64_t);
+  static constexpr size_t kPipelineBytes = size_t(kWarps) * Cfg::kStages * Cfg::kStageBytes;
+  static constexpr size_t kQOffset = kPipelineBytes;
+  static constexpr size_t kMaskOffset = kQOffset + Cfg::kQBytes;
+  static constexpr size_t kMaskBytes = size_t(kWarps) * Cfg::kStages * sizeof(uint32_t);
+  static constexpr size_t kBarrierOffset = (kMaskOffset + kMaskBytes + 7) / 8 * 8;
+  static constexpr size_t kBytes = kBarrierOffset + size_t(kWarps) * Cfg::kStages * sizeof(uint64_t);
   static_assert(Cfg::kStageBytes % 2048 == 0, "K and V chunks start on 1024-byte boundaries");
-  static_assert(kMergeStateBytes <= kMergeStride && kMergeStride % 16 == 0, "a warp's merge state fits, aligned");
 };
 
 struct Args {
@@ -153,7 +141,6 @@ struct Args {
   // one 5-d box per chunk of K and of V, {64 dims, 1 head, kChunk rows, 1 sequence or block,
   // kHeadDim / 64 slabs} (tma_map).
   CUtensorMap k_map, v_map;
-  int ring_slots;          // the copy engine's chunks: slots of the CTA's ring, kWarps .. CtaSmem<.., true>::kSlots
   // Benchmark timeline: per CTA smid, start, first chunk, warp 0's loop end, end, first copies
   // issued, query tile stored, CTA geometry known, row bounds known, query rows arrived, merge
   // area complete (DecodeDebug).
@@ -832,16 +819,17 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 // Merges the warps' states through shared memory and writes out = O / Z and lse, with the
 // sink in Z when the call has sinks — only when this CTA is the whole row: with splits it writes
 // the split's partials, and the combine adds the sink once.
-template <class E, int kHeadDim, int kWarps, bool kRing, bool kTrace>
+template <class E, int kHeadDim, int kWarps, bool kTrace>
 __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
                                 int warp, unsigned long long& t_merged) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
   const core::Problem& p = a.p;
-  // Warp k's state where no other warp's chunk lands (CtaSmem: its own stages, or past the ring),
-  // so a warp writes as soon as its loop ends, while slower warps still stream: O [kRows][kOPitch],
-  // then max and sum [kRows] each.
-  constexpr int kRegionFloats = CtaSmem<kHeadDim, kWarps, kRing>::kMergeStride / sizeof(float);
+  // Warp k's state in its own pipeline stages (free once its last chunk is consumed, so a warp
+  // writes as soon as its loop ends, while slower warps still stream): O [kRows][kOPitch], then
+  // max and sum [kRows] each.
+  constexpr int kRegionFloats = Cfg::kStages * Cfg::kStageBytes / sizeof(float);
+  static_assert(kRows * (Cfg::kOPitch + 2) <= kRegionFloats, "a warp's state fits in its stages");
   auto o_rows = [&](int k) { return merge + k * kRegionFloats; };
   auto max_of = [&](int k) { return merge + k * kRegionFloats + kRows * Cfg::kOPitch; };
   auto sum_of = [&](int k) { return max_of(k) + kRows; };
@@ -941,7 +929,7 @@ template <class E, int kHeadDim, int kWarps, bool kTma, bool kTrace>
 __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const __grid_constant__ Args a) {
   using T = typename E::T;
   using Cfg = Tile<kHeadDim>;
-  using Smem = CtaSmem<kHeadDim, kWarps, kTma>;
+  using Smem = CtaSmem<kHeadDim, kWarps>;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const unsigned long long t_start = kTrace ? global_ns() : 0;
   const long long c_start = kTrace ? cycles() : 0;
@@ -962,67 +950,55 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   if (kTrace) step_done(0, cycles_after(static_cast<uint32_t>(w.key_end)));
 
   extern __shared__ __align__(1024) unsigned char smem[];  // 1024: the copy engine's swizzle (kv_offset)
+  unsigned char* pipeline = smem;
   T* q_tile = reinterpret_cast<T*>(smem + Smem::kQOffset);
-  // Per slot: the chunk it holds (high word; the ring) and which of its keys are valid (low word).
-  uint64_t* slot_words = reinterpret_cast<uint64_t*>(smem + Smem::kSlotWordOffset);
-  uint32_t* loop_ends = reinterpret_cast<uint32_t*>(smem + Smem::kLoopEndOffset);  // trace, per warp
-  const uint32_t barriers = smem_address(smem + Smem::kBarrierOffset);  // the ring's, one per slot
+  uint32_t* valid_masks = reinterpret_cast<uint32_t*>(smem + Smem::kMaskOffset);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  auto k_slot = [&](int slot) { return reinterpret_cast<T*>(smem) + size_t(slot) * 2 * Cfg::kChunkElems; };
-  auto v_slot = [&](int slot) { return k_slot(slot) + Cfg::kChunkElems; };
+  // TMA: stage s of this warp completes on mbarrier s of the warp (one arrival: the issuing lane's).
+  const uint32_t my_barriers = smem_address(smem + Smem::kBarrierOffset) + warp * Cfg::kStages * 8;
+  if constexpr (kTma) {
+    if (lane == 0) {
+      if (smem_address(smem) % 1024 != 0) __trap();  // the swizzle would not match kv_offset
+#pragma unroll
+      for (int stage = 0; stage < Cfg::kStages; ++stage) mbarrier_init(my_barriers + 8 * stage, 1);
+    }
+    __syncwarp();
+  }
+
+  T* my_stages = reinterpret_cast<T*>(pipeline) + size_t(warp) * Cfg::kStages * 2 * Cfg::kChunkElems;
+  uint32_t* my_masks = valid_masks + warp * Cfg::kStages;
+  auto k_stage = [&](int stage) { return my_stages + size_t(stage) * 2 * Cfg::kChunkElems; };
+  auto v_stage = [&](int stage) { return k_stage(stage) + Cfg::kChunkElems; };
 
   const int chunks = w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kChunk)) : 0;
   const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
-  auto key0_of = [&](int c) { return w.chunk0 + int64_t(c) * kChunk; };  // chunk c of the CTA's split
-
-  // The copy engine's chunks go round a ring of Args::ring_slots slots that the CTA's warps share:
-  // chunk c in slot c % ring_slots, its full barrier completed by the issuing lane's expected
-  // bytes. The warp that consumes chunk c refills its slot with chunk c + ring_slots, which some
-  // other warp consumes, so the bytes in flight are set by the ring's size, not by each warp's
-  // queue depth. With an odd number of slots per warp, a slot's chunks alternate between warps and
-  // a warp can reach a slot two fills ahead of the one in flight, where a parity wait would return
-  // at once: a consumer first waits for the slot's word to name its chunk (written when the chunk
-  // is issued), and from then on the barrier's phase is that chunk's.
-  const int ring_slots = kTma ? a.ring_slots : 0;
-  if constexpr (kTma) {
-    if (warp == 0) {
-      if (lane == 0 && smem_address(smem) % 1024 != 0) __trap();  // the swizzle would not match kv_offset
-      for (int slot = lane; slot < ring_slots; slot += 32) {
-        mbarrier_init(barriers + 8 * slot, 1);
-        slot_words[slot] = ~0ull;  // no chunk
-      }
-    }
-    __syncthreads();
-  }
-
+  auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kChunk; };
   // Paged caches whose pages hold whole chunks: the block-table entry of a warp's next chunk is
   // loaded while this chunk's copies are issued, so the copies never wait on the table (a
   // dependent round trip per chunk otherwise; docs/perf-log.md, CUDA decode, run 10); it is
   // range-checked only when used, one chunk later, so the warp does not wait on the load at
-  // the check (docs/perf-log.md, CUDA decode, run 15). The ring (paged only under the `tma`
-  // variant; dense K/V elsewhere) looks its entries up as it issues.
+  // the check (docs/perf-log.md, CUDA decode, run 15).
   const bool blocks_ahead = a.p.kv_layout == core::KvLayout::kPaged && a.strided_chunks;
-  auto look_up = [&](int c) {
+  auto look_up = [&](int n) {
     PagedChunk page;
-    page.slot = a.block_div.div(static_cast<uint32_t>(key0_of(c)));  // core::paged_slot
+    page.slot = a.block_div.div(static_cast<uint32_t>(chunk_key0(n)));  // core::paged_slot
     page.entry = core::paged_entry(a.p, w.b, page.slot);
     return page;
   };
-  PagedChunk next_page = !kTma && blocks_ahead && my_chunks > 0 ? look_up(warp) : PagedChunk{};
+  PagedChunk next_page = blocks_ahead && my_chunks > 0 ? look_up(0) : PagedChunk{};
   LaneCopies<kHeadDim> copies{};  // each lane's cp.async copies (the copy engine needs none)
   if constexpr (!kTma) copies = lane_copies<kHeadDim>(a.p, w, lane);
-  auto issue = [&](int c, int slot) {  // chunk c of the CTA into `slot`
+  auto issue = [&](int n) {
+    const int stage = n % Cfg::kStages;
+    const PagedChunk page = next_page;
+    if (blocks_ahead && n + 1 < my_chunks) next_page = look_up(n + 1);
     uint32_t valid;
-    if constexpr (kTma) {
-      const PagedChunk page = blocks_ahead ? look_up(c) : PagedChunk{};
-      valid = load_kv_chunk_tma<E, kHeadDim>(a, w, key0_of(c), page, k_slot(slot), v_slot(slot), barriers + 8 * slot,
-                                             lane);
-    } else {
-      const PagedChunk page = next_page;
-      if (blocks_ahead && c + kWarps < chunks) next_page = look_up(c + kWarps);
-      valid = load_kv_chunk<E, kHeadDim>(a, w, copies, key0_of(c), page, k_slot(slot), v_slot(slot), lane);
-    }
-    if (lane == 0) *reinterpret_cast<volatile uint64_t*>(slot_words + slot) = uint64_t(uint32_t(c)) << 32 | valid;
+    if constexpr (kTma)
+      valid = load_kv_chunk_tma<E, kHeadDim>(a, w, chunk_key0(n), page, k_stage(stage), v_stage(stage),
+                                             my_barriers + 8 * stage, lane);
+    else
+      valid = load_kv_chunk<E, kHeadDim>(a, w, copies, chunk_key0(n), page, k_stage(stage), v_stage(stage), lane);
+    if (lane == 0) my_masks[stage] = valid;
   };
 
   // Query loads first, then the first chunks: the query's latency and the chunks' overlap, and
@@ -1041,23 +1017,20 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     for (int e = 0; e < 4; ++e) st.o[n][e] = 0.0f;
   if (kTrace) step_done(2, cycles());
 
-  // The loop starts with steps that only start copies (the prologue; the last of them stores the
-  // query tile): depth - 1 of them with per-warp queues, so the copy code exists once and is warm in
-  // the instruction cache when the steady state begins; one with the ring, which fills its slots
-  // there.
-  // Chunks in flight per warp while it waits (one fewer while it computes): Tile::kDepth, one short
-  // of kStages (2 at head dim 128 and 256, 3 at 64), as the stage the warp computes on is refilled
-  // only after it. A fuller queue reads slower once the grid fills the GPU: the 4-warp kernel at 3
-  // (two CTAs per SM, 192 KB in flight each SM at head dim 128) ran 0.1-0.9% slower than at 2 at
-  // every multi-wave shape, paged included (B 32 x 4k paged 16 181.8 -> 180.3 us), and at head dim
-  // 64 at 4 than at 3 (B 8 x 8k 51.3 -> 50.8); the 8-warp CTA of split calls was 2-4% faster at 2
-  // than at 3, and 12-23% slower at 1. Head dim 64 calls of more than one wave (Args::short_queue)
-  // go one shallower still, 2: Hq 64 B 64 x 8k 409.3 -> 397.1 us, B 64 x 16k 818.0 -> 797.3, where
-  // calls of one wave were level or up to 0.5% slower at 2 (docs/perf-log.md, CUDA decode, runs 12
-  // and 23). The ring's size is the same bytes unless launch_attention says otherwise.
-  constexpr int kDepth = Cfg::kDepth;
+  // The loop starts depth - 1 steps early: those steps only start copies (the prologue) and the
+  // last of them stores the query tile, so the copy code exists once and is warm in the
+  // instruction cache when the steady state begins.
+  // Chunks in flight per warp while it waits (one fewer while it computes): one short of kStages
+  // (2 at head dim 128 and 256, 3 at 64), as the stage the warp computes on is refilled only
+  // after it. A fuller queue reads slower once the grid fills the GPU: the 4-warp kernel at 3 (two
+  // CTAs per SM, 192 KB in flight each SM at head dim 128) ran 0.1-0.9% slower than at 2 at every
+  // multi-wave shape, paged included (B 32 x 4k paged 16 181.8 -> 180.3 us), and at head dim 64 at
+  // 4 than at 3 (B 8 x 8k 51.3 -> 50.8); the 8-warp CTA of split calls was 2-4% faster at 2 than at
+  // 3, and 12-23% slower at 1. Head dim 64 calls of more than one wave (Args::short_queue) go one
+  // shallower still, 2: Hq 64 B 64 x 8k 409.3 -> 397.1 us, B 64 x 16k 818.0 -> 797.3, where calls of
+  // one wave were level or up to 0.5% slower at 2 (docs/perf-log.md, CUDA decode, runs 12 and 23).
+  constexpr int kDepth = Cfg::kStages > 2 ? Cfg::kStages - 1 : Cfg::kStages;
   const int depth = Cfg::kStages > 3 && a.short_queue ? kDepth - 1 : kDepth;
-  const int first_step = kTma ? -1 : 1 - depth;
   // Paged caches: the warps step through their chunks together. Every second chunk, once its
   // copies have left, a warp waits for the CTA's other warps (results do not change: the barrier
   // moves no data). Paged 16 ran 1.0-1.6% faster at hd 128 (B 8 x 8k to B 64 x 16k, Hq 64 B 16 x
@@ -1067,19 +1040,12 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
   // and short loops run free (docs/perf-log.md, CUDA decode, run 21).
   const int lockstep_chunks =
       a.p.kv_layout == core::KvLayout::kPaged && chunks / kWarps >= kLockstepMinChunks ? chunks / kWarps : 0;
-  int ring_slot = warp, ring_lap = 0;  // where the warp's chunk n sits in the ring, and its fill
-  for (int n = first_step; n < my_chunks; ++n) {
-    if (kTrace && n == first_step) step_done(3, cycles());
-    if constexpr (kTma) {
-      if (n == -1)
-        for (int c = warp; c < min(ring_slots, chunks); c += kWarps) issue(c, c);
-    } else {
-      // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
-      const int ahead = n + depth - 1;
-      if (ahead < my_chunks) issue(ahead * kWarps + warp, warp * Cfg::kStages + ahead % Cfg::kStages);
-      cp_async_commit();
-    }
-    if (kTrace && n == first_step) t_issued = global_ns(), step_done(4, cycles());
+  for (int n = 1 - depth; n < my_chunks; ++n) {
+    // Refill the stage chunk n - 1 used (every lane finished with it at the last __syncwarp).
+    if (kTrace && n == 1 - depth) step_done(3, cycles());
+    if (n + depth - 1 < my_chunks) issue(n + depth - 1);
+    cp_async_commit();
+    if (kTrace && n == 1 - depth) t_issued = global_ns(), step_done(4, cycles());
     if (n < 0) {
       if (n == -1) {
         if (kTrace) {
@@ -1096,46 +1062,33 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
       continue;
     }
     if (n < lockstep_chunks && n % 2 == 1) __syncthreads();  // every warp has chunks up to lockstep_chunks
-    const int c = n * kWarps + warp;
-    int slot;
-    if constexpr (kTma) {
-      slot = ring_slot;
-      while (static_cast<int>(*reinterpret_cast<volatile uint64_t*>(slot_words + slot) >> 32) != c) {
-      }
-      mbarrier_wait(barriers + 8 * slot, ring_lap & 1);
+    const int stage = n % Cfg::kStages;
+    if constexpr (kTma) mbarrier_wait(my_barriers + 8 * stage, (n / Cfg::kStages) & 1);
+    else if constexpr (Cfg::kStages > 3) {
+      if (depth == kDepth) cp_async_wait<kDepth - 1>();
+      else cp_async_wait<kDepth - 2>();
     } else {
-      slot = warp * Cfg::kStages + n % Cfg::kStages;
-      if constexpr (Cfg::kStages > 3) {
-        if (depth == kDepth) cp_async_wait<kDepth - 1>();
-        else cp_async_wait<kDepth - 2>();
-      } else {
-        cp_async_wait<kDepth - 1>();
-      }
+      cp_async_wait<kDepth - 1>();
     }
     __syncwarp();
     if (kTrace && n == 0) t_first = global_ns(), step_done(7, cycles());
-    const uint32_t valid = static_cast<uint32_t>(slot_words[slot]);
     float s[2][4];
-    uint32_t edge = edge_keys(key0_of(c), valid, common);
+    uint32_t edge = edge_keys(chunk_key0(n), my_masks[stage], common);
     // TMA boxes hold whatever the tensor has at keys that are not valid: edge keys too (their
     // scores are masked and their value rows zeroed; load_kv_chunk_tma).
-    if constexpr (kTma) edge |= ~valid & ((1u << kChunk) - 1u);
-    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_slot(slot), key0_of(c), valid, edge, rows, w.mask.diag, lane, s);
-    chunk_accumulate<E, kHeadDim>(st, s, v_slot(slot), key0_of(c), edge, rows, lane);
+    if constexpr (kTma) edge |= ~my_masks[stage] & ((1u << kChunk) - 1u);
+    chunk_scores<E, kHeadDim>(a, q_frag, q_tile, k_stage(stage), chunk_key0(n), my_masks[stage], edge, rows,
+                              w.mask.diag, lane, s);
+    chunk_accumulate<E, kHeadDim>(st, s, v_stage(stage), chunk_key0(n), edge, rows, lane);
     __syncwarp();
-    if constexpr (kTma) {
-      if (c + ring_slots < chunks) issue(c + ring_slots, slot);
-      ring_slot += kWarps;
-      if (ring_slot >= ring_slots) ring_slot -= ring_slots, ring_lap ^= 1;
-    }
   }
   cp_async_wait<0>();
-  if (kTrace && lane == 0) loop_ends[warp] = static_cast<uint32_t>(cycles());  // SM cycles, low 32 bits
+  // Trace: each warp's loop end (SM cycles, low 32 bits) in its first mask slot, free from here on.
+  if (kTrace && lane == 0) my_masks[0] = static_cast<uint32_t>(cycles());
   allow_dependent_launch();
   const unsigned long long t_loop = kTrace ? global_ns() : 0;  // warp 0's loop end
   unsigned long long t_merged = 0;
-  merge_and_store<E, kHeadDim, kWarps, kTma, kTrace>(a, w, st, reinterpret_cast<float*>(smem + Smem::kMergeOffset), lane,
-                                                     warp, t_merged);
+  merge_and_store<E, kHeadDim, kWarps, kTrace>(a, w, st, reinterpret_cast<float*>(pipeline), lane, warp, t_merged);
   if (kTrace && threadIdx.x == 0) {
     const int64_t cta = blockIdx.y * int64_t(gridDim.x) + blockIdx.x;
     if (cta < a.trace_capacity / 2) {
@@ -1153,7 +1106,7 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
       rec[10] = t_merged;
       int64_t first = INT64_MAX, last = INT64_MIN, total = 0;
       for (int k = 0; k < kWarps; ++k) {
-        const int64_t end = static_cast<int32_t>(loop_ends[k] - loop_ends[0]);
+        const int64_t end = static_cast<int32_t>(valid_masks[k * Cfg::kStages] - valid_masks[0]);
         first = min(first, end), last = max(last, end), total += end;
       }
       rec[11 + kPrologueSteps] = static_cast<unsigned long long>(last - first);
@@ -1276,7 +1229,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
 template <class E, int kHeadDim, int kWarps, bool kTma = false, bool kTrace = false>
 int resident_ctas(int device) {
   return resident_blocks<split_kv_attention_kernel<E, kHeadDim, kWarps, kTma, kTrace>>(
-      device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps, kTma>::kBytes));
+      device, kWarps * 32, static_cast<int>(CtaSmem<kHeadDim, kWarps>::kBytes));
 }
 
 // The TMA box of a K or V operand (Args::k_map): dims {64 dims, heads, rows, sequences or blocks,
@@ -1420,13 +1373,6 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
                    built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true, false>>() &&
                    tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
   if (tma) ++g_debug.tma_calls;
-  // The ring holds the chunks the per-warp queues would have in flight, unless DecodeDebug says
-  // otherwise (measurement).
-  if (tma) {
-    const int depth = Tile<kHeadDim>::kDepth - (a.short_queue ? 1 : 0);
-    const int capacity = CtaSmem<kHeadDim, kWarps, true>::kSlots;
-    a.ring_slots = g_debug.ring_slots > 0 ? std::clamp(g_debug.ring_slots, kWarps, capacity) : depth * kWarps;
-  }
 
   // Partials: from the caller's allocator when it has one (ExecContext::scratch), else the pool.
   void* scratch = nullptr;
@@ -1445,8 +1391,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
 
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
   launch_overlapped(attention_kernel<E, kHeadDim, kWarps>(tma, a.trace != nullptr, device), grid, kWarps * 32,
-                    tma ? CtaSmem<kHeadDim, kWarps, true>::kBytes : CtaSmem<kHeadDim, kWarps, false>::kBytes, stream, a,
-                    "split_kv_attention_kernel launch");
+                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
     const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kCombineWarps)),
                             static_cast<unsigned>(p.batch));

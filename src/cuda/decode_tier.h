@@ -66,7 +66,6 @@ struct DecodeDebug {
   int trace_capacity = 0;  // records of kDecodeTraceWords words
   int variant = 0;
   long long tma_calls = 0;  // attention launches whose chunks the tensor copy engine filled (a count)
-  int ring_slots = 0;       // the copy engine's ring: slots per CTA (0: the shipped choice)
 };
 void decode_set_debug(const DecodeDebug& debug);
 DecodeDebug decode_debug();

@@ -711,30 +711,6 @@ TEST_P(DecodeKvcache, SanitizeHeadDim64ManyWaves) {
   }
 }
 
-// The copy engine's chunk ring at every size class (DecodeDebug::ring_slots, clamped to kWarps ..
-// the CTA's capacity): odd and even slots per warp, so a slot's chunks alternate between warps and
-// a warp can come to a slot two fills ahead of the one in flight. Unsplit, so each CTA's ring wraps
-// several times (69 chunks at the longest sequence); a window and leftpad put the first and last
-// chunks on edges. The `copy` variant runs it on per-warp queues (no ring), `pair` on the 4-warp CTA.
-TEST_P(DecodeKvcache, SanitizeRingSizes) {
-  FLASHSDPA_SKIP_WITHOUT_GPU();
-  AttnConfig c = decode_config(Layout::kDenseCache, DType::kBFloat16);
-  c.num_splits = 1;
-  for (int ring_slots : {1, 5, 6, 7, 9, 11, 12, 13, 16, 1000}) {
-    cuda::DecodeDebug debug = cuda::decode_debug();
-    debug.ring_slots = ring_slots;
-    cuda::decode_set_debug(debug);
-    SCOPED_TRACE("ring_slots " + std::to_string(ring_slots));
-    expect_kvcache_passes(c);
-    if (ring_slots == 11) {
-      AttnConfig edges = c;
-      edges.window_left = 300;
-      edges.cache_leftpad = {3, 0, 17};
-      expect_kvcache_passes(edges);
-    }
-  }
-}
-
 // ---- attention_kvcache on fp32 caches: cuda-fp32 ----------------------------------------------------
 //
 // The append is cuda-decode's kernel; the attention is the exact fp32 forward, which does not
