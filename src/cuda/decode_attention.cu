@@ -1064,12 +1064,8 @@ __global__ void __launch_bounds__(kWarps * 32) split_kv_attention_kernel(const _
     if (n < lockstep_chunks && n % 2 == 1) __syncthreads();  // every warp has chunks up to lockstep_chunks
     const int stage = n % Cfg::kStages;
     if constexpr (kTma) mbarrier_wait(my_barriers + 8 * stage, (n / Cfg::kStages) & 1);
-    else if constexpr (Cfg::kStages > 3) {
-      if (depth == kDepth) cp_async_wait<kDepth - 1>();
-      else cp_async_wait<kDepth - 2>();
-    } else {
-      cp_async_wait<kDepth - 1>();
-    }
+    else if (depth == kDepth) cp_async_wait<kDepth - 1>();
+    else cp_async_wait<kDepth - 2>();  // Args::short_queue (head dim 64 only: depth is kDepth elsewhere)
     __syncwarp();
     if (kTrace && n == 0) t_first = global_ns(), step_done(7, cycles());
     float s[2][4];
