@@ -145,7 +145,16 @@ TierChoice select_cuda(const Problem& p, Op op) {
   std::string why;
   switch (op) {
     case Op::kForward: {
-      if (p.dtype == DType::kFloat32) return select_cuda_prefill(p);
+      if (p.dtype == DType::kFloat32) {
+        // Short fp32 queries are memory-bound too: cuda-decode's exact FFMA kernel packs the
+        // query heads of a kv head and splits the keys; the prefill tiers' 64-128-row tiles
+        // would hold one real row per query head.
+        if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::device_capability() >= 80 &&
+            cuda::decode_tier_supports(p, false, &why))
+          return TierChoice{Tier::kCudaDecode, Backend::kCuda,
+                            "longest query has at most " + std::to_string(cuda::kDecodeMaxQueryLen) + " rows: " + why};
+        return select_cuda_prefill(p);
+      }
       if (cuda::device_capability() < 80)
         return none(Backend::kCuda, "the fp16/bf16 tiers need compute capability 8.0 or newer; this device is " +
                                         std::to_string(cuda::device_capability() / 10) + "." +
@@ -160,6 +169,12 @@ TierChoice select_cuda(const Problem& p, Op op) {
     }
     case Op::kKvCache:
       if (p.dtype == DType::kFloat32) {
+        // Decoding steps (queries up to kDecodeMaxQueryLen rows) on cuda-decode's fp32 kernel;
+        // longer appends are compute-bound and run the fp32 forward over the cache.
+        std::string decode_why;
+        if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::device_capability() >= 80 &&
+            cuda::decode_tier_supports(p, true, &decode_why))
+          return TierChoice{Tier::kCudaDecode, Backend::kCuda, decode_why};
         if (cuda::fp32_kvcache_supports(p, &why)) return TierChoice{Tier::kCudaFp32, Backend::kCuda, why};
         return none(Backend::kCuda, "cuda-fp32 cannot serve this KV-cache call: " + why);
       }

@@ -185,6 +185,8 @@ struct CtaWork {
   int64_t chunk0;              // first chunk start (a multiple of kChunk; keys before key_begin masked)
 };
 
+// kTileRows: packed rows per query tile (kRows for the tensor-core kernel, kFp32Rows for fp32).
+template <int kTileRows = kRows>
 __device__ CtaWork cta_work(const Args& a) {
   const core::Problem& p = a.p;
   CtaWork w;
@@ -197,7 +199,7 @@ __device__ CtaWork cta_work(const Args& a) {
   w.hkv = bh.remainder;
   w.s = core::sequence(p, w.b);
   w.mask = core::sequence_mask(p, w.s);
-  w.row0 = int64_t(m_tile) * kRows;
+  w.row0 = int64_t(m_tile) * kTileRows;
   w.packed_rows = w.s.sq * p.group;
   w.key_begin = w.key_end = w.chunk0 = 0;
   if (w.row0 >= w.packed_rows) return w;
@@ -206,7 +208,7 @@ __device__ CtaWork cta_work(const Args& a) {
   // first row's begin and the last row's end. Chunks start on multiples of kChunk so that a
   // chunk never straddles two pages of size 16 (or any divisor of 16).
   const int64_t i_first = a.group_div.div(static_cast<uint32_t>(w.row0));
-  const int64_t i_last = a.group_div.div(static_cast<uint32_t>(min(w.row0 + kRows, w.packed_rows) - 1));
+  const int64_t i_last = a.group_div.div(static_cast<uint32_t>(min(w.row0 + kTileRows, w.packed_rows) - 1));
   const int64_t lo = w.mask.tile_begin(i_first, i_last + 1);
   const int64_t hi = w.mask.tile_end(i_first, i_last + 1);
   if (hi <= lo) return w;
@@ -816,51 +818,24 @@ __device__ void chunk_accumulate(WarpState<kHeadDim>& st, float (&s)[2][4], type
 
 // ---- output -------------------------------------------------------------------------------------
 
-// Merges the warps' states through shared memory and writes out = O / Z and lse, with the
-// sink in Z when the call has sinks — only when this CTA is the whole row: with splits it writes
-// the split's partials, and the combine adds the sink once.
-template <class E, int kHeadDim, int kWarps, bool kTrace>
-__device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
-                                int warp, unsigned long long& t_merged) {
-  using T = typename E::T;
-  using Cfg = Tile<kHeadDim>;
+// The second half of a CTA's merge, shared by the tensor-core and fp32 kernels: warp k's state is
+// at merge + k * kRegionFloats as O [kTileRows][kOPitch], then max and sum [kTileRows] each, and
+// every warp's is there (after a CTA barrier). Writes out = O / Z and lse, with the sink in Z when
+// the call has sinks — only when this CTA is the whole row: with splits it writes the split's
+// partials, and the combine adds the sink once.
+template <typename T, int kHeadDim, int kWarps, int kTileRows, int kRegionFloats, int kOPitch>
+__device__ __forceinline__ void finish_rows(const Args& a, const CtaWork& w, const float* merge, int lane, int warp) {
   const core::Problem& p = a.p;
-  // Warp k's state in its own pipeline stages (free once its last chunk is consumed, so a warp
-  // writes as soon as its loop ends, while slower warps still stream): O [kRows][kOPitch], then
-  // max and sum [kRows] each.
-  constexpr int kRegionFloats = Cfg::kStages * Cfg::kStageBytes / sizeof(float);
-  static_assert(kRows * (Cfg::kOPitch + 2) <= kRegionFloats, "a warp's state fits in its stages");
   auto o_rows = [&](int k) { return merge + k * kRegionFloats; };
-  auto max_of = [&](int k) { return merge + k * kRegionFloats + kRows * Cfg::kOPitch; };
-  auto sum_of = [&](int k) { return max_of(k) + kRows; };
-  const int g = lane / 4, t = lane % 4;
-  const int rows_held = w.row0 + 8 < w.packed_rows ? 2 : 1;  // a lane's second row (g + 8) is padding past the tile's rows
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (r >= rows_held) break;
-    const int row = g + 8 * r;
-    float* o_row = o_rows(warp) + row * Cfg::kOPitch;
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      o_row[n * 8 + 2 * t] = st.o[n][2 * r];
-      o_row[n * 8 + 2 * t + 1] = st.o[n][2 * r + 1];
-    }
-    const float sum = quad_sum(st.row[r].sum);
-    if (t == 0) {
-      max_of(warp)[row] = st.row[r].max;
-      sum_of(warp)[row] = sum;
-    }
-  }
-  __syncthreads();
-  if (kTrace) t_merged = global_ns();
-
+  auto max_of = [&](int k) { return merge + k * kRegionFloats + kTileRows * kOPitch; };
+  auto sum_of = [&](int k) { return max_of(k) + kTileRows; };
   // A warp finishes a row (rows warp, warp + kWarps, ...: only the tile's real rows): the warps'
   // weights from broadcast reads, then columns lane + 32 j, every shared load of the row issued
   // together. 16 threads per row of all 16 rows left half the CTA idle at decode (8 real rows)
   // and looped over the columns one load round trip at a time (docs/perf-log.md, CUDA decode,
   // run 20).
   constexpr int kColumns = kHeadDim / 32;  // per lane
-  const int real_rows = static_cast<int>(min(int64_t(kRows), w.packed_rows - w.row0));
+  const int real_rows = static_cast<int>(min(int64_t(kTileRows), w.packed_rows - w.row0));
   const int dv = static_cast<int>(p.head_dim_v);
   for (int row = warp; row < real_rows; row += kWarps) {
     const auto [i, h] = packed_row(a, w.hkv, w.row0 + row);
@@ -871,7 +846,7 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
 #pragma unroll
     for (int k = 0; k < kWarps; ++k)
 #pragma unroll
-      for (int j = 0; j < kColumns; ++j) o[k][j] = o_rows(k)[row * Cfg::kOPitch + lane + 32 * j];
+      for (int j = 0; j < kColumns; ++j) o[k][j] = o_rows(k)[row * kOPitch + lane + 32 * j];
     core::SoftmaxRow<float> total;
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) total.max = fmaxf(total.max, max_k[k]);
@@ -907,6 +882,45 @@ __device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState
       if (lane == 0) a.partial_lse[slot] = total.lse();
     }
   }
+}
+
+// Merges the warps' states through shared memory (each warp's from the m16n8 C layout into its
+// stages), then finish_rows writes the rows.
+template <class E, int kHeadDim, int kWarps, bool kTrace>
+__device__ void merge_and_store(const Args& a, const CtaWork& w, const WarpState<kHeadDim>& st, float* merge, int lane,
+                                int warp, unsigned long long& t_merged) {
+  using T = typename E::T;
+  using Cfg = Tile<kHeadDim>;
+  // Warp k's state in its own pipeline stages (free once its last chunk is consumed, so a warp
+  // writes as soon as its loop ends, while slower warps still stream): O [kRows][kOPitch], then
+  // max and sum [kRows] each.
+  constexpr int kRegionFloats = Cfg::kStages * Cfg::kStageBytes / sizeof(float);
+  static_assert(kRows * (Cfg::kOPitch + 2) <= kRegionFloats, "a warp's state fits in its stages");
+  auto o_rows = [&](int k) { return merge + k * kRegionFloats; };
+  auto max_of = [&](int k) { return merge + k * kRegionFloats + kRows * Cfg::kOPitch; };
+  auto sum_of = [&](int k) { return max_of(k) + kRows; };
+  const int g = lane / 4, t = lane % 4;
+  const int rows_held = w.row0 + 8 < w.packed_rows ? 2 : 1;  // a lane's second row (g + 8) is padding past the tile's rows
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (r >= rows_held) break;
+    const int row = g + 8 * r;
+    float* o_row = o_rows(warp) + row * Cfg::kOPitch;
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      o_row[n * 8 + 2 * t] = st.o[n][2 * r];
+      o_row[n * 8 + 2 * t + 1] = st.o[n][2 * r + 1];
+    }
+    const float sum = quad_sum(st.row[r].sum);
+    if (t == 0) {
+      max_of(warp)[row] = st.row[r].max;
+      sum_of(warp)[row] = sum;
+    }
+  }
+  __syncthreads();
+  if (kTrace) t_merged = global_ns();
+
+  finish_rows<T, kHeadDim, kWarps, kRows, kRegionFloats, Cfg::kOPitch>(a, w, merge, lane, warp);
 }
 
 // ---- the kernels --------------------------------------------------------------------------------
@@ -1217,6 +1231,10 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   }
 }
 
+// ---- the fp32 kernel (fp32 K/V: SIMT, exact to fp32 rounding) ------------------------------------
+
+#include "cuda/decode_fp32.cuh"
+
 // ---- host side ----------------------------------------------------------------------------------
 
 // CTAs of one kernel instantiation resident on the whole device at once, or 0 when its shared
@@ -1283,15 +1301,17 @@ void launch_overlapped(void (*kernel)(Args), dim3 grid, int threads, size_t smem
 
 DecodeDebug g_debug;
 
-// Query tiles x sequences x kv heads: the CTAs of one split.
-int64_t split_work(const core::Problem& p) { return p.batch * p.heads_kv * ceil_div(p.seqlen_q * p.group, kRows); }
+// Query tiles of `tile_rows` packed rows x sequences x kv heads: the CTAs of one split.
+int64_t split_work(const core::Problem& p, int tile_rows) {
+  return p.batch * p.heads_kv * ceil_div(p.seqlen_q * p.group, tile_rows);
+}
 
 // The split count of a call for a kernel with `resident` CTAs on the device at once: the caller's
 // num_splits, or the heuristic's; at most kMaxSplits (as flash-attn) and no more than there are
 // 16-key chunks. seqlen_k is the capacity / upper bound: lengths on the device stay there.
-int split_count(const core::Problem& p, int resident) {
+int split_count(const core::Problem& p, int resident, int tile_rows) {
   const int64_t max_keys = p.seqlen_k;
-  const int splits = p.num_splits > 0 ? p.num_splits : choose_splits(split_work(p), max_keys, resident);
+  const int splits = p.num_splits > 0 ? p.num_splits : choose_splits(split_work(p, tile_rows), max_keys, resident);
   return static_cast<int>(
       std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, ceil_div(max_keys, kChunk)))));
 }
@@ -1331,46 +1351,43 @@ auto attention_kernel(bool tma, bool traced, int device) -> void (*)(Args) {
              : prepared_kernel<E, kHeadDim, kWarps, false, false>(device);
 }
 
-template <class E, int kHeadDim, int kWarps>
-void launch_attention(const core::Problem& p, cudaStream_t stream) {
+// The Args of a call that do not depend on the kernel's CTA, for query tiles of `tile_rows` packed
+// rows and K/V elements of `element_bytes`; the split count (and its divisor) is the caller's.
+Args call_args(const core::Problem& p, int tile_rows, int element_bytes) {
   Args a{};
   a.p = p;
   // Traced kernels exist for bf16 only (the benchmark's type; kTrace): other calls run untraced.
-  a.trace = std::is_same_v<E, BFloat16> ? g_debug.trace : nullptr;
+  a.trace = p.dtype == DType::kBFloat16 ? g_debug.trace : nullptr;
   a.trace_capacity = g_debug.trace_capacity;
   a.rotate_q = p.rotary_dim > 0;
   a.q_pairs = p.head_dim_qk % 2 == 0 && reinterpret_cast<uintptr_t>(p.q.ptr) % 4 == 0 && p.q.batch_stride % 2 == 0 &&
               p.q.row_stride % 2 == 0 && p.q.head_stride % 2 == 0;
   a.q_rows = p.q_layout == core::QLayout::kVarlen ? p.total_q : p.batch * p.seqlen_q;
-  a.m_tiles = ceil_div(p.seqlen_q * p.group, kRows);
-  const int64_t work = split_work(p);
-  if (work == 0 || a.q_rows == 0) return;
-
+  a.m_tiles = ceil_div(p.seqlen_q * p.group, tile_rows);
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const int per_copy = 16 / element_bytes;  // elements of one 16-byte copy
   a.strided_chunks = p.kv_layout != core::KvLayout::kPaged || p.block_size % kChunk == 0;
   a.plain_scores = !(p.softcap > 0.0f) && p.alibi_slopes == nullptr;
-  a.vector_kv = p.head_dim_qk % 8 == 0 && p.head_dim_v % 8 == 0 && aligned(p.k.ptr) && aligned(p.v.ptr);
+  a.vector_kv = p.head_dim_qk % per_copy == 0 && p.head_dim_v % per_copy == 0 && aligned(p.k.ptr) && aligned(p.v.ptr);
   for (const core::Operand* op : {&p.k, &p.v})
-    a.vector_kv = a.vector_kv && op->batch_stride % 8 == 0 && op->row_stride % 8 == 0 && op->head_stride % 8 == 0;
-
-  const int device = current_device();
-  // resident_ctas also raises the kernel's shared-memory limit.
-  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);
-  const int splits = split_count(p, resident);
-  a.num_splits = splits;
-  a.short_queue = Tile<kHeadDim>::kStages > 3 && work * splits > resident;
+    a.vector_kv = a.vector_kv && op->batch_stride % per_copy == 0 && op->row_stride % per_copy == 0 &&
+                  op->head_stride % per_copy == 0;
   a.tiles_div = FastDiv(static_cast<uint32_t>(a.m_tiles));
   a.heads_kv_div = FastDiv(static_cast<uint32_t>(p.heads_kv));
   a.heads_q_div = FastDiv(static_cast<uint32_t>(p.heads_q));
   a.group_div = FastDiv(static_cast<uint32_t>(p.group));
-  a.splits_div = FastDiv(static_cast<uint32_t>(splits));
   a.block_div = FastDiv(p.kv_layout == core::KvLayout::kPaged ? static_cast<uint32_t>(p.block_size) : 1u);
-  const bool tma = wants_tma(p, kHeadDim) && tma_eligible(p, a, kHeadDim) &&
-                   built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true, false>>() &&
-                   tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
-  if (tma) ++g_debug.tma_calls;
+  return a;
+}
 
-  // Partials: from the caller's allocator when it has one (ExecContext::scratch), else the pool.
+// Launches `kernel` over `work` x a.num_splits CTAs and, with splits, the combine (element type
+// E) after it; the partials come from the caller's allocator when it has one
+// (ExecContext::scratch), else the pool.
+template <class E, int kHeadDim>
+void launch_with_combine(Args& a, void (*kernel)(Args), int64_t work, int threads, size_t smem, int device,
+                         cudaStream_t stream) {
+  const core::Problem& p = a.p;
+  const int splits = a.num_splits;
   void* scratch = nullptr;
   bool pooled = false;
   if (splits > 1) {
@@ -1386,8 +1403,7 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
   }
 
   const dim3 grid(static_cast<unsigned>(work), static_cast<unsigned>(splits));
-  launch_overlapped(attention_kernel<E, kHeadDim, kWarps>(tma, a.trace != nullptr, device), grid, kWarps * 32,
-                    CtaSmem<kHeadDim, kWarps>::kBytes, stream, a, "split_kv_attention_kernel launch");
+  launch_overlapped(kernel, grid, threads, smem, stream, a, "split_kv_attention_kernel launch");
   if (splits > 1) {
     const dim3 combine_grid(static_cast<unsigned>(ceil_div(p.seqlen_q * p.heads_q, kCombineWarps)),
                             static_cast<unsigned>(p.batch));
@@ -1399,6 +1415,48 @@ void launch_attention(const core::Problem& p, cudaStream_t stream) {
     if (pooled) check_cuda(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
     else if (p.scratch.release != nullptr) p.scratch.release(scratch, stream, p.scratch.user);
   }
+}
+
+template <class E, int kHeadDim, int kWarps>
+void launch_attention(const core::Problem& p, cudaStream_t stream) {
+  Args a = call_args(p, kRows, 2);
+  const int64_t work = split_work(p, kRows);
+  if (work == 0 || a.q_rows == 0) return;
+
+  const int device = current_device();
+  // resident_ctas also raises the kernel's shared-memory limit.
+  const int resident = resident_ctas<E, kHeadDim, kWarps>(device);
+  const int splits = split_count(p, resident, kRows);
+  a.num_splits = splits;
+  a.short_queue = Tile<kHeadDim>::kStages > 3 && work * splits > resident;
+  a.splits_div = FastDiv(static_cast<uint32_t>(splits));
+  const bool tma = wants_tma(p, kHeadDim) && tma_eligible(p, a, kHeadDim) &&
+                   built_for_tma<split_kv_attention_kernel<E, kHeadDim, kWarps, true, false>>() &&
+                   tma_map(p, p.k, kHeadDim, &a.k_map) && tma_map(p, p.v, kHeadDim, &a.v_map);
+  if (tma) ++g_debug.tma_calls;
+  launch_with_combine<E, kHeadDim>(a, attention_kernel<E, kHeadDim, kWarps>(tma, a.trace != nullptr, device), work,
+                                   kWarps * 32, CtaSmem<kHeadDim, kWarps>::kBytes, device, stream);
+}
+
+// fp32 K/V (fp32_decode_kernel, decode_fp32.cuh): the same grid over query tiles of kFp32Rows
+// packed rows, the same split heuristic and combine.
+template <int kHeadDim>
+void launch_fp32_attention(const core::Problem& p, cudaStream_t stream) {
+  using Cta = Fp32Cta<kHeadDim>;
+  Args a = call_args(p, kFp32Rows, 4);
+  const int64_t work = split_work(p, kFp32Rows);
+  if (work == 0 || a.q_rows == 0) return;
+  const int device = current_device();
+  // Also raises the kernel's shared-memory limit; 0 where it does not fit (decode_fp32_fits).
+  const int resident =
+      resident_blocks<fp32_decode_kernel<kHeadDim>>(device, Cta::kWarps * 32, static_cast<int>(Cta::kBytes));
+  if (resident == 0)
+    throw Error("cuda-decode's fp32 kernel needs " + std::to_string(Cta::kBytes) +
+                " bytes of shared memory per block, more than this device allows");
+  a.num_splits = split_count(p, resident, kFp32Rows);
+  a.splits_div = FastDiv(static_cast<uint32_t>(a.num_splits));
+  launch_with_combine<Float32, kHeadDim>(a, fp32_decode_kernel<kHeadDim>, work, Cta::kWarps * 32, Cta::kBytes, device,
+                                         stream);
 }
 
 // Which kernel serves a call. At head dim 128, where its 213 KB fit (Hopper), a call that one
@@ -1415,7 +1473,8 @@ void launch_for_variant(const core::Problem& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
     const int wide_resident = resident_ctas<E, kHeadDim, kWideWarps>(current_device());  // 0: does not fit
     const bool wide =
-        g_debug.variant == kDecodeWide || split_work(p) <= wide_resident || split_count(p, wide_resident) > 1;
+        g_debug.variant == kDecodeWide || split_work(p, kRows) <= wide_resident ||
+        split_count(p, wide_resident, kRows) > 1;
     if (g_debug.variant != kDecodePair && wide_resident > 0 && wide) {
       launch_attention<E, kHeadDim, kWideWarps>(p, stream);
       return;
@@ -1433,6 +1492,13 @@ void launch_for_head_dim(const core::Problem& p, cudaStream_t stream) {
 }
 
 void attend(const core::Problem& p, cudaStream_t stream) {
+  if (p.dtype == DType::kFloat32) {
+    const int64_t d = std::max(p.head_dim_qk, p.head_dim_v);
+    if (d <= 64) launch_fp32_attention<64>(p, stream);
+    else if (d <= 128) launch_fp32_attention<128>(p, stream);
+    else launch_fp32_attention<256>(p, stream);
+    return;
+  }
   dispatch_half_types(p.dtype, [&](auto e) { launch_for_head_dim<decltype(e)>(p, stream); });
 }
 
@@ -1451,6 +1517,16 @@ void decode_kvcache(const core::Problem& p, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   launch_kv_append(p, s);  // the attention below reads the appended keys: same stream, in order
   decode::attend(p, s);
+}
+
+bool decode_fp32_fits(int64_t head_dim) {
+  const size_t bytes = head_dim <= 64    ? decode::Fp32Cta<64>::kBytes
+                       : head_dim <= 128 ? decode::Fp32Cta<128>::kBytes
+                                         : decode::Fp32Cta<256>::kBytes;
+  int limit = 0;
+  if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()) != cudaSuccess)
+    return false;
+  return bytes <= static_cast<size_t>(limit);
 }
 
 void decode_set_debug(const DecodeDebug& debug) { decode::g_debug = debug; }

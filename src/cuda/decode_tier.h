@@ -9,13 +9,19 @@
 namespace flashsdpa::cuda {
 
 // What cuda-decode serves:
-//   attention_kvcache (is_kvcache): fp16/bf16, Dqk and Dv in 1..256, dense or paged caches, any
+//   attention_kvcache (is_kvcache): fp16/bf16 (tensor cores) and fp32 (exact FFMA, where its
+//     shared memory fits the device: decode_fp32_fits), Dqk and Dv in 1..256, dense or paged caches, any
 //     query length (best at Sq * Hq / Hkv <= 16), append with rotary, every mask and modifier.
 //   attention_forward: fp16/bf16 over a paged KV cache (block_table) with batched or varlen q —
 //     continuous batching, where one call mixes prefill chunks and decode rows — or any K/V
-//     layout when the longest query is at most kDecodeMaxQueryLen rows.
+//     layout when the longest query is at most kDecodeMaxQueryLen rows; fp32 at query lengths
+//     up to kDecodeMaxQueryLen only (longer fp32 queries are compute-bound: the prefill tiers).
 // On true, *why says how the call will run; on false, why not.
 bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* why);
+
+// Whether the fp32 kernel's CTA at this head dim fits the current device's shared memory per
+// block (137 KB at head dims 65..256: sm_80 and sm_90, not sm_86 / sm_89).
+bool decode_fp32_fits(int64_t head_dim);
 
 // Queries up to this long (per sequence) count as decoding / speculative verification.
 inline constexpr int64_t kDecodeMaxQueryLen = 16;

@@ -70,6 +70,7 @@ struct BFloat16 {
 
 // fp32 operands; on the tensor cores (cuda-3xtf32-sm90) they run as pairs of TF32 parts.
 struct Float32 {
+  using T = float;
   using Bits = uint32_t;
   static constexpr uint32_t kElementExponent = 0x7f800000u;
   static constexpr uint32_t kExponentBits = 0x7f800000u;
