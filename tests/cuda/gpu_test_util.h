@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -13,6 +14,7 @@
 
 #include "../test_util.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_tier.h"
 #include "cuda/tiers.h"
 
 namespace flashsdpa::test {
@@ -193,15 +195,17 @@ inline std::string check_backward_cuda(AttnCase& c, bool deterministic = false) 
       [&] { return run_backward_on_gpu(c, deterministic, "cuda-bwd"); });
 }
 
-// The tier the selector must name for a case: fp16/bf16 queries of at most 16 rows (the longest
-// the unchecked device path can assume) are decoding; everything else runs on the prefill tier of
+// The tier the selector must name for a case: queries of at most 16 rows (the longest the
+// unchecked device path can assume) are decoding (fp32 where cuda-decode's fp32 kernel fits the
+// device: decode_fp32_fits); everything else runs on the prefill tier of
 // its dtype that FLASHSDPA_CUDA_FORWARD_TIER forces (a comma-separated list), else on compute
 // capability 9.0 the Hopper tier for what it serves (cuda-wgmma-sm90, or cuda-3xtf32-sm90 then
 // cuda-dmma-sm90 for fp32), else cuda-mma-sm80 (fp16/bf16) or cuda-fp32.
 inline std::string tier_for(AttnCase& c) {
   const core::Problem p = unchecked_problem(c);
   const bool fp32 = p.dtype == DType::kFloat32;
-  if (!fp32 && p.seqlen_q <= 16) return "cuda-decode";
+  if (p.seqlen_q <= 16 && (!fp32 || cuda::decode_fp32_fits(std::max(p.head_dim_qk, p.head_dim_v))))
+    return "cuda-decode";
   const char* forced = std::getenv("FLASHSDPA_CUDA_FORWARD_TIER");
   const core::Tier forced_tier = core::forced_prefill_tier(forced != nullptr ? forced : "", fp32, nullptr);
   if (forced_tier != core::Tier::kNone) return core::tier_name(forced_tier);

@@ -4,13 +4,15 @@
 // paged_kv_write (batched and varlen), forward over a paged cache with varlen q (continuous
 // batching), and SPEC §5 safety: bad index tensors read and write nothing out of bounds when
 // unchecked and raise in checked mode, with guard regions around every tensor.
-// DecodeKvcacheFp32: the same KV-cache coverage for fp32 caches, which cuda-fp32 serves (the
-// shared append kernel, then the exact fp32 forward with the queries rotated as they load).
+// DecodeKvcacheFp32: the same KV-cache coverage for fp32 caches, on both tiers that serve them:
+// cuda-decode's fp32 kernel (decoding steps; decode_fp32.cuh) and cuda-fp32 (the shared append
+// kernel, then the exact fp32 forward with the queries rotated as they load; longer appends).
 //
 // The tier is driven below the selector (core::prepare_* then cuda::kvcache / decode_forward /
 // paged_kv_write), so these tests do not depend on how the selector routes calls; the tier is
-// cuda-decode for fp16/bf16 and cuda-fp32 for fp32 (kvcache_tier). Tests named Sanitize* are
-// small and also run under compute-sanitizer (scripts/gpu-decode-check.sh).
+// cuda-decode for fp16/bf16 and the suite's parameter for fp32 (kvcache_tier; cuda-decode outside
+// DecodeKvcacheFp32). Tests named Sanitize* are small and also run under compute-sanitizer
+// (scripts/gpu-decode-check.sh).
 //
 // The attention tests (DecodeKvcache, DecodeSafety, DecodeForward) run once per kernel variant
 // (cuda::decode_variant_name: the shipped kernel and those under measurement), named
@@ -33,11 +35,19 @@ namespace {
 
 const std::vector<DType> kHalfTypes = {DType::kFloat16, DType::kBFloat16};
 const std::vector<DType> kFp32 = {DType::kFloat32};
+const std::vector<DType> kAllTypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat32};
 
-// The tier that serves attention_kvcache for a dtype on CUDA.
-core::Tier kvcache_tier(DType dtype) {
-  return dtype == DType::kFloat32 ? core::Tier::kCudaFp32 : core::Tier::kCudaDecode;
-}
+// The tier that runs fp32 KV-cache calls in these tests (DecodeKvcacheFp32's parameter).
+core::Tier g_fp32_tier = core::Tier::kCudaDecode;
+
+// The tier that runs attention_kvcache for a dtype: cuda-decode, or g_fp32_tier for fp32.
+core::Tier kvcache_tier(DType dtype) { return dtype == DType::kFloat32 ? g_fp32_tier : core::Tier::kCudaDecode; }
+
+// Runs fp32 KV-cache calls on `tier` while in scope.
+struct Fp32TierScope {
+  explicit Fp32TierScope(core::Tier tier) { g_fp32_tier = tier; }
+  ~Fp32TierScope() { g_fp32_tier = core::Tier::kCudaDecode; }
+};
 
 // Selects the kernel variant of the test's parameter through the tier's test hook.
 class DecodeVariantTest : public ::testing::TestWithParam<int> {
@@ -435,12 +445,16 @@ TEST_P(DecodeKvcache, SampledGrid) {
 }
 
 // The same logical cache, dense and paged (block sizes 16 and 7), gives bit-identical results on
-// both KV-cache tiers: chunks (cuda-decode) and key tiles (cuda-fp32) are logical key ranges, so
-// only the addressing differs.
+// every KV-cache path: chunks (cuda-decode, both kernels) and key tiles (cuda-fp32) are logical
+// key ranges, so only the addressing differs.
 TEST_P(DecodeKvcache, PagedEqualsDenseBitForBit) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<DType, core::Tier>> paths = {{DType::kBFloat16, core::Tier::kCudaDecode},
+                                                           {DType::kFloat32, core::Tier::kCudaDecode},
+                                                           {DType::kFloat32, core::Tier::kCudaFp32}};
   for (int64_t block_size : {16, 7}) {
-    for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {  // cuda-decode and cuda-fp32
+    for (const auto& [dtype, tier] : paths) {
+      const Fp32TierScope scope(tier);
       AttnConfig c = decode_config(Layout::kDenseCache, dtype);
       c.seqlen_q = c.seqlen_new = 2;
       c.cache_seqlens = {700, 3, 1090};
@@ -563,7 +577,7 @@ void poison_key(AttnCase& a, int64_t b, int64_t j, bool k, bool v) {
 TEST_P(DecodeKvcache, MaskedNaNKeysReachNoRow) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
-    for (DType dtype : kHalfTypes) {
+    for (DType dtype : kAllTypes) {  // fp32: 8-row tiles, rows 0-1 / 2-3 / 4
       for (int which = 0; which < 3; ++which) {  // K, V, both
         for (int splits : {1, 4}) {
           AttnConfig c = decode_config(layout, dtype);
@@ -711,19 +725,30 @@ TEST_P(DecodeKvcache, SanitizeHeadDim64ManyWaves) {
   }
 }
 
-// ---- attention_kvcache on fp32 caches: cuda-fp32 ----------------------------------------------------
+// ---- attention_kvcache on fp32 caches: cuda-decode's fp32 kernel and cuda-fp32 -------------------
 //
-// The append is cuda-decode's kernel; the attention is the exact fp32 forward, which does not
-// split keys (num_splits is accepted and ignored). Every case runs dense and paged unless the
-// feature is dense-only (cache_batch_idx).
+// Each test runs on both tiers (the parameter). The append is cuda-decode's kernel on both; the
+// attention is cuda-decode's fp32 kernel (splits honoured) or the exact fp32 forward (num_splits
+// accepted and ignored). Every case runs dense and paged unless the feature is dense-only
+// (cache_batch_idx).
 
-TEST(DecodeKvcacheFp32, PlainDecodeWithEmptySequence) {
+class DecodeKvcacheFp32 : public ::testing::TestWithParam<core::Tier> {
+ protected:
+  void SetUp() override { g_fp32_tier = GetParam(); }
+  void TearDown() override { g_fp32_tier = core::Tier::kCudaDecode; }
+};
+INSTANTIATE_TEST_SUITE_P(DecodeFp32, DecodeKvcacheFp32, ::testing::Values(core::Tier::kCudaDecode, core::Tier::kCudaFp32),
+                         [](const ::testing::TestParamInfo<core::Tier>& info) {
+                           return std::string(info.param == core::Tier::kCudaDecode ? "cuda_decode" : "cuda_fp32");
+                         });
+
+TEST_P(DecodeKvcacheFp32, PlainDecodeWithEmptySequence) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   const AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
-TEST(DecodeKvcacheFp32, AppendWithRotary) {
+TEST_P(DecodeKvcacheFp32, AppendWithRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   uint64_t seed = 110;
   for (bool interleaved : {true, false}) {
@@ -744,7 +769,7 @@ TEST(DecodeKvcacheFp32, AppendWithRotary) {
 
 // Query rows past one 128-row tile of the fp32 forward: the rotation of every tile's rows at
 // their own positions, and appends of many tokens.
-TEST(DecodeKvcacheFp32, LongAppendWithRotaryAcrossQueryTiles) {
+TEST_P(DecodeKvcacheFp32, LongAppendWithRotaryAcrossQueryTiles) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   c.batch = 2;
@@ -757,7 +782,7 @@ TEST(DecodeKvcacheFp32, LongAppendWithRotaryAcrossQueryTiles) {
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
-TEST(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
+TEST_P(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   c.seqlen_q = c.seqlen_new = 2;
@@ -796,7 +821,7 @@ TEST(DecodeKvcacheFp32, WindowsModifiersSinksLeftpad) {
 
 // Head dim 256 on cuda-fp32 with left padding (the first live key inside a key tile) and rotary
 // queries, dense and paged.
-TEST(DecodeKvcacheFp32, HeadDim256LeftpadRotary) {
+TEST_P(DecodeKvcacheFp32, HeadDim256LeftpadRotary) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   c.head_dim_qk = c.head_dim_v = 256;
@@ -809,7 +834,7 @@ TEST(DecodeKvcacheFp32, HeadDim256LeftpadRotary) {
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
-TEST(DecodeKvcacheFp32, CacheBatchIdx) {
+TEST_P(DecodeKvcacheFp32, CacheBatchIdx) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   c.cache_batch_idx = true;
@@ -820,7 +845,7 @@ TEST(DecodeKvcacheFp32, CacheBatchIdx) {
   expect_kvcache_passes(c, {Layout::kDenseCache}, kFp32);
 }
 
-TEST(DecodeKvcacheFp32, HeadDimsAndGroups) {
+TEST_P(DecodeKvcacheFp32, HeadDimsAndGroups) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {256, 256}, {59, 59}, {40, 40},
                                                          {111, 111}, {72, 40}, {128, 64}, {1, 3}};
@@ -848,7 +873,7 @@ TEST(DecodeKvcacheFp32, HeadDimsAndGroups) {
   }
 }
 
-TEST(DecodeKvcacheFp32, PagedBlockSizes) {
+TEST_P(DecodeKvcacheFp32, PagedBlockSizes) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int64_t block_size : {1, 5, 16, 256}) {
     AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat32);
@@ -862,7 +887,7 @@ TEST(DecodeKvcacheFp32, PagedBlockSizes) {
   }
 }
 
-TEST(DecodeKvcacheFp32, PaddedStridesAndExtremeLogits) {
+TEST_P(DecodeKvcacheFp32, PaddedStridesAndExtremeLogits) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kDenseCache, DType::kFloat32);
   c.padded_strides = true;  // rows not 16-byte aligned: the element-load path
@@ -878,7 +903,7 @@ TEST(DecodeKvcacheFp32, PaddedStridesAndExtremeLogits) {
 
 // Keys no row attends are never read: NaN in K and V of the left padding (below cache_leftpad)
 // and past each sequence's end leaves every row finite and within the SPEC rule.
-TEST(DecodeKvcacheFp32, LeftpadAndPastTheEndAreNeverRead) {
+TEST_P(DecodeKvcacheFp32, LeftpadAndPastTheEndAreNeverRead) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kDenseCache, Layout::kPagedCache}) {
     AttnConfig c = decode_config(layout, DType::kFloat32);
@@ -900,7 +925,7 @@ TEST(DecodeKvcacheFp32, LeftpadAndPastTheEndAreNeverRead) {
 }
 
 // Random configurations over everything at once.
-TEST(DecodeKvcacheFp32, SampledGrid) {
+TEST_P(DecodeKvcacheFp32, SampledGrid) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (int n = 0; n < 24; ++n) {
     Rng rng(0xf32c0de0u + n);
@@ -914,18 +939,25 @@ TEST(DecodeKvcacheFp32, SampledGrid) {
   }
 }
 
-// Through the public API: the selector sends fp32 KV-cache calls to cuda-fp32 (fp16/bf16 stay
-// on cuda-decode), and attention_kvcache then runs it.
-TEST(DecodeKvcacheFp32, SelectorChoosesCudaFp32) {
+// Through the public API: the selector sends fp32 decoding steps (queries of up to
+// kDecodeMaxQueryLen rows) to cuda-decode and longer fp32 appends to cuda-fp32 (fp16/bf16 stay on
+// cuda-decode), and attention_kvcache then runs it.
+TEST(DecodeFp32Routing, SelectorChoosesByQueryLength) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
-  for (DType dtype : {DType::kFloat32, DType::kFloat16}) {
-    AttnConfig c = decode_config(Layout::kPagedCache, dtype);
-    c.seqlen_q = c.seqlen_new = 2;
+  struct Route {
+    DType dtype;
+    int64_t seqlen_q;
+    const char* tier;
+  };
+  for (const Route& route : {Route{DType::kFloat32, 2, "cuda-decode"}, Route{DType::kFloat32, 20, "cuda-fp32"},
+                             Route{DType::kFloat16, 2, "cuda-decode"}}) {
+    AttnConfig c = decode_config(Layout::kPagedCache, route.dtype);
+    c.seqlen_q = c.seqlen_new = route.seqlen_q;
     c.rotary_dim = 64;
     c.causal = true;
     c.num_splits = 2;
     AttnCase a(c);
-    const std::string expected = dtype == DType::kFloat32 ? "cuda-fp32" : "cuda-decode";
+    const std::string expected = route.tier;
     std::string reason;
     const std::string failure = check_kvcache_run(a, unchecked_host(), [&] {
       return run_on_gpu(a, [&](const AttnParams& params) {
@@ -936,16 +968,21 @@ TEST(DecodeKvcacheFp32, SelectorChoosesCudaFp32) {
       });
     });
     EXPECT_EQ(failure, "") << c.describe();
-    if (dtype == DType::kFloat32) {
+    if (route.dtype == DType::kFloat32 && expected == "cuda-fp32") {
       EXPECT_NE(reason.find("KV-cache call exactly"), std::string::npos) << reason;
-      EXPECT_NE(reason.find("appends 2 tokens"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("appends 20 tokens"), std::string::npos) << reason;
       EXPECT_NE(reason.find("queries rotated"), std::string::npos) << reason;
       EXPECT_NE(reason.find("num_splits = 2 is ignored"), std::string::npos) << reason;
+    } else if (route.dtype == DType::kFloat32) {
+      EXPECT_NE(reason.find("exact fp32"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("query tile of 8 packed rows"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("appends 2 tokens"), std::string::npos) << reason;
+      EXPECT_NE(reason.find("num_splits = 2"), std::string::npos) << reason;
     }
   }
 }
 
-TEST(DecodeKvcacheFp32, SanitizeBasic) {
+TEST_P(DecodeKvcacheFp32, SanitizeBasic) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   AttnConfig c = decode_config(Layout::kPagedCache, DType::kFloat32);
   c.cache_capacity = 300;
@@ -962,7 +999,7 @@ TEST(DecodeKvcacheFp32, SanitizeBasic) {
   expect_kvcache_passes(c, {Layout::kDenseCache, Layout::kPagedCache}, kFp32);
 }
 
-TEST(DecodeKvcacheFp32, SanitizeBadIndicesReadAndWriteNothing) {
+TEST_P(DecodeKvcacheFp32, SanitizeBadIndicesReadAndWriteNothing) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
     AttnCase a = bad_index_case(DType::kFloat32, layout, 177);
@@ -970,7 +1007,7 @@ TEST(DecodeKvcacheFp32, SanitizeBadIndicesReadAndWriteNothing) {
   }
 }
 
-TEST(DecodeKvcacheFp32, CheckedModeRaisesAndWritesNothing) {
+TEST_P(DecodeKvcacheFp32, CheckedModeRaisesAndWritesNothing) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
   for (Layout layout : {Layout::kPagedCache, Layout::kDenseCache}) {
     AttnCase a = bad_index_case(DType::kFloat32, layout, 178);
@@ -981,7 +1018,7 @@ TEST(DecodeKvcacheFp32, CheckedModeRaisesAndWritesNothing) {
   }
 }
 
-TEST(DecodeKvcacheFp32, SupportsSaysWhy) {
+TEST(DecodeFp32Routing, SupportsSaysWhy) {
   core::Problem p;
   p.dtype = DType::kFloat16;
   p.head_dim_qk = p.head_dim_v = 128;
@@ -1115,7 +1152,7 @@ TEST_P(DecodeForward, VarlenQueriesOverPagedCache) {
     for (bool causal : {true, false}) {
       AttnConfig c;
       c.layout = Layout::kPaged;
-      c.dtype = kHalfTypes[seed % 2];
+      c.dtype = kAllTypes[seed % 3];
       c.batch = 5;
       c.heads_q = 8;
       c.heads_kv = 2;
@@ -1134,7 +1171,7 @@ TEST_P(DecodeForward, VarlenQueriesOverPagedCache) {
 
 TEST_P(DecodeForward, ShortBatchedQueries) {
   FLASHSDPA_SKIP_WITHOUT_GPU();
-  for (DType dtype : kHalfTypes) {
+  for (DType dtype : kAllTypes) {
     AttnConfig c;
     c.layout = Layout::kBatched;
     c.dtype = dtype;
@@ -1154,10 +1191,11 @@ TEST_P(DecodeForward, ShortBatchedQueries) {
 TEST(DecodeTier, SupportsSaysWhy) {
   core::Problem p;
   p.dtype = DType::kFloat32;
-  p.head_dim_qk = p.head_dim_v = 128;
+  p.head_dim_qk = p.head_dim_v = 300;
   std::string why;
   EXPECT_FALSE(cuda::decode_tier_supports(p, true, &why));
-  EXPECT_NE(why.find("fp16 or bf16"), std::string::npos) << why;
+  EXPECT_NE(why.find("head dims must be in 1..256"), std::string::npos) << why;
+  p.head_dim_qk = p.head_dim_v = 128;
   p.dtype = DType::kBFloat16;
   p.heads_q = 32;
   p.heads_kv = 8;
