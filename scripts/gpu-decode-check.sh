@@ -27,6 +27,8 @@
 #   RESULTS_NAME            basename of the benchmark results (default: decode)
 #   DECODE_CHECK_SOURCE     1: also source.csv.gz, per-SASS-instruction warp-stall samples of the
 #                           first variant's attention kernel at B 1 x 32k (ncu)
+#   DECODE_CHECK_FP32       1: also the fp32 benchmark (bench_decode_fp32.py: cuda-decode's fp32
+#                           kernel, cuda-fp32, torch's fp32 backends), decode-fp32.{json,md}
 # Exit status: non-zero when the build, a test or the sanitizer failed.
 set -u -o pipefail
 
@@ -90,6 +92,13 @@ if [ "${DECODE_CHECK_BENCH:-1}" = 1 ]; then
   echo "== benchmark (variants: $bench_variants) at ${SECONDS} s"
   PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode.py" --bench "$bench" --variants "$bench_variants" \
     --out "$out/${RESULTS_NAME:-decode}" > "$out/bench.log" 2>&1 || { echo "BENCHMARK FAILED"; status=1; }
+fi
+
+if [ "${DECODE_CHECK_FP32:-0}" = 1 ]; then
+  echo "== fp32 benchmark at ${SECONDS} s"
+  PYTHONUNBUFFERED=1 python3 "$root/bench/gpu/bench_decode_fp32.py" --bench "$bench" --out "$out/decode-fp32" \
+    >> "$out/bench.log" 2>&1 || { echo "FP32 BENCHMARK FAILED"; status=1; }
+  tail -20 "$out/bench.log"
 fi
 
 echo "== compute-sanitizer (Decode*.Sanitize*, every variant) at ${SECONDS} s"

@@ -18,7 +18,8 @@
 // bytes read in whole blocks of K rows then V rows, as cuDNN's kernel steps (block_floor_kernel,
 // dense caches); --scratch arena|pool says where split-KV partials come from (arena_allocator);
 // --lengths tensor|int gives the cache lengths as an int32 tensor on the device (the default) or as
-// one int for every sequence. Options apply to the shapes after them.
+// one int for every sequence; --fp32 decode|fp32 runs fp32 caches on cuda-decode's fp32 kernel or on
+// cuda-fp32 (the exact fp32 forward over the cache). Options apply to the shapes after them.
 //
 // The floor of a shape (--floor), in the same CUDA-graph timing: a plain streaming read of the same
 // K and V bytes (16-byte evict-first loads, several grid sizes, the fastest kept) and a
@@ -189,6 +190,18 @@ void fill(DeviceBuffer& buffer, uint32_t seed) {
   check(cudaGetLastError(), "fill_kernel");
 }
 
+// fp32 buffers (--fp32): each float the widened bf16 of fill's sequence, so values stay in [-1, 1).
+__global__ void widen_kernel(float* data, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    data[i] = __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(data)[2 * i + 1]) << 16);
+}
+void fill_elements(DeviceBuffer& buffer, uint32_t seed, bool fp32) {
+  fill(buffer, seed);
+  if (!fp32) return;
+  widen_kernel<<<1024, 256>>>(static_cast<float*>(buffer.ptr), buffer.bytes / 4);
+  check(cudaGetLastError(), "widen_kernel");
+}
+
 // Median of `reps` timings of a loop of `iters` calls, per call, in microseconds.
 template <typename F>
 double time_us(F&& call, cudaStream_t stream, int reps = 15) {
@@ -271,6 +284,10 @@ struct Options {
   // kernel loads each sequence's length before its first copy), or one int for every sequence
   // (cache_seqlen, as flash_attn_with_kvcache(cache_seqlens=int): known at launch, no load).
   bool lengths_on_device = true;
+  // --fp32 decode|fp32: q, K/V and out in fp32, served by cuda-decode's fp32 kernel or by
+  // cuda-fp32 (the exact fp32 forward over the cache); bf16 on cuda-decode otherwise.
+  bool fp32 = false;
+  flashsdpa::core::Tier fp32_tier = flashsdpa::core::Tier::kCudaDecode;
 };
 
 // A two-valued option: *flag = (value == yes) for `yes` or `no`; false, after a message, otherwise.
@@ -514,7 +531,7 @@ struct CacheSet {
 // The floor of a shape (top of the file): the first `kv_bytes / 2` bytes of each set's K and V
 // buffers (all of a dense cache), read by read_floor_kernel at 1, 2, 4 and 8 CTAs of 256 threads
 // per SM, then copied K -> V (the last measurement: it overwrites V). Graph timing, sets alternated.
-void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, cudaStream_t stream) {
+void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, int element, cudaStream_t stream) {
   const size_t operand = static_cast<size_t>(kv_bytes / 2), words = operand / 16;
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
@@ -554,7 +571,7 @@ void run_floor(const Shape& s, std::vector<CacheSet>& caches, double kv_bytes, c
             const CacheSet& c = caches[call++ % sets];
             kernel<<<static_cast<unsigned>(s.batch * s.hkv * config.splits), config.threads, 0, stream>>>(
                 static_cast<const uint4*>(c.k->ptr), static_cast<const uint4*>(c.v->ptr), s.seqlen,
-                static_cast<int>(s.hkv), static_cast<int>(s.hd / 8), config.splits,
+                static_cast<int>(s.hkv), static_cast<int>(s.hd * element / 16), config.splits,
                 s.paged ? static_cast<const int32_t*>(c.block_table->ptr) : nullptr, static_cast<int>(s.page),
                 blocks_per_seq, static_cast<unsigned*>(sink.ptr));
             check(cudaGetLastError(), "head_floor_kernel");
@@ -626,8 +643,11 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   const int64_t blocks_per_seq = s.paged ? (s.seqlen + s.page - 1) / s.page : 0;
   const int64_t num_blocks = s.batch * blocks_per_seq;
   const int64_t cache_rows = s.paged ? num_blocks * s.page : s.batch * s.seqlen;
-  const size_t cache_bytes = size_t(cache_rows) * s.hkv * s.hd * 2;
-  const double kv_bytes = 2.0 * s.batch * s.seqlen * s.hkv * s.hd * 2;  // K and V actually read
+  const int element = opt.fp32 ? 4 : 2;
+  const DType dtype = opt.fp32 ? DType::kFloat32 : DType::kBFloat16;
+  const flashsdpa::core::Tier tier = opt.fp32 ? opt.fp32_tier : flashsdpa::core::Tier::kCudaDecode;
+  const size_t cache_bytes = size_t(cache_rows) * s.hkv * s.hd * element;
+  const double kv_bytes = 2.0 * s.batch * s.seqlen * s.hkv * s.hd * element;  // K and V actually read
 
   // Caches smaller than 1 GiB get a second copy, alternated call by call, so no call finds the
   // previous one's K/V in the 50 MB L2.
@@ -637,8 +657,8 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   for (int n = 0; n < sets; ++n) {
     caches[n].k = std::make_unique<DeviceBuffer>(cache_bytes);
     caches[n].v = std::make_unique<DeviceBuffer>(cache_bytes);
-    fill(*caches[n].k, 11 + n);
-    fill(*caches[n].v, 23 + n);
+    fill_elements(*caches[n].k, 11 + n, opt.fp32);
+    fill_elements(*caches[n].v, 23 + n, opt.fp32);
     if (s.paged) {
       std::vector<int32_t> table(static_cast<size_t>(num_blocks));
       std::iota(table.begin(), table.end(), 0);
@@ -649,8 +669,8 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
       check(cudaMemcpy(caches[n].block_table->ptr, table.data(), table.size() * 4, cudaMemcpyHostToDevice), "table");
     }
   }
-  DeviceBuffer q(size_t(s.batch) * s.hq * s.hd * 2), out(size_t(s.batch) * s.hq * s.hd * 2);
-  fill(q, 5);
+  DeviceBuffer q(size_t(s.batch) * s.hq * s.hd * element), out(size_t(s.batch) * s.hq * s.hd * element);
+  fill_elements(q, 5, opt.fp32);
   std::vector<int32_t> lengths(static_cast<size_t>(s.batch), static_cast<int32_t>(s.seqlen));
   DeviceBuffer seqlens(lengths.size() * 4);
   check(cudaMemcpy(seqlens.ptr, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice), "cache_seqlens");
@@ -658,15 +678,15 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   std::vector<flashsdpa::core::Problem> problems;
   for (int n = 0; n < sets; ++n) {
     flashsdpa::AttnParams a;
-    a.q = TensorRef::contiguous(q.ptr, DType::kBFloat16, {s.batch, 1, s.hq, s.hd});
-    a.out = TensorRef::contiguous(out.ptr, DType::kBFloat16, {s.batch, 1, s.hq, s.hd});
+    a.q = TensorRef::contiguous(q.ptr, dtype, {s.batch, 1, s.hq, s.hd});
+    a.out = TensorRef::contiguous(out.ptr, dtype, {s.batch, 1, s.hq, s.hd});
     if (s.paged) {
-      a.k = TensorRef::contiguous(caches[n].k->ptr, DType::kBFloat16, {num_blocks, s.page, s.hkv, s.hd});
-      a.v = TensorRef::contiguous(caches[n].v->ptr, DType::kBFloat16, {num_blocks, s.page, s.hkv, s.hd});
+      a.k = TensorRef::contiguous(caches[n].k->ptr, dtype, {num_blocks, s.page, s.hkv, s.hd});
+      a.v = TensorRef::contiguous(caches[n].v->ptr, dtype, {num_blocks, s.page, s.hkv, s.hd});
       a.block_table = TensorRef::contiguous(caches[n].block_table->ptr, DType::kInt32, {s.batch, blocks_per_seq});
     } else {
-      a.k = TensorRef::contiguous(caches[n].k->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
-      a.v = TensorRef::contiguous(caches[n].v->ptr, DType::kBFloat16, {s.batch, s.seqlen, s.hkv, s.hd});
+      a.k = TensorRef::contiguous(caches[n].k->ptr, dtype, {s.batch, s.seqlen, s.hkv, s.hd});
+      a.v = TensorRef::contiguous(caches[n].v->ptr, dtype, {s.batch, s.seqlen, s.hkv, s.hd});
     }
     if (opt.lengths_on_device) a.cache_seqlens = TensorRef::contiguous(seqlens.ptr, DType::kInt32, {s.batch});
     else a.cache_seqlen = s.seqlen;
@@ -678,7 +698,7 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   }
 
   int call = 0;
-  auto step = [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], flashsdpa::core::Tier::kCudaDecode, stream); };
+  auto step = [&] { flashsdpa::cuda::kvcache(problems[call++ % sets], tier, stream); };
   const double us = time_us(step, stream);
   const double graph_us = time_graph_us(step, stream, 10);
   if (opt.trace) {
@@ -691,22 +711,24 @@ void run_shape(const Shape& s, const Options& opt, cudaStream_t stream) {
   }
 
   // Every output finite: a benchmark of a kernel that writes garbage is no benchmark.
-  std::vector<uint16_t> host(size_t(s.batch) * s.hq * s.hd);
+  std::vector<uint16_t> host(size_t(s.batch) * s.hq * s.hd * element / 2);
   check(cudaMemcpy(host.data(), out.ptr, host.size() * 2, cudaMemcpyDeviceToHost), "out");
   int64_t bad = 0;
-  for (uint16_t bits : host) bad += (bits & 0x7f80u) == 0x7f80u;
+  // bf16 elements, or the upper halves of fp32 ones (little-endian): the same exponent field.
+  for (size_t i = opt.fp32 ? 1 : 0; i < host.size(); i += opt.fp32 ? 2 : 1) bad += (host[i] & 0x7f80u) == 0x7f80u;
 
   std::printf("{\"batch\": %lld, \"seqlen_k\": %lld, \"hq\": %lld, \"hkv\": %lld, \"hd\": %lld, \"layout\": \"%s\", "
               "\"page_size\": %lld, \"page_order\": \"%s\", \"lengths\": \"%s\", \"num_splits\": %d, \"variant\": \"%s\", \"us\": %.2f, \"gbps\": %.1f, "
-              "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld}\n",
+              "\"graph_us\": %.2f, \"graph_gbps\": %.1f, \"nonfinite_out\": %lld, \"dtype\": \"%s\", \"tier\": \"%s\"}\n",
               (long long)s.batch, (long long)s.seqlen, (long long)s.hq, (long long)s.hkv, (long long)s.hd,
               s.paged ? "paged" : "dense", (long long)(s.paged ? s.page : 0), page_order_name(opt.page_order),
               opt.lengths_on_device ? "tensor" : "int", splits,
               flashsdpa::cuda::decode_variant_name(opt.variant), us, kv_bytes / us * 1e-3, graph_us,
-              graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad);
+              graph_us > 0 ? kv_bytes / graph_us * 1e-3 : -1.0, (long long)bad, opt.fp32 ? "fp32" : "bf16",
+              flashsdpa::core::tier_name(tier));
   std::fflush(stdout);
-  if (opt.floor) run_floor(s, caches, kv_bytes, stream);
-  if (opt.block_floor && !s.paged) run_block_floor(s, caches, stream);
+  if (opt.floor) run_floor(s, caches, kv_bytes, element, stream);  // a read of the same bytes: any element type
+  if (opt.block_floor && !s.paged && !opt.fp32) run_block_floor(s, caches, stream);
 }
 
 void run_copy(cudaStream_t stream) {
@@ -742,6 +764,11 @@ int main(int argc, char** argv) {
       }
     } else if (arg == "--lengths" && n + 1 < argc) {
       if (!two_way(argv[++n], "tensor", "int", "lengths", &opt.lengths_on_device)) return 2;
+    } else if (arg == "--fp32" && n + 1 < argc) {
+      bool decode = true;
+      if (!two_way(argv[++n], "decode", "fp32", "fp32 tier", &decode)) return 2;
+      opt.fp32 = true;
+      opt.fp32_tier = decode ? flashsdpa::core::Tier::kCudaDecode : flashsdpa::core::Tier::kCudaFp32;
     } else if (arg == "--floor") {
       opt.floor = true;
     } else if (arg == "--floor-blocks") {

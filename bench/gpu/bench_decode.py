@@ -75,20 +75,21 @@ def graph_time_us(fn, calls=10):
         return None
 
 
-def kv_bytes(b, s, hkv, hd):
-    return 2.0 * b * s * hkv * hd * 2
+def kv_bytes(b, s, hkv, hd, element=2):
+    return 2.0 * b * s * hkv * hd * element
 
 
-def torch_backend_gbps(backend, b, s, hq, hkv, hd):
+def torch_backend_gbps(backend, b, s, hq, hkv, hd, dtype=torch.bfloat16):
     """(eager GB/s, graph GB/s or None, note) of one torch SDPA backend at a decode shape; the
     note is '' or 'expanded K/V'. (None, None, 'unavailable') when the backend refuses it."""
-    q = torch.randn(b, 1, hq, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    element = torch.finfo(dtype).bits // 8
+    q = torch.randn(b, 1, hq, hd, device="cuda", dtype=dtype).transpose(1, 2)
     # As in the C++ benchmark: caches below 1 GiB get a second copy, alternated call by call, so
     # no call finds the previous one's K/V in the 50 MB L2 (a 33 MB cache read twice in a row
     # would be served partly from L2).
-    sets = 2 if 2 * kv_bytes(b, s, hkv, hd) < (1 << 30) else 1
-    kv = [(torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2),
-           torch.randn(b, s, hkv, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)) for _ in range(sets)]
+    sets = 2 if 2 * kv_bytes(b, s, hkv, hd, element) < (1 << 30) else 1
+    kv = [(torch.randn(b, s, hkv, hd, device="cuda", dtype=dtype).transpose(1, 2),
+           torch.randn(b, s, hkv, hd, device="cuda", dtype=dtype).transpose(1, 2)) for _ in range(sets)]
     note, kwargs = "", {"enable_gqa": True}
     with sdpa_kernel([backend]):
         try:
@@ -112,7 +113,7 @@ def torch_backend_gbps(backend, b, s, hq, hkv, hd):
         graph = graph_time_us(fn)
     del q, kv
     torch.cuda.empty_cache()
-    nbytes = kv_bytes(b, s, hkv, hd)
+    nbytes = kv_bytes(b, s, hkv, hd, element)
     return nbytes / eager * 1e-3, (nbytes / graph * 1e-3 if graph else None), note
 
 
