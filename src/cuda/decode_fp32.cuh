@@ -3,10 +3,15 @@
 // decode_attention.cu (included there, inside its namespaces): it shares that file's CTA
 // geometry (cta_work, row_info), its merge (finish_rows), the split combine and the host side.
 //
-// Why SIMT suffices: decoding does few FLOPs per byte. A chunk of 16 keys is 16 KB of fp32 K and
-// V at head dim 128 and, for a query tile of 8 packed rows, 2 x 8 x 16 x 128 = 32k FMAs: ~256
-// cycles of an SM's FMA pipes against the ~1300 cycles its share of the memory bandwidth (3 TB/s
-// over 132 SMs) takes to deliver the 16 KB.
+// Why SIMT suffices: decoding does few FLOPs per byte. A key is 1 KB of fp32 K and V at head dim
+// 128 and, for a query tile of 8 packed rows, 2 x 8 x 128 = 2k FMAs: 16 cycles of an SM's FMA
+// pipes against the ~80 cycles its share of the memory bandwidth (3 TB/s over 132 SMs) takes to
+// deliver the 1 KB. What limits it is issue latency: with the scores' shuffles, the softmax and
+// the copies a key costs ~160 instructions in its warp, so the warps per scheduler decide. Chunks
+// of 16 keys (the tensor-core kernel's) left room for one warp per scheduler: 3.3 cycles per
+// issued instruction, 1.69 TB/s at Hq 32 B 1 x 32k on an H100. Chunks of 8 keys fit two in the
+// same shared memory: 2.81 TB/s there, 2.97-3.05 TB/s at B 32 x 4k and B 64 x 16k (docs/perf-log.md,
+// fp32 KV caches).
 //
 // Work decomposition as the tensor-core kernel: one CTA per (sequence, kv head, query tile, key
 // split), warp w of W takes chunks w, w + W, ... through its own two-stage cp.async pipeline. A
@@ -17,7 +22,7 @@
 //            then a reduce-scatter over the warp (rounds 16, 8, 4 halve the rows a lane keeps,
 //            rounds 2 and 1 add the rest): lane l ends with the score of row l / 4, the four
 //            lanes of a row bit-identical;
-//   softmax  each lane over the chunk's 16 scores of its row, no shuffles;
+//   softmax  each lane over the chunk's scores of its row, no shuffles;
 //   P V      the probabilities through shared memory [key][row]; per key a lane reads the 8 rows'
 //            probabilities (two broadcast float4s) and its dims of V.
 // A chunk in which a row masks a key that another row sees (causal or window edges of a
@@ -26,27 +31,28 @@
 // read and sits as zeros.
 #pragma once
 
-constexpr int kFp32Rows = 8;  // packed query rows per CTA
+constexpr int kFp32Rows = 8;   // packed query rows per CTA
+constexpr int kFp32Chunk = 8;  // keys per warp step
 
 template <int kHeadDim_>
 struct Fp32Cta {
   static constexpr int kHeadDim = kHeadDim_;
-  // Two stages of 16 KB per warp at head dim 128: 4 warps hold up to 128 KB in flight, one CTA
-  // per SM (as the tensor-core kernel's 8-warp CTA). Head dim 256 stages are 32 KB, so 2 warps.
-  static constexpr int kWarps = kHeadDim <= 128 ? 4 : 2;
+  // Two stages of 8 KB per warp at head dim 128: 8 warps hold up to 128 KB in flight, one CTA
+  // per SM (as the tensor-core kernel's 8-warp CTA). Head dim 256 stages are 16 KB, so 4 warps.
+  static constexpr int kWarps = kHeadDim <= 128 ? 8 : 4;
   static constexpr int kStages = 2;
   static constexpr int kDims = kHeadDim / 32;             // dims per lane: 2, 4 or 8
   static constexpr int kPieces = kHeadDim / 4;            // 16-byte pieces per row
-  static constexpr int kCopiesPerLane = kChunk * kPieces / 32;
-  static constexpr int kChunkFloats = kChunk * kHeadDim;  // K or V rows [kChunk][kHeadDim]
+  static constexpr int kCopiesPerLane = kFp32Chunk * kPieces / 32;
+  static constexpr int kChunkFloats = kFp32Chunk * kHeadDim;  // K or V rows [kFp32Chunk][kHeadDim]
   static constexpr int kStageFloats = 2 * kChunkFloats;
   static constexpr int kRegionFloats = kStages * kStageFloats;  // a warp's stages; its merge state after the loop
   static constexpr int kOPitch = kHeadDim + 4;
   static constexpr size_t kQOffset = size_t(kWarps) * kRegionFloats * sizeof(float);  // Q rows [kFp32Rows][kHeadDim]
   static constexpr size_t kPOffset = kQOffset + size_t(kFp32Rows) * kHeadDim * sizeof(float);
-  static constexpr size_t kMaskOffset = kPOffset + size_t(kWarps) * kChunk * kFp32Rows * sizeof(float);
+  static constexpr size_t kMaskOffset = kPOffset + size_t(kWarps) * kFp32Chunk * kFp32Rows * sizeof(float);
   static constexpr size_t kBytes = kMaskOffset + size_t(kWarps) * kStages * sizeof(uint32_t);
-  static_assert(kCopiesPerLane * 32 == kChunk * kPieces, "a chunk must split evenly over a warp");
+  static_assert(kCopiesPerLane * 32 == kFp32Chunk * kPieces, "a chunk must split evenly over a warp");
   static_assert(kFp32Rows * (kOPitch + 2) <= kRegionFloats, "a warp's state fits in its stages");
   static_assert(kFp32Rows == 8, "the reduce-scatter (fp32_row_score) leaves row lane / 4 in each lane");
 };
@@ -97,7 +103,7 @@ __device__ Fp32QueryLoads<kHeadDim> fetch_fp32_query(const Args& a, const CtaWor
 }
 
 // Stores the fetched rows, rotates them where the call has rotary tables (core::rotary_apply, in
-// fp32 as the reference) and leaves the lane's dims of every row in q.
+// fp32 as the reference) and leaves the lane's dims of every row in q, in slot order.
 template <int kHeadDim>
 __device__ void store_fp32_query(const Args& a, const CtaWork& w, const Fp32QueryLoads<kHeadDim>& loads, float* q_rows,
                                  float (&q)[kFp32Rows][Fp32Cta<kHeadDim>::kDims], int lane) {
@@ -120,25 +126,27 @@ __device__ void store_fp32_query(const Args& a, const CtaWork& w, const Fp32Quer
     }
     __syncthreads();
   }
+  // Slot i holds row i ^ (lane / 4), the order fp32_row_score reduces in.
 #pragma unroll
-  for (int r = 0; r < kFp32Rows; ++r) load_dims<Cta::kDims>(q_rows + r * kHeadDim + lane * Cta::kDims, q[r]);
+  for (int i = 0; i < kFp32Rows; ++i)
+    load_dims<Cta::kDims>(q_rows + (i ^ (lane / 4)) * kHeadDim + lane * Cta::kDims, q[i]);
 }
 
 // ---- K/V chunks ---------------------------------------------------------------------------------
 
-// The block-table entry of key key0 + lane of a chunk (lanes 0..15), loaded a chunk ahead of its
-// copies so they do not wait on the table (as the tensor-core kernel, run 10); -1 where the key
-// is outside the split or the cache is not paged. Checked only where used (load_fp32_chunk).
+// The block-table entry of key key0 + lane of a chunk (lanes below kFp32Chunk), loaded a chunk
+// ahead of its copies so they do not wait on the table (as the tensor-core kernel, run 10); -1
+// where the key is outside the split or the cache is not paged. Checked only where used (load_fp32_chunk).
 __device__ __forceinline__ int32_t fp32_chunk_entry(const Args& a, const CtaWork& w, int64_t key0, int lane) {
   const core::Problem& p = a.p;
-  const int64_t j = key0 + lane % kChunk;
-  if (p.kv_layout != core::KvLayout::kPaged || lane >= kChunk || j < w.key_begin || j >= w.key_end) return -1;
+  const int64_t j = key0 + lane % kFp32Chunk;
+  if (p.kv_layout != core::KvLayout::kPaged || lane >= kFp32Chunk || j < w.key_begin || j >= w.key_end) return -1;
   return core::paged_entry(p, w.b, a.block_div.div(static_cast<uint32_t>(j)));  // keys < 2^31: decode_tier_supports
 }
 
-// Starts the copy of one 16-key chunk of K and V into the stage's rows [kChunk][kHeadDim]: lane
-// l < 16 resolves key key0 + l (any layout, pages of any size; `entry` from fp32_chunk_entry),
-// the copying lanes take the row offsets by shuffle. Keys outside [key_begin, key_end) or whose
+// Starts the copy of one chunk of K and V into the stage's rows [kFp32Chunk][kHeadDim]: lane
+// l < kFp32Chunk resolves key key0 + l (any layout, pages of any size; `entry` from
+// fp32_chunk_entry), the copying lanes take the row offsets by shuffle. Keys outside [key_begin, key_end) or whose
 // block is out of range read nothing and land as zeros; the returned bit mask says which keys
 // are real. Rows that are not 16-byte copyable go element by element.
 template <int kHeadDim>
@@ -146,9 +154,9 @@ __device__ uint32_t load_fp32_chunk(const Args& a, const CtaWork& w, int64_t key
                                     float* v_dst, int lane) {
   using Cta = Fp32Cta<kHeadDim>;
   const core::Problem& p = a.p;
-  const int64_t j = key0 + lane % kChunk;
+  const int64_t j = key0 + lane % kFp32Chunk;
   int64_t k_row = -1, v_row = -1;
-  if (lane < kChunk && j >= w.key_begin && j < w.key_end) {
+  if (lane < kFp32Chunk && j >= w.key_begin && j < w.key_end) {
     if (p.kv_layout == core::KvLayout::kPaged) {
       const int64_t block = core::paged_checked_block(p, entry);
       if (block >= 0) {
@@ -162,7 +170,7 @@ __device__ uint32_t load_fp32_chunk(const Args& a, const CtaWork& w, int64_t key
     }
   }
   const bool readable = k_row >= 0 && v_row >= 0;
-  const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kChunk) - 1);
+  const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kFp32Chunk) - 1);
   const int64_t k_base = readable ? k_row + w.hkv * p.k.head_stride : -1;
   const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
   const float* k = static_cast<const float*>(p.k.ptr);
@@ -197,24 +205,20 @@ __device__ uint32_t load_fp32_chunk(const Args& a, const CtaWork& w, int64_t key
 
 // ---- one chunk ----------------------------------------------------------------------------------
 
-// The full dot products of the 8 rows from each lane's shares `x` (rows 0..7): returns the score of
-// row lane / 4. Rounds 16, 8 and 4 each send the half of the rows the lane does not keep and add
-// what arrives for the half it keeps; rounds 2 and 1 sum the last four lanes of a row.
-__device__ __forceinline__ float fp32_row_score(const float (&x)[kFp32Rows], int lane) {
-  const bool upper4 = lane & 16, upper2 = lane & 8, upper1 = lane & 4;
+// The full dot products of the 8 rows from each lane's shares `x`: returns the score of row
+// lane / 4. Rounds 16, 8 and 4 each send the half of the rows the lane does not keep and add what
+// arrives for the half it keeps; rounds 2 and 1 sum the last four lanes of a row. x is in the
+// lane's slot order (slot i holds row i ^ (lane / 4), store_fp32_query): the rows a lane keeps
+// are always its low slots and its partner's high slots hold the same rows, so no round selects
+// (14 fewer instructions per key than picking the halves by lane bits).
+__device__ __forceinline__ float fp32_row_score(const float (&x)[kFp32Rows]) {
   float four[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float keep = upper4 ? x[4 + i] : x[i], send = upper4 ? x[i] : x[4 + i];
-    four[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
-  }
+  for (int i = 0; i < 4; ++i) four[i] = x[i] + __shfl_xor_sync(0xffffffffu, x[4 + i], 16);
   float two[2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float keep = upper2 ? four[2 + i] : four[i], send = upper2 ? four[i] : four[2 + i];
-    two[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
-  }
-  float one = (upper1 ? two[1] : two[0]) + __shfl_xor_sync(0xffffffffu, upper1 ? two[0] : two[1], 4);
+  for (int i = 0; i < 2; ++i) two[i] = four[i] + __shfl_xor_sync(0xffffffffu, four[2 + i], 8);
+  float one = two[0] + __shfl_xor_sync(0xffffffffu, two[1], 4);
   one += __shfl_xor_sync(0xffffffffu, one, 2);
   return one + __shfl_xor_sync(0xffffffffu, one, 1);
 }
@@ -222,31 +226,31 @@ __device__ __forceinline__ float fp32_row_score(const float (&x)[kFp32Rows], int
 // Raw scores q . k of the lane's row (lane / 4) for the chunk's 16 keys.
 template <int kHeadDim>
 __device__ __forceinline__ void fp32_chunk_scores(const float (&q)[kFp32Rows][Fp32Cta<kHeadDim>::kDims],
-                                                  const float* k_tile, int lane, float (&s)[kChunk]) {
+                                                  const float* k_tile, int lane, float (&s)[kFp32Chunk]) {
   constexpr int kDims = Fp32Cta<kHeadDim>::kDims;
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
+  for (int j = 0; j < kFp32Chunk; ++j) {
     float k[kDims];
     load_dims<kDims>(k_tile + j * kHeadDim + lane * kDims, k);
-    float part[kFp32Rows];
+    float part[kFp32Rows];  // in slot order, as q
 #pragma unroll
-    for (int r = 0; r < kFp32Rows; ++r) {
-      part[r] = q[r][0] * k[0];
+    for (int i = 0; i < kFp32Rows; ++i) {
+      part[i] = q[i][0] * k[0];
 #pragma unroll
-      for (int e = 1; e < kDims; ++e) part[r] = fmaf(q[r][e], k[e], part[r]);
+      for (int e = 1; e < kDims; ++e) part[i] = fmaf(q[i][e], k[e], part[i]);
     }
-    s[j] = fp32_row_score(part, lane);
+    s[j] = fp32_row_score(part);
   }
 }
 
-// O += P V for the chunk, P [kChunk][kFp32Rows] in shared memory. kSelect: only the (row, key)
+// O += P V for the chunk, P [kFp32Chunk][kFp32Rows] in shared memory. kSelect: only the (row, key)
 // pairs whose bit is set in allowed[row] (edge chunks; see the header).
 template <int kHeadDim, bool kSelect>
 __device__ __forceinline__ void fp32_chunk_values(float (&o)[kFp32Rows][Fp32Cta<kHeadDim>::kDims], const float* p_tile,
                                                   const float* v_tile, const uint32_t (&allowed)[kFp32Rows], int lane) {
   constexpr int kDims = Fp32Cta<kHeadDim>::kDims;
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
+  for (int j = 0; j < kFp32Chunk; ++j) {
     const float4 p0 = *reinterpret_cast<const float4*>(p_tile + j * kFp32Rows);
     const float4 p1 = *reinterpret_cast<const float4*>(p_tile + j * kFp32Rows + 4);
     const float prob[kFp32Rows] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
@@ -267,7 +271,7 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(Fp32Cta<kHeadDim>::kWarps * 32) fp32_decode_kernel(const Args a) {
   using Cta = Fp32Cta<kHeadDim>;
   constexpr int kWarps = Cta::kWarps, kDims = Cta::kDims;
-  constexpr uint32_t kWholeChunk = (1u << kChunk) - 1;
+  constexpr uint32_t kWholeChunk = (1u << kFp32Chunk) - 1;
   wait_for_primary_grid();  // launched early (programmatic dependent launch): inputs may still be in flight
   const CtaWork w = cta_work<kFp32Rows>(a);
   if (w.row0 >= w.packed_rows) return;  // a query tile past this sequence's rows
@@ -276,21 +280,21 @@ __global__ void __launch_bounds__(Fp32Cta<kHeadDim>::kWarps * 32) fp32_decode_ke
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float* const stages = reinterpret_cast<float*>(smem);
   float* const my_stages = stages + size_t(warp) * Cta::kRegionFloats;
-  float* const my_p = reinterpret_cast<float*>(smem + Cta::kPOffset) + warp * kChunk * kFp32Rows;
+  float* const my_p = reinterpret_cast<float*>(smem + Cta::kPOffset) + warp * kFp32Chunk * kFp32Rows;
   uint32_t* const my_masks = reinterpret_cast<uint32_t*>(smem + Cta::kMaskOffset) + warp * Cta::kStages;
   auto k_stage = [&](int stage) { return my_stages + stage * Cta::kStageFloats; };
   auto v_stage = [&](int stage) { return k_stage(stage) + Cta::kChunkFloats; };
 
-  const int chunks = w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kChunk)) : 0;
+  const int chunks = w.key_end > w.key_begin ? static_cast<int>(ceil_div(w.key_end - w.chunk0, kFp32Chunk)) : 0;
   const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
-  auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kChunk; };
+  auto chunk_key0 = [&](int n) { return w.chunk0 + int64_t(n * kWarps + warp) * kFp32Chunk; };
   int32_t next_entry = my_chunks > 0 ? fp32_chunk_entry(a, w, chunk_key0(0), lane) : -1;
   auto issue = [&](int n) {
     const int32_t entry = next_entry;
     if (n + 1 < my_chunks) next_entry = fp32_chunk_entry(a, w, chunk_key0(n + 1), lane);
-    const uint32_t valid =
-        load_fp32_chunk<kHeadDim>(a, w, chunk_key0(n), entry, k_stage(n % Cta::kStages), v_stage(n % Cta::kStages), lane);
-    if (lane == 0) my_masks[n % Cta::kStages] = valid;
+    const int stage = n % Cta::kStages;
+    const uint32_t valid = load_fp32_chunk<kHeadDim>(a, w, chunk_key0(n), entry, k_stage(stage), v_stage(stage), lane);
+    if (lane == 0) my_masks[stage] = valid;
   };
 
   // The query's loads leave first, then the first chunk's copies (the query does not queue behind
@@ -318,19 +322,19 @@ __global__ void __launch_bounds__(Fp32Cta<kHeadDim>::kWarps * 32) fp32_decode_ke
     const int stage = n % Cta::kStages;
     const int64_t key0 = chunk_key0(n);
     const uint32_t valid = my_masks[stage];
-    float s[kChunk];
+    float s[kFp32Chunk];
     fp32_chunk_scores<kHeadDim>(q, k_stage(stage), lane, s);
 
     // Scale, modifiers (in double, as the fp32 forward) and the mask of the lane's row. A chunk
     // the row sees whole with plain scores (the steady state) only scales.
     uint32_t allowed = valid;
-    if (a.plain_scores && valid == kWholeChunk && key0 >= row.key_begin && key0 + kChunk <= row.key_end) {
+    if (a.plain_scores && valid == kWholeChunk && key0 >= row.key_begin && key0 + kFp32Chunk <= row.key_end) {
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) s[j] *= a.p.scale;
+      for (int j = 0; j < kFp32Chunk; ++j) s[j] *= a.p.scale;
     } else {
       allowed = 0;
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
+      for (int j = 0; j < kFp32Chunk; ++j) {
         const int64_t key = key0 + j;
         const bool sees = ((valid >> j) & 1u) && key >= row.key_begin && key < row.key_end;
         allowed |= uint32_t(sees) << j;
@@ -346,11 +350,11 @@ __global__ void __launch_bounds__(Fp32Cta<kHeadDim>::kWarps * 32) fp32_decode_ke
     // that scores near the max keep their precision at |s| ~ 1e4.
     float chunk_max = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) chunk_max = fmaxf(chunk_max, s[j]);
+    for (int j = 0; j < kFp32Chunk; ++j) chunk_max = fmaxf(chunk_max, s[j]);
     const float factor = state.rescale_to(chunk_max);
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
+    for (int j = 0; j < kFp32Chunk; ++j) {
       s[j] = s[j] == -INFINITY ? 0.0f : fast_exp2((s[j] - state.max) * kLog2e);
       sum += s[j];
     }
@@ -365,7 +369,7 @@ __global__ void __launch_bounds__(Fp32Cta<kHeadDim>::kWarps * 32) fp32_decode_ke
     }
     if (lane % 4 == 0) {
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) my_p[j * kFp32Rows + my_row] = s[j];
+      for (int j = 0; j < kFp32Chunk; ++j) my_p[j * kFp32Rows + my_row] = s[j];
     }
     __syncwarp();
 
