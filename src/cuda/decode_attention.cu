@@ -521,6 +521,22 @@ struct PagedChunk {
   int32_t entry = -1;  // 32-bit as stored: widening it at the load would wait for the load
 };
 
+// The keys of a chunk as its copying lanes take them: lane l < keys passes the row offsets of key
+// l's K and V (-1 where the key is not read: outside the split, or its block out of range);
+// every lane gets them at the CTA's kv head (-1 where unreadable) and the chunk's bit mask of
+// readable keys. Shared by the tensor-core and fp32 kernels' chunk loads.
+struct ChunkRows {
+  uint32_t valid;
+  int64_t k_base, v_base;
+};
+
+__device__ __forceinline__ ChunkRows chunk_rows(const core::Problem& p, int64_t hkv, int64_t k_row, int64_t v_row,
+                                                int keys) {
+  const bool readable = k_row >= 0 && v_row >= 0;
+  return {__ballot_sync(0xffffffffu, readable) & ((1u << keys) - 1), readable ? k_row + hkv * p.k.head_stride : -1,
+          readable ? v_row + hkv * p.v.head_stride : -1};
+}
+
 // Starts the copy of one 16-key chunk of K and V into shared memory. Lane l < 16 resolves key
 // key0 + l (block table included) once; keys outside [key_begin, key_end) or whose block is out
 // of range read nothing and land as zeros, and the returned bit mask says which keys are real.
@@ -569,10 +585,7 @@ __device__ uint32_t load_kv_chunk(const Args& a, const CtaWork& w, const LaneCop
     k_row = core::key_offset(p, w.s, p.k, w.b, j);
     v_row = core::key_offset(p, w.s, p.v, w.b, j);
   }
-  const bool readable = k_row >= 0 && v_row >= 0;
-  const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kChunk) - 1);
-  const int64_t k_base = readable ? k_row + w.hkv * p.k.head_stride : -1;
-  const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
+  const auto [valid, k_base, v_base] = chunk_rows(p, w.hkv, k_row, v_row, kChunk);
   if (!a.vector_kv) {
     copy_chunk_elements<T, kHeadDim>(k, v, k_base, v_base, k_dst, v_dst, static_cast<int>(p.head_dim_qk),
                                      static_cast<int>(p.head_dim_v), lane);

@@ -169,10 +169,7 @@ __device__ uint32_t load_fp32_chunk(const Args& a, const CtaWork& w, int64_t key
       v_row = core::key_offset(p, w.s, p.v, w.b, j);
     }
   }
-  const bool readable = k_row >= 0 && v_row >= 0;
-  const uint32_t valid = __ballot_sync(0xffffffffu, readable) & ((1u << kFp32Chunk) - 1);
-  const int64_t k_base = readable ? k_row + w.hkv * p.k.head_stride : -1;
-  const int64_t v_base = readable ? v_row + w.hkv * p.v.head_stride : -1;
+  const auto [valid, k_base, v_base] = chunk_rows(p, w.hkv, k_row, v_row, kFp32Chunk);
   const float* k = static_cast<const float*>(p.k.ptr);
   const float* v = static_cast<const float*>(p.v.ptr);
   const int dqk = static_cast<int>(p.head_dim_qk), dv = static_cast<int>(p.head_dim_v);
