@@ -20,7 +20,7 @@ namespace flashsdpa::cuda {
 bool decode_tier_supports(const core::Problem& p, bool is_kvcache, std::string* why);
 
 // Whether the fp32 kernel's CTA at this head dim fits the current device's shared memory per
-// block (137 KB at head dims 65..256: sm_80 and sm_90, not sm_86 / sm_89).
+// block (134-137 KB at head dims 65..256: sm_80 and sm_90, not sm_86 / sm_89).
 bool decode_fp32_fits(int64_t head_dim);
 
 // Queries up to this long (per sequence) count as decoding / speculative verification.
