@@ -145,24 +145,16 @@ TierChoice select_cuda(const Problem& p, Op op) {
   std::string why;
   switch (op) {
     case Op::kForward: {
-      if (p.dtype == DType::kFloat32) {
-        // Short fp32 queries are memory-bound too: cuda-decode's exact FFMA kernel packs the
-        // query heads of a kv head and splits the keys; the prefill tiers' 64-128-row tiles
-        // would hold one real row per query head.
-        if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::device_capability() >= 80 &&
-            cuda::decode_tier_supports(p, false, &why))
-          return TierChoice{Tier::kCudaDecode, Backend::kCuda,
-                            "longest query has at most " + std::to_string(cuda::kDecodeMaxQueryLen) + " rows: " + why};
-        return select_cuda_prefill(p);
-      }
-      if (cuda::device_capability() < 80)
+      const bool decode_capable = cuda::device_capability() >= 80;
+      if (p.dtype != DType::kFloat32 && !decode_capable)
         return none(Backend::kCuda, "the fp16/bf16 tiers need compute capability 8.0 or newer; this device is " +
                                         std::to_string(cuda::device_capability() / 10) + "." +
                                         std::to_string(cuda::device_capability() % 10));
       // Short queries are memory-bound: cuda-decode packs a kv head's query heads into one tile
-      // and splits the keys so K/V stream once at full bandwidth. Longer queries are
-      // compute-bound and go to the 128-row tensor-core tiles.
-      if (p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::decode_tier_supports(p, false, &why))
+      // and splits the keys so K/V stream once at full bandwidth (fp32 in exact FFMA). Longer
+      // queries are compute-bound and go to the prefill tiers (128-row tensor-core tiles; fp32's
+      // own tiers, which also serve fp32 below compute capability 8.0).
+      if (decode_capable && p.seqlen_q <= cuda::kDecodeMaxQueryLen && cuda::decode_tier_supports(p, false, &why))
         return TierChoice{Tier::kCudaDecode, Backend::kCuda,
                           "longest query has at most " + std::to_string(cuda::kDecodeMaxQueryLen) + " rows: " + why};
       return select_cuda_prefill(p);

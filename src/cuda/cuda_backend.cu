@@ -53,7 +53,7 @@ MmaArgs tensor_core_args(const core::Problem& p, bool vector_io) {
   args.vector_io = vector_io;
   args.has_score_mod = p.softcap > 0.0f || p.alibi_slopes != nullptr;
   args.order_groups = block_order(p);
-  args.shared_memory_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  args.shared_memory_optin = shared_memory_optin();
   return args;
 }
 
@@ -88,6 +88,8 @@ int device_capability() {
   }
   return major * 10 + minor;
 }
+
+int shared_memory_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 void forward(const core::Problem& p, core::Tier tier, void* stream) {
   std::string why;

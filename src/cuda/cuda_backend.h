@@ -13,6 +13,9 @@ bool built();
 bool device_available();
 // Compute capability of the current device as major * 10 + minor, 0 when none.
 int device_capability();
+// The current device's opt-in shared memory per block in bytes (queried once per device; the
+// selector asks on every call), 0 when none.
+int shared_memory_optin();
 
 // `tier` comes from core::select_tier.
 void forward(const core::Problem& p, core::Tier tier, void* stream);

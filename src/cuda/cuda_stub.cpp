@@ -14,6 +14,7 @@ namespace {
 bool built() { return false; }
 bool device_available() { return false; }
 int device_capability() { return 0; }
+int shared_memory_optin() { return 0; }
 void forward(const core::Problem&, core::Tier, void*) { not_built(); }
 void kvcache(const core::Problem&, core::Tier, void*) { not_built(); }
 void backward(const core::BwdProblem&, core::Tier, void*) { not_built(); }

@@ -1536,10 +1536,7 @@ bool decode_fp32_fits(int64_t head_dim) {
   const size_t bytes = head_dim <= 64    ? decode::Fp32Cta<64>::kBytes
                        : head_dim <= 128 ? decode::Fp32Cta<128>::kBytes
                                          : decode::Fp32Cta<256>::kBytes;
-  int limit = 0;
-  if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()) != cudaSuccess)
-    return false;
-  return bytes <= static_cast<size_t>(limit);
+  return bytes <= static_cast<size_t>(shared_memory_optin());
 }
 
 void decode_set_debug(const DecodeDebug& debug) { decode::g_debug = debug; }
